@@ -1,0 +1,1 @@
+"""DHCP and DNS for the guests (its own issue)."""

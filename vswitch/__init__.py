@@ -1,0 +1,3 @@
+"""vswitch: a userspace virtual switch and NAT router for qemu/KVM guests."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""The one error type every parser raises on bad input (DESIGN.md: counted, never a crash)."""
+
+
+class MalformedPacket(ValueError):
+    """A frame or message that fails a bounds or consistency check; the caller counts and drops it."""
