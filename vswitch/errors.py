@@ -2,4 +2,4 @@
 
 
 class MalformedPacket(ValueError):
-    """A frame or message that fails a bounds or consistency check; the caller counts and drops it."""
+    """A frame or message failing a bounds or consistency check; the caller counts and drops it."""
