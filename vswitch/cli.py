@@ -1,0 +1,153 @@
+"""The `vswitch` command: run the daemon, look inside it, and help plug qemu in."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from vswitch.config import Config, ConfigError, default_socket, load_config
+from vswitch.control import ControlError, request
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vswitch", description=__doc__)
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("run", help="run the switch in the foreground")
+    p.add_argument("config", nargs="?", help="TOML config (default: the embedded default)")
+    p.add_argument("-v", "--verbose", action="store_true", help="also log debug events")
+
+    p = sub.add_parser("show", help="show ports, the MAC table (fdb) or switch counters")
+    p.add_argument("what", choices=["ports", "fdb", "switch"])
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--socket", help="control socket (default: $VSWITCH_SOCKET or "
+                   f"{default_socket()})")
+
+    p = sub.add_parser("qemu-args", help="print the qemu flags that plug a guest into PORT")
+    p.add_argument("port")
+    p.add_argument("config", nargs="?", help="TOML config (default: the embedded default)")
+    p.add_argument("--mac", help="guest MAC (default: derived from the port name)")
+
+    p = sub.add_parser("check", help="validate a config file and print the result")
+    p.add_argument("config", nargs="?")
+
+    p = sub.add_parser("demo", help="two namespace guests on a switch: ping and the MAC table")
+    p.add_argument("--keep", action="store_true", help="(debug) leave the lab up for a look")
+
+    args = parser.parse_args(argv)
+    try:
+        return VERBS[args.verb](args)
+    except (ConfigError, ControlError) as exc:
+        print(f"vswitch: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    config = load_config(args.config)
+    from vswitch.daemon import run
+
+    run(config)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(f"{config.source}: ok, switch {config.name}, {len(config.ports)} ports, "
+          f"control socket {config.socket}")
+    for pc in config.ports:
+        print(f"  {pc.name:<15} {pc.type}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    path = args.socket or os.environ.get("VSWITCH_SOCKET") or default_socket()
+    result = request(path, "show", what=args.what)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(FORMATTERS[args.what](result))
+    return 0
+
+
+def format_ports(rows: list[dict[str, Any]]) -> str:
+    table = [["PORT", "TYPE", "STATE", "MTU", "MACS", "RX FRAMES", "RX BYTES", "TX FRAMES",
+              "TX BYTES", "DROPS", "DETAIL"]]
+    for r in rows:
+        drops = ", ".join(f"{k}={v}" for k, v in sorted(r["drops"].items())) or "-"
+        limit = f"/{r['mac_limit']}" if r.get("mac_limit") else ""
+        table.append([r["name"], r["type"], r["state"], str(r["mtu"]), f"{r['macs']}{limit}",
+                      str(r["rx_frames"]), str(r["rx_bytes"]), str(r["tx_frames"]),
+                      str(r["tx_bytes"]), drops, r["detail"]])
+    return render(table)
+
+
+def format_fdb(rows: list[dict[str, Any]]) -> str:
+    table = [["MAC", "PORT", "AGEING (s)"]]
+    table += [[r["mac"], r["port"], f"{r['ageing']:.0f}"] for r in
+              sorted(rows, key=lambda r: (r["port_id"], r["mac"]))]
+    return render(table) + f"\n{len(rows)} entries"
+
+
+def format_switch(info: dict[str, Any]) -> str:
+    return "\n".join(f"{k:<12} {v}" for k, v in info.items())
+
+
+FORMATTERS = {"ports": format_ports, "fdb": format_fdb, "switch": format_switch}
+
+
+def render(table: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in table)
+
+
+def guest_mac(port: str) -> str:
+    """A stable locally administered MAC in qemu's 52:54:00 range, from the port name."""
+    import zlib
+
+    h = zlib.crc32(port.encode()).to_bytes(4, "big")
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in h[:3])
+
+
+def qemu_args(config: Config, port: str, mac: str | None = None) -> str:
+    pc = next((p for p in config.ports if p.name == port), None)
+    if pc is None:
+        raise ConfigError("port", f"no port named {port!r} in {config.source}; ports: "
+                          + ", ".join(p.name for p in config.ports))
+    mac = mac or guest_mac(port)
+    if pc.type == "tap":
+        netdev = f"tap,id=n0,ifname={pc.name},script=no,downscript=no"
+    elif pc.type == "stream":
+        netdev = f"stream,id=n0,server=off,addr.type=unix,addr.path={pc.path}"
+    elif pc.type == "dgram":
+        local = pc.peer or f"{pc.path}.qemu"
+        netdev = (f"dgram,id=n0,local.type=unix,local.path={local},"
+                  f"remote.type=unix,remote.path={pc.path}")
+    else:
+        raise ConfigError(f"port {port}", f"a {pc.type} port is not for qemu; use a tap, stream "
+                          "or dgram port")
+    return f"-netdev {netdev} -device virtio-net-pci,netdev=n0,mac={mac}"
+
+
+def cmd_qemu_args(args: argparse.Namespace) -> int:
+    print(qemu_args(load_config(args.config), args.port, args.mac))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vswitch.demo import demo
+
+    return demo(keep=args.keep)
+
+
+VERBS = {"run": cmd_run, "show": cmd_show, "qemu-args": cmd_qemu_args, "check": cmd_check,
+         "demo": cmd_demo}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""The composition root: builds the switch and its ports from a Config and runs them.
+
+Nothing else wires objects together.  Per frame, the work is one synchronous call chain from a
+port's reader callback: read -> ``Switch.receive`` -> ``Port.send`` on each output port; no queue,
+future or task sits in between (DESIGN.md: one asyncio hop costs more than the decision).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections import Counter
+from typing import Any
+
+from vswitch.config import Config, PortConfig
+from vswitch.control import ControlError, ControlServer
+from vswitch.events import MacAged, MacEvicted, MacFlapping, MacMoved
+from vswitch.fdb import Event, ForwardingTable
+from vswitch.ports.attach import AttachPort
+from vswitch.ports.base import Port
+from vswitch.ports.dgram import DgramPort
+from vswitch.ports.internal import InternalPort
+from vswitch.ports.stream import StreamPort
+from vswitch.ports.tap import TapPort
+from vswitch.switch import Switch
+
+log = logging.getLogger("vswitch")
+TICK = 1.0  # link polling and FDB ageing granularity, seconds
+
+
+def format_mac(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+def make_port(port_id: int, pc: PortConfig) -> Port:
+    if pc.type == "tap":
+        return TapPort(port_id, pc.name, pc.mtu, pc.mac_limit, pc.owner, pc.group,
+                       pc.persistent)
+    if pc.type == "internal":
+        return InternalPort(port_id, pc.name, pc.mtu, pc.mac_limit, pc.netns)
+    if pc.type == "attach":
+        assert pc.interface is not None
+        return AttachPort(port_id, pc.name, pc.mtu, pc.mac_limit, pc.interface)
+    assert pc.path is not None
+    if pc.type == "stream":
+        return StreamPort(port_id, pc.name, pc.mtu, pc.mac_limit, pc.path, pc.mode)
+    return DgramPort(port_id, pc.name, pc.mtu, pc.mac_limit, pc.path, pc.peer, pc.mode)
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.fdb = ForwardingTable(aging=config.mac_aging, limit=config.mac_limit)
+        self.switch = Switch(self.fdb, on_event=self._on_event)
+        # ports[id] -> Port; id 0 is reserved for the router port (its own issue).
+        self.ports: list[Port | None] = [None]
+        for pc in config.ports:
+            port = make_port(len(self.ports), pc)
+            self.ports.append(port)
+            self.switch.add_port(port.id, mtu=pc.mtu, up=False)
+            self.fdb.set_port_limit(port.id, pc.mac_limit)
+        self.control = ControlServer(config.socket, {
+            "show": self._show,
+            "ping": lambda _: "pong",
+        })
+        self._evicted: Counter[int] = Counter()
+        self._flapping: dict[bytes, float] = {}
+        self._stop = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # -- datapath -------------------------------------------------------------------------------
+
+    def _make_deliver(self) -> Any:
+        receive = self.switch.receive
+        ports = self.ports
+
+        def deliver(packet: bytes, port_id: int, now: float) -> None:
+            for out in receive(packet, port_id, now):
+                ports[out].send(packet)  # type: ignore[union-attr]
+
+        return deliver
+
+    # -- events (one log line each, never per frame) ---------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, MacEvicted):
+            self._evicted[event.port] += 1  # summarised once a tick: a flood evicts per frame
+        elif isinstance(event, MacFlapping):
+            assert self.loop is not None
+            self._flapping[event.mac] = self.loop.time() + 60
+            names = ", ".join(self._name(p) for p in event.ports)
+            log.warning("MAC %s is flapping between ports %s (%d moves in 10 s): two guests "
+                        "probably share this address; give each qemu its own "
+                        "-device ...,mac=52:54:00:xx:xx:xx", format_mac(event.mac), names,
+                        event.moves)
+        elif isinstance(event, MacMoved) and event.mac not in self._flapping:
+            log.info("MAC %s moved from %s to %s", format_mac(event.mac),
+                     self._name(event.old_port), self._name(event.new_port))
+
+    def _name(self, port_id: int) -> str:
+        port = self.ports[port_id] if 0 <= port_id < len(self.ports) else None
+        return port.name if port is not None else f"#{port_id}"
+
+    def _on_port_state(self, port: Port, up: bool) -> None:
+        self.switch.set_up(port.id, up)
+        log.info("port %s (%s) %s: %s", port.name, port.kind, "up" if up else "down",
+                 port.detail())
+
+    def _tick(self) -> None:
+        assert self.loop is not None
+        now = self.loop.time()
+        for port in self.ports:
+            if port is not None:
+                port.poll()
+        deadline = self.fdb.next_deadline()
+        if deadline is not None and deadline <= now:
+            aged = self.fdb.expire(now)
+            if isinstance(aged, MacAged):
+                log.debug("%d MAC entries aged out", aged.count)
+        for port_id, count in self._evicted.items():
+            log.warning("MAC table full (%d entries): evicted %d entries from port %s, the port "
+                        "holding the most", self.fdb.limit, count, self._name(port_id))
+        self._evicted.clear()
+        self._flapping = {m: t for m, t in self._flapping.items() if t > now}
+        self.loop.call_later(TICK, self._tick)
+
+    # -- control ---------------------------------------------------------------------------
+
+    def _show(self, request: dict[str, Any]) -> Any:
+        what = request.get("what")
+        if what == "ports":
+            return [self._port_row(p) for p in self.ports if p is not None]
+        if what == "fdb":
+            assert self.loop is not None
+            return [{"mac": format_mac(mac), "port": self._name(port), "port_id": port,
+                     "ageing": round(left, 1)}
+                    for mac, port, left in self.fdb.entries(self.loop.time())]
+        if what == "switch":
+            return {"name": self.config.name, "mac_entries": len(self.fdb),
+                    "mac_limit": self.fdb.limit, "mac_aging": self.fdb.aging,
+                    "learned": self.fdb.learned, "moved": self.fdb.moved,
+                    "evicted": self.fdb.evicted, "aged": self.fdb.aged,
+                    "flooded": self.switch.flooded, "config": self.config.source}
+        raise ControlError(f"cannot show {what!r}; try ports, fdb or switch")
+
+    def _port_row(self, port: Port) -> dict[str, Any]:
+        row = port.describe()
+        drops = Counter(row["drops"])
+        drops.update(self.switch.drops.get(port.id, {}))
+        row["drops"] = dict(drops)
+        row["macs"] = self.fdb.count(port.id)
+        row["mac_limit"] = port.mac_limit
+        return row
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        deliver = self._make_deliver()
+        opened: list[Port] = []
+        try:
+            for port in self.ports:
+                if port is None:
+                    continue
+                port.on_state = self._on_port_state
+                try:
+                    port.open(self.loop, deliver)
+                except OSError as exc:
+                    raise SystemExit(f"vswitch: port {port.name} ({port.kind}): {exc}") from exc
+                opened.append(port)
+                log.info("port %s (%s) opened: %s", port.name, port.kind, port.detail())
+            await self.control.start()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.loop.add_signal_handler(sig, self._stop.set)
+            self.loop.call_later(TICK, self._tick)
+            log.info("vswitch %s ready: %d ports, control socket %s", self.config.name,
+                     len(opened), self.config.socket)
+            await self._stop.wait()
+            log.info("shutting down")
+        finally:
+            self.control.close()
+            for port in reversed(opened):
+                port.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def run(config: Config) -> None:
+    import uvloop
+
+    uvloop.run(Daemon(config).run())

@@ -1,0 +1,155 @@
+"""What every port adapter shares: counters, state, and the two ways of sending a packet.
+
+Rule 1: a port never blocks and never queues: a packet the destination cannot take right now is
+        dropped and counted with its reason (a switch drops, it does not buffer forever).
+Rule 2: a port that speaks the virtio-net header (``vnet = True``) sends packets as they are,
+        GSO included; any other port gets plain frames, segmented and checksummed in software.
+Rule 3: reads are drained in batches of at most ``BATCH`` per wake-up, for fairness between ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from vswitch.errors import MalformedPacket
+from vswitch.gso import to_plain_frames
+from vswitch.vnet import needs_software
+
+BATCH = 64
+#: Largest packet read: a 64 KiB GSO frame plus Ethernet, VLAN and virtio-net headers.
+READ_SIZE = 65536 + 64
+
+#: Called by a port for every packet it reads: (packet, ingress port id, now).
+Deliver = Callable[[bytes, int, float], None]
+
+# Drop reasons on transmit, as shown by `vswitch show ports`.
+TX_FULL = "tx-full"
+TX_DOWN = "tx-link-down"
+TX_ERROR = "tx-error"
+TX_MALFORMED = "tx-malformed-gso"
+RX_ERROR = "rx-error"
+RX_FRAMING = "rx-framing"
+
+
+class Port:
+    kind: ClassVar[str] = "?"
+    #: True when reads and writes carry the virtio-net header (offloads possible).
+    vnet: bool = False
+
+    def __init__(self, port_id: int, name: str, mtu: int, mac_limit: int | None) -> None:
+        self.id = port_id
+        self.name = name
+        self.mtu = mtu
+        self.mac_limit = mac_limit
+        self.up = False
+        self.rx_frames = self.rx_bytes = self.tx_frames = self.tx_bytes = 0
+        self.drops: Counter[str] = Counter()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.deliver: Deliver | None = None
+        #: Called with (port, up) when the port goes up or down; set by the daemon.
+        self.on_state: Callable[[Port, bool], None] | None = None
+
+    # -- lifecycle, implemented per transport ------------------------------------------------
+
+    def open(self, loop: asyncio.AbstractEventLoop, deliver: Deliver) -> None:
+        self.loop = loop
+        self.deliver = deliver
+
+    def close(self) -> None:
+        """Release everything this port holds; remove what it created unless persistent."""
+
+    def poll(self) -> None:
+        """Re-check link state (called about once a second by the daemon)."""
+
+    def set_up(self, up: bool) -> None:
+        if up != self.up:
+            self.up = up
+            if self.on_state is not None:
+                self.on_state(self, up)
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def send(self, packet: bytes) -> None:
+        """Send one packet (Rule 1); subclasses implement ``_write_frame`` or override this."""
+        if self.vnet:
+            self._write_frame(packet)
+            return
+        if needs_software(packet):
+            # Rule 2: segment / finish checksums for a port without offloads.
+            try:
+                frames = to_plain_frames(packet)
+            except MalformedPacket:
+                self.drops[TX_MALFORMED] += 1
+                return
+            for frame in frames:
+                self._write_frame(frame)
+        else:
+            self._write_frame(memoryview(packet)[10:])
+
+    def _write_frame(self, data: bytes | memoryview) -> None:
+        raise NotImplementedError
+
+    def write_fd(self, fd: int, data: bytes | memoryview) -> None:
+        """Write one frame to a TAP or packet socket fd, dropping on a full or down device."""
+        try:
+            os.write(fd, data)
+        except BlockingIOError:
+            self.drops[TX_FULL] += 1
+            return
+        except OSError as exc:
+            self.drops[TX_DOWN if exc.errno in _DOWN_ERRNOS else TX_ERROR] += 1
+            return
+        self.tx_frames += 1
+        self.tx_bytes += len(data)
+
+    def read_fd_batch(self, fd: int) -> None:
+        """Rule 3: drain up to BATCH packets from ``fd`` and hand each to the switch."""
+        deliver = self.deliver
+        assert deliver is not None and self.loop is not None
+        now = self.loop.time()
+        pid = self.id
+        read = os.read
+        for _ in range(BATCH):
+            try:
+                packet = read(fd, READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.drops[RX_ERROR] += 1
+                return
+            self.rx_frames += 1
+            self.rx_bytes += len(packet)
+            deliver(packet, pid, now)
+
+    # -- display ----------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "type": self.kind,
+            "state": "up" if self.up else "down",
+            "mtu": self.mtu,
+            "offload": self.vnet,
+            "rx_frames": self.rx_frames,
+            "rx_bytes": self.rx_bytes,
+            "tx_frames": self.tx_frames,
+            "tx_bytes": self.tx_bytes,
+            "drops": dict(self.drops),
+            "detail": self.detail(),
+        }
+
+    def detail(self) -> str:
+        return ""
+
+
+#: errnos meaning "nobody is there right now" (no carrier, peer gone), not a fault of ours.
+_DOWN_ERRNOS = {
+    errno.EIO, errno.ENXIO, errno.ENODEV, errno.ENETDOWN, errno.ECONNREFUSED,
+    errno.ENOTCONN, errno.EPIPE, errno.ECONNRESET, errno.ENOENT,
+}

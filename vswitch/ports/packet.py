@@ -1,0 +1,57 @@
+"""AF_PACKET sockets on a host interface, with the virtio-net header (``PACKET_VNET_HDR``).
+
+Used by ``attach`` ports (a veth end, a NIC) and ``tap`` ports (the host side of a TAP that
+qemu holds).  Values from ``linux/if_packet.h``.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
+PACKET_VNET_HDR = 15
+PACKET_QDISC_BYPASS = 20
+PACKET_IGNORE_OUTGOING = 23
+SO_RCVBUFFORCE = 33
+SO_SNDBUFFORCE = 32
+BUFFER = 4 << 20
+
+
+def open_packet_socket(interface: str) -> socket.socket:
+    """A non-blocking raw socket hearing every frame on ``interface`` and sending onto it.
+
+    - ``PACKET_VNET_HDR``: GSO frames come and go whole, with their offload metadata.
+    - ``PACKET_IGNORE_OUTGOING``: our own transmissions are not read back (else the switch
+      would loop them: DESIGN.md, known pitfalls).
+    - ``PACKET_MR_PROMISC``: a NIC hears unicast for the guests' MACs, not just its own.
+    - ``PACKET_QDISC_BYPASS``: transmit straight to the driver; the switch drops, not the qdisc.
+    """
+    try:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    except PermissionError as exc:
+        raise PermissionError(
+            f"cannot open a packet socket on {interface!r}: needs CAP_NET_RAW (run as root, or "
+            "give the interpreter cap_net_raw,cap_net_admin)") from exc
+    try:
+        sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+        sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+        buffers = ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF))
+        for opt, fallback in buffers:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, BUFFER)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, fallback, BUFFER)
+        sock.bind((interface, ETH_P_ALL))
+        index = socket.if_nametoindex(interface)
+        mreq = struct.pack("iHH8s", index, PACKET_MR_PROMISC, 0, b"")
+        sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock

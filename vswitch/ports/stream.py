@@ -1,0 +1,185 @@
+"""``stream`` port: qemu ``-netdev stream`` on a unix socket vswitch listens on.
+
+Framing (qemu net/stream.c): each frame is preceded by its length as a 4-byte big-endian integer;
+no virtio-net header.  One peer at a time: a new connection replaces the old one, so a qemu that
+restarts or reconnects just connects again.  No privileges are needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+from pathlib import Path
+
+from vswitch.errors import MalformedPacket
+from vswitch.vnet import ETH_HLEN, NO_OFFLOAD
+
+from .base import BATCH, RX_FRAMING, TX_FULL, Deliver, Port
+
+LENGTH = struct.Struct(">I")
+MAX_FRAME = 65535 + ETH_HLEN + 4
+
+
+class StreamDecoder:
+    """Sans-I/O reassembly of length-prefixed frames from arbitrary stream chunks.
+
+    1. Append the chunk to the buffer.
+    2. While the buffer holds a length word and that many bytes, cut out one frame.
+    3. A length below an Ethernet header or above ``MAX_FRAME`` is a protocol error: the stream
+       cannot be resynchronised, so the caller drops the connection.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        buf = self._buffer
+        buf += chunk  # Step 1
+        frames = []
+        start = 0
+        end = len(buf)
+        while end - start >= 4:  # Step 2
+            (size,) = LENGTH.unpack_from(buf, start)
+            if size < ETH_HLEN or size > MAX_FRAME:  # Step 3
+                raise MalformedPacket(f"stream frame length {size}")
+            if end - start - 4 < size:
+                break
+            frames.append(bytes(buf[start + 4:start + 4 + size]))
+            start += 4 + size
+        del buf[:start]
+        return frames
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+
+def encode_frame(frame: bytes | memoryview) -> bytes:
+    return LENGTH.pack(len(frame)) + frame
+
+
+class StreamPort(Port):
+    kind = "stream"
+    vnet = False
+
+    def __init__(self, port_id: int, name: str, mtu: int, mac_limit: int | None,
+                 path: str, mode: int) -> None:
+        super().__init__(port_id, name, mtu, mac_limit)
+        self.path = path
+        self.mode = mode
+        self.listener: socket.socket | None = None
+        self.conn: socket.socket | None = None
+        self.decoder = StreamDecoder()
+        self._unsent = b""  # the tail of a frame the socket took only part of
+        self.connections = 0
+
+    def open(self, loop: asyncio.AbstractEventLoop, deliver: Deliver) -> None:
+        super().open(loop, deliver)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if Path(self.path).is_socket():
+            os.unlink(self.path)  # a stale socket from a previous run
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.path)
+        os.chmod(self.path, self.mode)
+        self.listener.listen(4)
+        self.listener.setblocking(False)
+        loop.add_reader(self.listener.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        assert self.listener is not None and self.loop is not None
+        try:
+            conn, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        self._drop_peer()  # a new connection replaces the old one (qemu restarted)
+        conn.setblocking(False)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        self.conn = conn
+        self.connections += 1
+        self.loop.add_reader(conn.fileno(), self._readable)
+        self.set_up(True)
+
+    def _drop_peer(self) -> None:
+        if self.conn is not None and self.loop is not None:
+            self.loop.remove_reader(self.conn.fileno())
+            self.loop.remove_writer(self.conn.fileno())
+            self.conn.close()
+        self.conn = None
+        self.decoder = StreamDecoder()
+        self._unsent = b""
+        self.set_up(False)
+
+    def _readable(self) -> None:
+        assert self.conn is not None and self.deliver is not None and self.loop is not None
+        now = self.loop.time()
+        for _ in range(BATCH):
+            try:
+                chunk = self.conn.recv(262144)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:  # the peer went away, possibly mid-frame: forget the partial frame
+                self._drop_peer()
+                return
+            try:
+                frames = self.decoder.feed(chunk)
+            except MalformedPacket:
+                self.drops[RX_FRAMING] += 1
+                self._drop_peer()
+                return
+            for frame in frames:
+                self.rx_frames += 1
+                self.rx_bytes += len(frame)
+                self.deliver(NO_OFFLOAD + frame, self.id, now)
+
+    def _write_frame(self, data: bytes | memoryview) -> None:
+        conn = self.conn
+        if conn is None:
+            self.drops["tx-no-peer"] += 1
+            return
+        if self._unsent:  # still finishing an earlier frame: this one cannot go now
+            self.drops[TX_FULL] += 1
+            return
+        wire = encode_frame(data)
+        try:
+            sent = conn.send(wire)
+        except BlockingIOError:
+            self.drops[TX_FULL] += 1
+            return
+        except OSError:
+            self._drop_peer()
+            return
+        self.tx_frames += 1
+        self.tx_bytes += len(data)
+        if sent < len(wire):  # a frame must never be cut: keep its tail and finish it first
+            self._unsent = wire[sent:]
+            assert self.loop is not None
+            self.loop.add_writer(conn.fileno(), self._flush)
+
+    def _flush(self) -> None:
+        assert self.conn is not None and self.loop is not None
+        try:
+            sent = self.conn.send(self._unsent)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._drop_peer()
+            return
+        self._unsent = self._unsent[sent:]
+        if not self._unsent:
+            self.loop.remove_writer(self.conn.fileno())
+
+    def close(self) -> None:
+        self._drop_peer()
+        if self.listener is not None:
+            if self.loop is not None:
+                self.loop.remove_reader(self.listener.fileno())
+            self.listener.close()
+            self.listener = None
+            Path(self.path).unlink(missing_ok=True)
+
+    def detail(self) -> str:
+        return f"{self.path} ({'connected' if self.conn else 'listening'})"
