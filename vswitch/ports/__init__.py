@@ -1,0 +1,1 @@
+"""Port adapters: one module per transport (DESIGN.md, port types)."""
