@@ -1,0 +1,86 @@
+"""Running a real vswitch daemon from a test: write its config, start it, wait, stop it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from vswitch.control import ControlError, request
+from vswitch.lab import Lab, wait_for
+
+
+class Daemon:
+    """``vswitch run CONFIG`` as a child process; stopped with SIGTERM by ``stop()``."""
+
+    def __init__(self, lab: Lab, tmp: Path, body: str, ports_up: int | None = None) -> None:
+        self.socket = str(tmp / "ctl.sock")
+        self.config = tmp / "vswitch.toml"
+        self.config.write_text(f'[control]\nsocket = "{self.socket}"\n{body}')
+        self.log = tmp / "vswitch.log"
+        self.proc = lab.spawn([sys.executable, "-m", "vswitch.cli", "run", "-v",
+                               str(self.config)], stdout=self.log.open("w"),
+                              stderr=subprocess.STDOUT)
+        wait_for(self._ready, 10, f"vswitch to answer on {self.socket}")
+        if ports_up is not None:
+            wait_for(lambda: self.up_count() >= ports_up, 10, f"{ports_up} ports up")
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"vswitch exited early:\n{self.log.read_text()}")
+        try:
+            request(self.socket, "ping", timeout=1)
+            return True
+        except (ControlError, OSError, json.JSONDecodeError):
+            return False
+
+    def show(self, what: str) -> Any:
+        return request(self.socket, "show", what=what)
+
+    def port(self, name: str) -> dict[str, Any]:
+        return next(p for p in self.show("ports") if p["name"] == name)
+
+    def up_count(self) -> int:
+        return sum(p["state"] == "up" for p in self.show("ports"))
+
+    def fdb(self) -> dict[str, str]:
+        return {row["mac"]: row["port"] for row in self.show("fdb")}
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+def mac_of(lab: Lab, ns: str, dev: str) -> str:
+    out = lab.run(ns, ["cat", f"/sys/class/net/{dev}/address"]).stdout
+    return out.strip()
+
+
+def ping(lab: Lab, ns: str, addr: str, count: int = 3, interval: float = 0.2,
+         timeout: float = 30) -> int:
+    """Echo replies received."""
+    done = lab.run(ns, ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", "2", addr],
+                   check=False, timeout=timeout)
+    for line in done.stdout.splitlines():
+        if "received" in line:
+            return int(line.split(",")[1].split()[0])
+    return 0
+
+
+def wait_seconds(seconds: float) -> None:
+    time.sleep(seconds)
