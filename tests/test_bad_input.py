@@ -140,4 +140,5 @@ def test_mac_flood_keeps_table_bounded_and_other_ports_entries(lab, two_guests_a
     growth = daemon.rss_kib() - rss_before
     assert growth < 20_000, f"RSS grew {growth} KiB during a 100k MAC flood"
     log = daemon.log.read_text()
-    assert "MAC table full" in log and log.count("MAC table full") < 200, "summarised, not per frame"
+    assert "MAC table full" in log
+    assert log.count("MAC table full") < 200, "summarised once a second, not per frame"

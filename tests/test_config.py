@@ -1,0 +1,88 @@
+"""Config validation: every bad value gets one error naming the key."""
+
+import pytest
+
+from vswitch.config import ConfigError, load_config, parse_config
+
+
+def test_embedded_default_mirrors_a_usable_switch():
+    config = load_config()
+    assert config.name == "vsw0" and config.mac_aging == 300 and config.mac_limit == 8192
+    assert [(p.name, p.type) for p in config.ports] == [
+        ("vsw-a", "tap"), ("vsw-b", "tap"), ("vsw-s", "stream")]
+
+
+def test_full_config_round_trips_into_dataclasses(tmp_path):
+    path = tmp_path / "v.toml"
+    path.write_text("""
+[switch]
+name = "lab"
+mac_aging = 60
+mac_limit = 100
+[control]
+socket = "/tmp/x.sock"
+[[port]]
+name = "tap1"
+type = "tap"
+owner = 0
+group = "root"
+persistent = true
+mtu = 9000
+mac_limit = 10
+[[port]]
+name = "s1"
+type = "dgram"
+path = "/tmp/s1.sock"
+peer = "/tmp/q.sock"
+""")
+    c = load_config(path)
+    assert (c.name, c.mac_aging, c.mac_limit, c.socket) == ("lab", 60, 100, "/tmp/x.sock")
+    tap, dgram = c.ports
+    assert (tap.owner, tap.group, tap.persistent, tap.mtu, tap.mac_limit) == (0, 0, True, 9000, 10)
+    assert (dgram.path, dgram.peer) == ("/tmp/s1.sock", "/tmp/q.sock")
+
+
+BAD = [
+    ({"switch": {"mac_aging": 0}}, "switch.mac_aging", "out of range"),
+    ({"switch": {"mac_limit": "lots"}}, "switch.mac_limit", "must be an integer"),
+    ({"switch": {"name": "a name with spaces"}}, "switch.name", "letters"),
+    ({"switch": {"agin": 3}}, "switch.agin", "unknown key"),
+    ({"bridge": {}}, "bridge", "unknown key"),
+    ({"port": {"name": "x"}}, "port", "[[port]]"),
+    ({"port": [{"name": "x"}]}, "port[0].type", "missing"),
+    ({"port": [{"name": "x", "type": "vde"}]}, "port[0].type", "not a port type"),
+    ({"port": [{"type": "tap"}]}, "port[0].name", "missing"),
+    ({"port": [{"name": "much-too-long-name", "type": "tap"}]}, "port[0].name", "1-15"),
+    ({"port": [{"name": "a", "type": "tap", "mtu": 70000}]}, "port[0].mtu", "out of range"),
+    ({"port": [{"name": "a", "type": "tap", "mtu": True}]}, "port[0].mtu", "integer"),
+    ({"port": [{"name": "a", "type": "tap", "interface": "eth0"}]}, "port[0].interface",
+     "a tap port takes"),
+    ({"port": [{"name": "a", "type": "tap", "owner": "no-such-user-xyz"}]}, "port[0].owner",
+     "no such owner"),
+    ({"port": [{"name": "a", "type": "attach"}]}, "port[0].interface", "missing"),
+    ({"port": [{"name": "a", "type": "stream", "path": "/" + "x" * 200}]}, "port[0].path",
+     "107 bytes"),
+    ({"port": [{"name": "a", "type": "tap"}, {"name": "a", "type": "tap"}]}, "port[1].name",
+     "already"),
+    ({"port": [{"name": "a", "type": "stream", "path": "/tmp/p"},
+               {"name": "b", "type": "dgram", "path": "/tmp/p"}]}, "port[0].path", "used by"),
+    ({"port": [{"name": "a", "type": "internal", "mac_limit": 0}]}, "port[0].mac_limit", "range"),
+]
+
+
+@pytest.mark.parametrize("data,key,words", BAD, ids=[b[1] + ":" + b[2] for b in BAD])
+def test_bad_config_names_the_key(data, key, words):
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert err.value.key == key
+    assert str(err.value).startswith(key + ": ")
+    assert words in str(err.value)
+
+
+def test_bad_toml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[switch\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.toml")
