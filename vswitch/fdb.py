@@ -37,8 +37,11 @@ class ForwardingTable:
             raise ValueError("aging must be > 0 and limit >= 1")
         self.aging = aging
         self.limit = limit
-        # mac -> [port, last_seen]; a mutable pair so a refresh is one store (hot path).
-        self._entries: dict[bytes, list[float]] = {}
+        # mac -> [port, last_seen]; a mutable pair so a refresh is one store.  The switch reads
+        # it directly on the per-frame path (``Switch.receive`` steps 3 and 5): a method call
+        # per lookup costs as much as the whole decision.
+        self.table: dict[bytes, list[float]] = {}
+        self._entries = self.table
         # port -> its MACs in learning order (dicts keep insertion order): eviction order.
         self._by_port: dict[int, dict[bytes, None]] = {}
         self._port_limit: dict[int, int] = {}

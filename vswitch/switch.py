@@ -38,6 +38,7 @@ VLAN_SLACK: Final = 4
 class Switch:
     def __init__(self, fdb: ForwardingTable, on_event: Callable[[Event], None] | None = None):
         self.fdb = fdb
+        self._table = fdb.table
         self.on_event = on_event
         self._up: dict[int, bool] = {}
         self._max_packet: dict[int, int] = {}
@@ -102,23 +103,29 @@ class Switch:
         src = packet[SRC_MAC]
         if src[0] & 1 or src == ZERO_MAC:
             return self._drop(port, BAD_SOURCE)
-        # Step 3
-        events = self.fdb.learn(src, port, now)
-        if events is not None and self.on_event is not None:
-            for event in events:
-                self.on_event(event)
+        # Step 3: the known-station case inline (a refresh), the rest in ForwardingTable.learn
+        table = self._table
+        entry = table.get(src)
+        if entry is not None and entry[0] == port:
+            entry[1] = now
+        else:
+            events = self.fdb.learn(src, port, now)
+            if events is not None and self.on_event is not None:
+                for event in events:
+                    self.on_event(event)
         # Step 4
         dst = packet[DST_MAC]
         if dst[0] & 1:
             self.flooded += 1
             return self._flood[port]
         # Step 5
-        out = self.fdb.lookup(dst)
-        if out is not None:
+        entry = table.get(dst)
+        if entry is not None:
+            out = entry[0]
             if out == port:
                 return self._drop(port, SAME_PORT)
-            if self._up.get(out):
-                return self._unicast[out]
+            if self._up[out]:  # type: ignore[index]
+                return self._unicast[out]  # type: ignore[index]
         # Step 6
         self.flooded += 1
         return self._flood[port]

@@ -29,12 +29,9 @@ class AttachPort(Port):
         run_ip(["ip", "link", "set", "dev", self.interface, "up"])
         self.sock = open_packet_socket(self.interface)
         fd = self.sock.fileno()
-        self._fd = fd
+        self.use_fd(fd)
         loop.add_reader(fd, self.read_fd_batch, fd)
         self.poll()
-
-    def _write_frame(self, data: bytes | memoryview) -> None:
-        self.write_fd(self._fd, data)
 
     def poll(self) -> None:
         self.set_up(has_carrier(self.interface))

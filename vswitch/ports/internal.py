@@ -28,7 +28,7 @@ class InternalPort(Port):
     def open(self, loop: asyncio.AbstractEventLoop, deliver: Deliver) -> None:
         super().open(loop, deliver)
         self.dev = open_tap(self.name, vnet=True)
-        self._fd = self.dev.fileno()
+        self.use_fd(self.dev.fileno())
         set_nonblocking(self._fd)
         # A host port keeps IPv6; one moved into a namespace is that namespace's business.
         link_setup(self.name, self.mtu, ipv6=True, up=self.netns is None)
@@ -36,9 +36,6 @@ class InternalPort(Port):
             run_ip(["ip", "link", "set", "dev", self.name, "netns", self.netns])
         loop.add_reader(self._fd, self.read_fd_batch, self._fd)
         self.set_up(True)  # we hold the device side: the link has carrier while we run
-
-    def _write_frame(self, data: bytes | memoryview) -> None:
-        self.write_fd(self._fd, data)
 
     def close(self) -> None:
         if self.dev is not None:

@@ -34,15 +34,9 @@ class TapPort(Port):
         self.created = make_persistent_tap(self.name, self.owner, self.group)
         link_setup(self.name, self.mtu, ipv6=False)
         self.sock = open_packet_socket(self.name)
-        self._fd = self.sock.fileno()
+        self.use_fd(self.sock.fileno())
         loop.add_reader(self._fd, self.read_fd_batch, self._fd)
         self.poll()
-
-    def _write_frame(self, data: bytes | memoryview) -> None:
-        if self.up:  # no qemu attached: the kernel would drop it anyway; count it as down
-            self.write_fd(self._fd, data)
-        else:
-            self.drops["tx-no-guest"] += 1
 
     def poll(self) -> None:
         self.set_up(has_carrier(self.name))

@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh Debian machine, as root:
+#   make demo   - build the venv, start a switch, plug two namespace guests in, show them talking
+#   make test   - install the test peers (Debian packages) and run the whole suite (CI runs this)
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEBS := iproute2 iputils-ping tcpdump iperf3 socat procps kmod \
+        qemu-system-x86 linux-image-amd64 busybox-static
+
+.PHONY: demo test venv debs bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+debs:
+	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends $$missing; \
+	fi
+
+demo: venv
+	@dpkg -s iproute2 iputils-ping >/dev/null 2>&1 || $(MAKE) debs
+	$(VENV)/bin/vswitch demo
+
+test: venv debs
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest -ra
+
+bench: venv debs
+	$(PY) -m bench.bridge
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info
