@@ -124,7 +124,8 @@ def qemu_args(config: Config, port: str, mac: str | None = None) -> str:
     if pc.type == "tap":
         netdev = f"tap,id=n0,ifname={pc.name},script=no,downscript=no"
     elif pc.type == "stream":
-        netdev = f"stream,id=n0,server=off,addr.type=unix,addr.path={pc.path}"
+        server = "on" if pc.connect else "off"
+        netdev = f"stream,id=n0,server={server},addr.type=unix,addr.path={pc.path}"
     elif pc.type == "dgram":
         local = pc.peer or f"{pc.path}.qemu"
         netdev = (f"dgram,id=n0,local.type=unix,local.path={local},"

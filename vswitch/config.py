@@ -24,7 +24,7 @@ PORT_KEYS: dict[str, set[str]] = {
     "tap": {"owner", "group", "persistent"},
     "internal": {"netns"},
     "attach": {"interface"},
-    "stream": {"path", "mode"},
+    "stream": {"path", "mode", "connect"},
     "dgram": {"path", "peer", "mode"},
 }
 COMMON_PORT_KEYS = {"name", "type", "mtu", "mac_limit"}
@@ -64,6 +64,8 @@ class PortConfig:
     """dgram: qemu's socket path (default: whoever sent last)."""
     mode: int = 0o660
     """stream/dgram: permission bits of the socket file."""
+    connect: bool = False
+    """stream: connect to qemu's listening socket (server=on) instead of listening."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +180,8 @@ def _port(raw: Any, i: int) -> PortConfig:
         kw["mode"] = int(_number(raw, f"{key}.mode", 0o660, 0, 0o777, integer=True))
         if kind == "dgram":
             kw["peer"] = _get(raw, f"{key}.peer", str, None)
+        else:
+            kw["connect"] = _get(raw, f"{key}.connect", bool, False)
     return PortConfig(**kw)
 
 

@@ -44,7 +44,7 @@ def make_port(port_id: int, pc: PortConfig) -> Port:
         return AttachPort(port_id, pc.name, pc.mtu, pc.mac_limit, pc.interface)
     assert pc.path is not None
     if pc.type == "stream":
-        return StreamPort(port_id, pc.name, pc.mtu, pc.mac_limit, pc.path, pc.mode)
+        return StreamPort(port_id, pc.name, pc.mtu, pc.mac_limit, pc.path, pc.mode, pc.connect)
     return DgramPort(port_id, pc.name, pc.mtu, pc.mac_limit, pc.path, pc.peer, pc.mode)
 
 

@@ -1,8 +1,14 @@
 """``stream`` port: qemu ``-netdev stream`` on a unix socket vswitch listens on.
 
 Framing (qemu net/stream.c): each frame is preceded by its length as a 4-byte big-endian integer;
-no virtio-net header.  One peer at a time: a new connection replaces the old one, so a qemu that
-restarts or reconnects just connects again.  No privileges are needed.
+no virtio-net header.  No privileges are needed.  Two ways round:
+
+- ``connect = false`` (default): vswitch listens on ``path``; qemu connects
+  (``server=off``).  One peer at a time: a new connection replaces the old one, so a restarted
+  qemu just connects again.  qemu 7.2 as a client never reconnects by itself, so if vswitch
+  restarts, that qemu must restart too.
+- ``connect = true``: qemu listens (``server=on``) and vswitch connects, retrying every second
+  while there is no connection: either side can restart without the other.
 """
 
 from __future__ import annotations
@@ -65,10 +71,11 @@ class StreamPort(Port):
     vnet = False
 
     def __init__(self, port_id: int, name: str, mtu: int, mac_limit: int | None,
-                 path: str, mode: int) -> None:
+                 path: str, mode: int, connect: bool = False) -> None:
         super().__init__(port_id, name, mtu, mac_limit)
         self.path = path
         self.mode = mode
+        self.connect = connect
         self.listener: socket.socket | None = None
         self.conn: socket.socket | None = None
         self.decoder = StreamDecoder()
@@ -77,6 +84,9 @@ class StreamPort(Port):
 
     def open(self, loop: asyncio.AbstractEventLoop, deliver: Deliver) -> None:
         super().open(loop, deliver)
+        if self.connect:
+            self.poll()
+            return
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         if Path(self.path).is_socket():
             os.unlink(self.path)  # a stale socket from a previous run
@@ -93,6 +103,22 @@ class StreamPort(Port):
             conn, _ = self.listener.accept()
         except BlockingIOError:
             return
+        self._adopt(conn)
+
+    def poll(self) -> None:
+        """In connect mode, (re)connect to qemu's listening socket while disconnected."""
+        if not self.connect or self.conn is not None:
+            return
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(self.path)
+        except OSError:  # qemu not (yet) listening: try again next tick
+            conn.close()
+            return
+        self._adopt(conn)
+
+    def _adopt(self, conn: socket.socket) -> None:
+        assert self.loop is not None
         self._drop_peer()  # a new connection replaces the old one (qemu restarted)
         conn.setblocking(False)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
@@ -182,4 +208,5 @@ class StreamPort(Port):
             Path(self.path).unlink(missing_ok=True)
 
     def detail(self) -> str:
-        return f"{self.path} ({'connected' if self.conn else 'listening'})"
+        waiting = "connecting" if self.connect else "listening"
+        return f"{self.path} ({'connected' if self.conn else waiting})"
