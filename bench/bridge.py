@@ -1,0 +1,525 @@
+"""vswitch against the Linux kernel bridge: two namespace guests, alternating rounds, one run.
+
+    sudo .venv/bin/python -m bench.bridge [--rounds 3] [--seconds 5] [--out bench/results]
+
+Every round builds each variant from scratch, measures it and tears it down.  The order rotates
+from round to round, so drift on this shared machine does not always favour the same variant.
+
+  kernel          ``ip link add br type bridge`` + two veth pairs (IPv6 off on the root ends)
+  vswitch         two ``internal`` ports (TAP, vnet_hdr + TSO) moved into the namespaces
+  vswitch-attach  two veth pairs whose root ends are joined with ``attach`` ports (AF_PACKET)
+
+Per variant and round: iperf3 TCP (receiver bits/s), 64-byte UDP delivered at the receiver
+(pkt/s), ping RTT median and p99, and for vswitch its CPU (% of one core) during the TCP and UDP
+tests and its peak RSS (VmHWM).  Verdicts use ratios of medians against the kernel of this run
+(TESTING.md, "Benchmark protocol"); absolute numbers are for orientation only.
+
+The parsers (``iperf_tcp_bps``, ``iperf_udp_pps``, ``ping_rtts_ms``, ``percentile``,
+``cpu_ticks``, ``vm_hwm_kib``, ``snmp_counter``) are pure functions of text or JSON, for unit tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vswitch.lab import Lab, sh, sysctl_off_ipv6, wait_for
+
+VARIANTS = ("kernel", "vswitch", "vswitch-attach")
+IP_A, IP_B = "10.77.0.1", "10.77.0.2"
+PING_COUNT, PING_INTERVAL = 300, 0.005
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+REPO = Path(__file__).resolve().parent.parent
+
+#: metric -> (label, unit scale, unit, kind of comparison with the kernel, target)
+METRICS: dict[str, tuple[str, float, str, str, float | None]] = {
+    "tcp_bps": ("TCP throughput", 1e9, "Gbit/s", "ratio", 0.9),
+    "udp_pps": ("64-byte UDP delivered", 1e3, "kpkt/s", "ratio", 0.6),
+    "rtt_median_us": ("ping RTT median", 1, "µs", "diff", 40.0),
+    "rtt_p99_us": ("ping RTT p99", 1, "µs", "diff", None),
+}
+#: vswitch-only figures (no kernel counterpart)
+RESOURCES: dict[str, tuple[str, str]] = {
+    "cpu_tcp_pct": ("vswitch CPU during TCP", "% of a core"),
+    "cpu_udp_pct": ("vswitch CPU during UDP", "% of a core"),
+    "rss_peak_mib": ("vswitch peak RSS (VmHWM)", "MiB"),
+}
+
+
+# --- parsers: pure functions ----------------------------------------------------------------
+
+def iperf_tcp_bps(doc: dict[str, Any]) -> float:
+    """Receiver-side throughput of an ``iperf3 -c ... --json`` TCP run, in bits/s."""
+    if "error" in doc:
+        raise ValueError(f"iperf3: {doc['error']}")
+    return float(doc["end"]["sum_received"]["bits_per_second"])
+
+
+def iperf_udp_pps(doc: dict[str, Any]) -> float:
+    """Packets delivered per second at the receiver of an iperf3 UDP run (packets - lost)."""
+    if "error" in doc:
+        raise ValueError(f"iperf3: {doc['error']}")
+    rx = doc["end"]["sum_received"]
+    return float((rx["packets"] - rx["lost_packets"]) / rx["seconds"])
+
+
+def iperf_udp_sent_pps(doc: dict[str, Any]) -> float:
+    """Packets per second the iperf3 UDP sender managed to send."""
+    tx = doc["end"]["sum_sent"]
+    return float(tx["packets"] / tx["seconds"])
+
+
+PING_TIME = re.compile(r"icmp_seq=\d+ .*time[=<]([0-9.]+) ms")
+
+
+def ping_rtts_ms(text: str) -> list[float]:
+    """Per-packet round-trip times (ms) from iputils ping output (run without -q)."""
+    return [float(m.group(1)) for m in PING_TIME.finditer(text)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100), linear interpolation between closest ranks."""
+    if not values:
+        raise ValueError("percentile of no values")
+    s = sorted(values)
+    pos = (len(s) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def cpu_ticks(stat: str) -> int:
+    """utime + stime (clock ticks) from the text of /proc/PID/stat."""
+    fields = stat.rpartition(")")[2].split()  # fields[0] is field 3 (state)
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15
+
+
+def vm_hwm_kib(status: str) -> int:
+    """Peak resident set size (VmHWM, KiB) from the text of /proc/PID/status."""
+    m = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+    if m is None:
+        raise ValueError("no VmHWM line")
+    return int(m.group(1))
+
+
+def snmp_counter(snmp: str, proto: str, name: str) -> int:
+    """One counter from the text of /proc/net/snmp (a header line, then a value line)."""
+    rows = [line.split()[1:] for line in snmp.splitlines() if line.startswith(f"{proto}:")]
+    return int(dict(zip(rows[0], rows[1], strict=True))[name])
+
+
+# --- topologies -----------------------------------------------------------------------------
+
+@dataclass
+class Setup:
+    client_ns: str
+    server_ns: str
+    devs: tuple[str, str]
+    switch: subprocess.Popen[Any] | None = None
+    socket: str = ""
+    log: Path | None = None
+
+
+def build_kernel(lab: Lab) -> Setup:
+    a, b = lab.netns("ka"), lab.netns("kb")
+    br = lab.name("kbr")
+    sh(["ip", "link", "add", br, "type", "bridge"])
+    lab.links.append(br)
+    sysctl_off_ipv6(br)
+    for ns, outer, ip in ((a, lab.name("kva"), IP_A), (b, lab.name("kvb"), IP_B)):
+        lab.veth(outer, ns)
+        sh(["ip", "link", "set", outer, "master", br])
+        lab.addr(ns, "eth0", f"{ip}/24")
+    sh(["ip", "link", "set", br, "up"])
+    return Setup(a, b, ("eth0", "eth0"))
+
+
+def build_vswitch(lab: Lab, attach: bool) -> Setup:
+    a, b = lab.netns("va"), lab.netns("vb")
+    ports, devs = [], []
+    for ns, side, ip in ((a, "a", IP_A), (b, "b", IP_B)):
+        if attach:  # the guest end must be up before the port has carrier
+            outer = lab.veth(lab.name(f"vv{side}"), ns)
+            lab.addr(ns, "eth0", f"{ip}/24")
+            ports.append(f'[[port]]\nname = "p{side}"\ntype = "attach"\ninterface = "{outer}"\n')
+            devs.append("eth0")
+        else:
+            dev = lab.name(f"g{side}")
+            ports.append(f'[[port]]\nname = "{dev}"\ntype = "internal"\nnetns = "{ns}"\n')
+            devs.append(dev)
+    sock = f"/tmp/bench-{lab.tag}.sock"
+    config = Path(f"/tmp/bench-{lab.tag}.toml")
+    log = Path(f"/tmp/bench-{lab.tag}.log")
+    lab.files += [config, log, Path(sock)]
+    config.write_text(f'[switch]\nname = "bench"\n[control]\nsocket = "{sock}"\n'
+                      + "".join(ports))
+    with log.open("wb") as out:
+        proc = lab.spawn([vswitch_bin(), "run", str(config)], stdout=out, stderr=out)
+    setup = Setup(a, b, (devs[0], devs[1]), proc, sock, log)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"vswitch exited ({proc.returncode}): {log_tail(setup)}")
+        rows = show_ports(sock, check=False)
+        return rows is not None and len(rows) == 2 and all(r["state"] == "up" for r in rows)
+
+    wait_for(ready, 20, "vswitch ports up", interval=0.2)
+    if not attach:  # internal ports: the interfaces exist once vswitch has made them
+        lab.addr(a, devs[0], f"{IP_A}/24")
+        lab.addr(b, devs[1], f"{IP_B}/24")
+    return setup
+
+
+BUILDERS: dict[str, Callable[[Lab], Setup]] = {
+    "kernel": build_kernel,
+    "vswitch": lambda lab: build_vswitch(lab, attach=False),
+    "vswitch-attach": lambda lab: build_vswitch(lab, attach=True),
+}
+
+
+def vswitch_bin() -> str:
+    local = Path(sys.executable).parent / "vswitch"
+    return str(local) if local.exists() else (shutil.which("vswitch") or "vswitch")
+
+
+def show_ports(sock: str, check: bool = True) -> list[dict[str, Any]] | None:
+    done = subprocess.run([vswitch_bin(), "show", "ports", "--socket", sock, "--json"],
+                          capture_output=True, text=True, timeout=10, check=False)
+    if done.returncode != 0:
+        if check:
+            raise RuntimeError(f"vswitch show ports: {done.stderr.strip()}")
+        return None
+    rows: list[dict[str, Any]] = json.loads(done.stdout)
+    return rows
+
+
+def log_tail(setup: Setup, lines: int = 5) -> str:
+    if setup.log is None or not setup.log.exists():
+        return ""
+    return " | ".join(setup.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+# --- measurements ---------------------------------------------------------------------------
+
+def iperf(lab: Lab, setup: Setup, seconds: float, *extra: str) -> dict[str, Any]:
+    cmd = ["iperf3", "-c", IP_B, "-t", f"{seconds:g}", "--json", "--connect-timeout", "3000",
+           *extra]
+    done = lab.run(setup.client_ns, cmd, check=False, timeout=seconds + 30)
+    try:
+        doc: dict[str, Any] = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        raise RuntimeError(f"iperf3 gave no JSON: {done.stderr.strip()[-200:]}") from None
+    return doc
+
+
+def cpu_sample(setup: Setup) -> tuple[int, float] | None:
+    if setup.switch is None:
+        return None
+    return cpu_ticks(Path(f"/proc/{setup.switch.pid}/stat").read_text()), time.monotonic()
+
+
+def cpu_percent(before: tuple[int, float] | None, after: tuple[int, float] | None) -> float | None:
+    if before is None or after is None:
+        return None
+    return 100 * (after[0] - before[0]) / CLK_TCK / (after[1] - before[1])
+
+
+def check_alive(setup: Setup, what: str) -> None:
+    if setup.switch is not None and setup.switch.poll() is not None:
+        raise RuntimeError(f"vswitch died during {what}: {log_tail(setup)}")
+
+
+def link_drops(lab: Lab, ns: str, dev: str) -> dict[str, int]:
+    done = lab.run(ns, ["ip", "-s", "-j", "link", "show", "dev", dev], timeout=10)
+    stats = json.loads(done.stdout)[0]["stats64"]
+    return {"rx_dropped": stats["rx"]["dropped"], "tx_dropped": stats["tx"]["dropped"]}
+
+
+def measure(lab: Lab, setup: Setup, seconds: float, say: Callable[[str], None]) -> dict[str, Any]:
+    lab.spawn(["iperf3", "-s"], ns=setup.server_ns, stdout=subprocess.DEVNULL,
+              stderr=subprocess.DEVNULL)
+    wait_for(lambda: lab.run(setup.client_ns, ["ping", "-c", "1", "-W", "1", IP_B],
+                             check=False, timeout=5).returncode == 0, 15, "first ping")
+    wait_for(lambda: ":5201" in lab.run(setup.server_ns, "ss -Hltn", timeout=5).stdout,
+             10, "iperf3 server")
+    r: dict[str, Any] = {}
+
+    before = cpu_sample(setup)
+    r["tcp_bps"] = iperf_tcp_bps(iperf(lab, setup, seconds))
+    r["cpu_tcp_pct"] = cpu_percent(before, cpu_sample(setup))
+    check_alive(setup, "TCP")
+    say(f"tcp  {r['tcp_bps'] / 1e9:6.2f} Gbit/s" + cpu_note(r["cpu_tcp_pct"]))
+
+    before = cpu_sample(setup)
+    doc = iperf(lab, setup, seconds, "-u", "-l", "64", "-b", "0")
+    r["udp_pps"] = iperf_udp_pps(doc)
+    r["cpu_udp_pct"] = cpu_percent(before, cpu_sample(setup))
+    r["udp_sent_pps"] = iperf_udp_sent_pps(doc)
+    check_alive(setup, "UDP")
+    say(f"udp  {r['udp_pps'] / 1e3:6.1f} kpkt/s delivered of {r['udp_sent_pps'] / 1e3:.1f} "
+        "sent" + cpu_note(r["cpu_udp_pct"]))
+
+    done = lab.run(setup.client_ns, ["ping", "-c", str(PING_COUNT), "-i", str(PING_INTERVAL),
+                                     "-W", "1", "-w", "30", IP_B], check=False, timeout=40)
+    rtts = ping_rtts_ms(done.stdout)
+    if len(rtts) < PING_COUNT // 2:
+        raise RuntimeError(f"ping: only {len(rtts)}/{PING_COUNT} replies")
+    r["rtt_median_us"] = statistics.median(rtts) * 1000
+    r["rtt_p99_us"] = percentile(rtts, 99) * 1000
+    r["ping_lost"] = PING_COUNT - len(rtts)
+    check_alive(setup, "ping")
+    say(f"ping median {r['rtt_median_us']:.0f} µs, p99 {r['rtt_p99_us']:.0f} µs, "
+        f"{r['ping_lost']} lost")
+
+    # Where did lost packets go?  Guest interface drops, and the receiver's UDP socket.
+    r["guest_links"] = {side: link_drops(lab, ns, dev) for side, ns, dev in
+                        (("client", setup.client_ns, setup.devs[0]),
+                         ("server", setup.server_ns, setup.devs[1]))}
+    snmp = lab.run(setup.server_ns, ["cat", "/proc/net/snmp"], timeout=10).stdout
+    r["server_udp_rcvbuf_errors"] = snmp_counter(snmp, "Udp", "RcvbufErrors")
+    say("drops: " + ", ".join(f"{side} {k}={v}" for side, d in r["guest_links"].items()
+                              for k, v in d.items() if v)
+        + f" receiver UDP RcvbufErrors={r['server_udp_rcvbuf_errors']}")
+    if setup.switch is not None:
+        status = Path(f"/proc/{setup.switch.pid}/status").read_text()
+        r["rss_peak_mib"] = vm_hwm_kib(status) / 1024
+        rows = show_ports(setup.socket) or []
+        r["ports"] = [{k: row.get(k) for k in ("name", "rx_frames", "tx_frames", "drops")}
+                      for row in rows]
+        drops = {f"{row['name']}.{k}": v for row in rows for k, v in row["drops"].items() if v}
+        say(f"rss  {r['rss_peak_mib']:.1f} MiB; port drops: "
+            + (", ".join(f"{k}={v}" for k, v in drops.items()) or "none"))
+    return r
+
+
+def cpu_note(pct: float | None) -> str:
+    return "" if pct is None else f"  (vswitch CPU {pct:.0f}%)"
+
+
+# --- summary and reports --------------------------------------------------------------------
+
+def medians(rounds: list[dict[str, Any]], variants: list[str]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for v in variants:
+        runs = [rnd["results"][v] for rnd in rounds if "error" not in rnd["results"].get(v, {
+            "error": "missing"})]
+        out[v] = {k: statistics.median(vals) for k in (*METRICS, *RESOURCES)
+                  if (vals := [run[k] for run in runs if run.get(k) is not None])}
+    return out
+
+
+def compare(med: dict[str, dict[str, float]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per vswitch variant and metric: ratio (or difference) against the kernel, and the verdict."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    kernel = med.get("kernel", {})
+    for v, m in med.items():
+        if v == "kernel":
+            continue
+        out[v] = {}
+        for key, (_, _, _, kind, target) in METRICS.items():
+            if key not in m or key not in kernel:
+                continue
+            value = m[key] / kernel[key] if kind == "ratio" else m[key] - kernel[key]
+            met = None if target is None else (value >= target if kind == "ratio"
+                                               else value <= target)
+            out[v][key] = {"kind": kind, "value": value, "target": target, "met": met}
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               "?")
+    nf = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+    git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True, check=False, timeout=10)
+    iperf_v = subprocess.run(["iperf3", "--version"], capture_output=True, text=True,
+                             check=False, timeout=10).stdout.splitlines()
+    return {
+        "kernel": platform.release(), "os": platform.platform(), "cpu": cpu,
+        "cpus": os.cpu_count(), "python": platform.python_version(),
+        "iperf3": iperf_v[0] if iperf_v else "?", "loadavg_start": os.getloadavg(),
+        "bridge_nf_call_iptables": nf.read_text().strip() if nf.exists() else None,
+        "vswitch_commit": git.stdout.strip() or None,
+    }
+
+
+def fmt(key: str, value: float | None) -> str:
+    if value is None:
+        return "—"
+    scale = METRICS[key][1] if key in METRICS else 1
+    return f"{value / scale:.2f}" if key == "tcp_bps" else f"{value / scale:.1f}"
+
+
+def fmt_cmp(c: dict[str, Any] | None) -> tuple[str, str, str]:
+    if c is None:
+        return "—", "—", "—"
+    if c["kind"] == "ratio":
+        value, target = f"{c['value']:.2f}x", f">= {c['target']}x"
+    else:
+        value = f"{c['value']:+.0f} µs"
+        target = "—" if c["target"] is None else f"<= kernel + {c['target']:.0f} µs"
+    met = "—" if c["met"] is None else ("yes" if c["met"] else "**no**")
+    return value, target, met
+
+
+def markdown(report: dict[str, Any]) -> str:
+    med, cmp_ = report["medians"], report["comparison"]
+    kernel = med.get("kernel", {})
+    lines = [f"# vswitch vs kernel bridge ({report['date']})", "",
+             f"Medians of {report['rounds_requested']} alternating rounds, "
+             f"{report['seconds']:g} s per iperf3 test, {PING_COUNT} pings at "
+             f"{PING_INTERVAL * 1000:g} ms. Machine: {report['machine']['cpus']} × "
+             f"{report['machine']['cpu']}, Linux {report['machine']['kernel']}, "
+             f"bridge-nf-call-iptables={report['machine']['bridge_nf_call_iptables']}. "
+             "Only the ratios mean anything on this shared machine.", ""]
+    for v in (v for v in report["variants"] if v != "kernel"):
+        lines += [f"## {v}", "", f"| metric | kernel bridge | {v} | ratio | target | met? |",
+                  "|---|---:|---:|---:|---|---|"]
+        for key, (label, _, unit, _, _) in METRICS.items():
+            ratio, target, met = fmt_cmp(cmp_.get(v, {}).get(key))
+            lines.append(f"| {label} ({unit}) | {fmt(key, kernel.get(key))} | "
+                         f"{fmt(key, med.get(v, {}).get(key))} | {ratio} | {target} | {met} |")
+        for key, (label, unit) in RESOURCES.items():
+            lines.append(f"| {label} ({unit}) | — | {fmt(key, med.get(v, {}).get(key))} "
+                         "| — | — | — |")
+        lines.append("")
+    lines += ["## Rounds", "", "| round | variant | TCP Gbit/s | UDP kpkt/s delivered / sent | "
+              "RTT median µs | RTT p99 µs | vswitch CPU TCP/UDP % |", "|---|---|---:|---:|---:|"
+              "---:|---:|"]
+    for rnd in report["rounds"]:
+        for v in rnd["order"]:
+            r = rnd["results"][v]
+            if "error" in r:
+                lines.append(f"| {rnd['round']} | {v} | error: {r['error']} | | | | |")
+                continue
+            cpu = ("—" if r.get("cpu_tcp_pct") is None
+                   else f"{r['cpu_tcp_pct']:.0f} / {r['cpu_udp_pct']:.0f}")
+            lines.append(f"| {rnd['round']} | {v} | {r['tcp_bps'] / 1e9:.2f} | "
+                         f"{r['udp_pps'] / 1e3:.1f} / {r['udp_sent_pps'] / 1e3:.1f} | "
+                         f"{r['rtt_median_us']:.0f} | {r['rtt_p99_us']:.0f} | {cpu} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    med, variants = report["medians"], report["variants"]
+    kernel = med.get("kernel", {})
+    keys = [k for k in METRICS if k in kernel]
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    width = 0.8 / len(variants)
+    for i, v in enumerate(variants):
+        xs = [j + (i - (len(variants) - 1) / 2) * width for j in range(len(keys))]
+        ys = [med.get(v, {}).get(k, 0) / kernel[k] for k in keys]
+        runs = [[rnd["results"][v][k] / kernel[k] for rnd in report["rounds"]
+                 if k in rnd["results"].get(v, {})] for k in keys]
+        err = [[y - min(r, default=y) for y, r in zip(ys, runs, strict=True)],
+               [max(r, default=y) - y for y, r in zip(ys, runs, strict=True)]]
+        bars = ax.bar(xs, ys, width, yerr=err, capsize=3, label=v)
+        ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=8, padding=2)
+    for j, k in enumerate(keys):
+        kind, target = METRICS[k][3], METRICS[k][4]
+        if target is None:
+            continue
+        level = target if kind == "ratio" else (kernel[k] + target) / kernel[k]
+        ax.hlines(level, j - 0.45, j + 0.45, colors="red", linestyles="--",
+                  label="target" if j == 0 else "_nolegend_")
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xticks(range(len(keys)),
+                  [f"{METRICS[k][0]}\n({'higher' if METRICS[k][3] == 'ratio' else 'lower'}"
+                   " is better)" for k in keys], fontsize=9)
+    ax.set_ylabel("relative to the kernel bridge (= 1.0)")
+    ax.set_title(f"vswitch vs kernel bridge, median of {len(report['rounds'])} rounds "
+                 f"({report['date'][:10]})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- main -----------------------------------------------------------------------------------
+
+def interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.bridge", description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help="comma-separated subset of " + ", ".join(VARIANTS))
+    args = ap.parse_args(argv)
+    variants = [v for v in args.variants.split(",") if v]
+    if os.geteuid() != 0:
+        print("bench.bridge needs root (namespaces, TAP, veth)", file=sys.stderr)
+        return 2
+    if "kernel" not in variants or any(v not in VARIANTS for v in variants):
+        ap.error(f"--variants must include kernel and only name {', '.join(VARIANTS)}")
+    signal.signal(signal.SIGTERM, interrupt)  # clean up on kill as on Ctrl-C
+
+    start = time.monotonic()
+    report: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, "-m", "bench.bridge", *sys.argv[1:]]),
+        "machine": machine_info(), "rounds_requested": args.rounds, "seconds": args.seconds,
+        "variants": variants, "rounds": [],
+    }
+    try:
+        for n in range(args.rounds):
+            order = variants[n % len(variants):] + variants[:n % len(variants)]
+            rnd: dict[str, Any] = {"round": n + 1, "order": order, "results": {}}
+            report["rounds"].append(rnd)
+            for v in order:
+                def say(msg: str, v: str = v, n: int = n) -> None:
+                    print(f"[{time.monotonic() - start:5.0f}s] round {n + 1}/{args.rounds} "
+                          f"{v:<14} {msg}", flush=True)
+                say("setting up")
+                lab = Lab("bench")
+                try:
+                    rnd["results"][v] = measure(lab, BUILDERS[v](lab), args.seconds, say)
+                except (RuntimeError, TimeoutError, ValueError, KeyError, OSError,
+                        subprocess.SubprocessError) as exc:
+                    rnd["results"][v] = {"error": f"{type(exc).__name__}: {exc}"}
+                    say(f"FAILED: {exc}")
+                finally:
+                    lab.close()
+    except KeyboardInterrupt:
+        print("interrupted: cleaned up, no report written", file=sys.stderr)
+        return 130
+
+    report["medians"] = medians(report["rounds"], variants)
+    report["comparison"] = compare(report["medians"])
+    report["machine"]["loadavg_end"] = os.getloadavg()
+    report["duration_s"] = round(time.monotonic() - start, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bridge.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    table = markdown(report)
+    (args.out / "bridge.md").write_text(table)
+    plot(report, args.out / "bridge.png")
+    print("\n" + table)
+    print(f"wrote {args.out}/bridge.json, bridge.md, bridge.png in {report['duration_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
