@@ -84,3 +84,42 @@ def ping(lab: Lab, ns: str, addr: str, count: int = 3, interval: float = 0.2,
 
 def wait_seconds(seconds: float) -> None:
     time.sleep(seconds)
+
+
+RECEIVER = """
+import hashlib, socket, sys
+srv = socket.create_server((sys.argv[1], int(sys.argv[2])))
+print("listening", flush=True)
+srv.settimeout(60)
+conn, _ = srv.accept()
+conn.settimeout(60)
+h, n = hashlib.sha256(), 0
+while data := conn.recv(1 << 16):
+    h.update(data)
+    n += len(data)
+print(n, h.hexdigest(), flush=True)
+"""
+
+SENDER = """
+import hashlib, socket, sys
+data = hashlib.sha256(b"vswitch").digest() * (int(sys.argv[3]) // 32)
+conn = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
+conn.sendall(data)
+conn.close()
+print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
+"""
+
+
+def tcp_transfer(lab: Lab, src_ns: str, dst_ns: str, addr: str, nbytes: int,
+                 port: int = 5555) -> tuple[str, str]:
+    """Send ``nbytes`` over TCP from ``src_ns`` to ``addr`` in ``dst_ns``; (sent, received)
+    as "length sha256" strings, so a test can assert the bytes arrived intact."""
+    receiver = lab.spawn([sys.executable, "-c", RECEIVER, addr, str(port)], ns=dst_ns,
+                         stdout=subprocess.PIPE, text=True)
+    assert receiver.stdout is not None
+    assert receiver.stdout.readline().strip() == "listening"
+    sent = lab.run(src_ns, [sys.executable, "-c", SENDER, addr, str(port), str(nbytes)],
+                   timeout=120).stdout.strip()
+    received = receiver.stdout.readline().strip()
+    receiver.wait(timeout=30)
+    return sent, received
