@@ -68,6 +68,53 @@ class PortConfig:
     """stream: connect to qemu's listening socket (server=on) instead of listening."""
 
 
+MODES = ("nat", "route", "isolated", "open")
+
+
+@dataclass(frozen=True, slots=True)
+class StaticHost:
+    mac: str | None
+    """Hardware address, lowercase colon form (DHCP hosts only)."""
+    ip: str
+    """IPv4 address in the subnet."""
+    name: str | None
+    """Host name served by DNS."""
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkConfig:
+    mode: str = "nat"
+    """nat, route, isolated or open, as libvirt's forward modes."""
+    subnet: str = "192.168.122.0/24"
+    """The guest network, CIDR."""
+    gateway: str = "192.168.122.1"
+    """The router port's address: gateway, DHCP server and DNS server for the guests."""
+    gateway_mac: str = ""
+    """The router port's MAC (default: derived from the switch name, in 52:54:00)."""
+    dhcp: bool = True
+    """Serve DHCP."""
+    dhcp_range: tuple[str, str] = ("192.168.122.2", "192.168.122.254")
+    """First and last address handed out."""
+    lease_time: int = 3600
+    """Seconds a lease lasts."""
+    lease_file: str = ""
+    """Where leases survive restarts."""
+    authoritative: bool = False
+    """NAK INIT-REBOOT requests from unknown clients instead of staying silent."""
+    max_leases: int = 0
+    """Lease table cap (0: the pool size)."""
+    dhcp_hosts: tuple[StaticHost, ...] = ()
+    """Fixed addresses by MAC."""
+    dns: bool = True
+    """Serve DNS."""
+    domain: str = "vsw.internal"
+    """Local DNS domain for guest names."""
+    forwarders: tuple[tuple[str, int], ...] | None = None
+    """Upstream resolvers (None: the host's /etc/resolv.conf)."""
+    dns_hosts: tuple[StaticHost, ...] = ()
+    """Extra names served by DNS."""
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     name: str = "vsw0"
@@ -80,8 +127,18 @@ class Config:
     """Control socket path."""
     ports: tuple[PortConfig, ...] = field(default_factory=tuple)
     """The ports, in config order (port ids are 1, 2, ... in that order)."""
+    network: NetworkConfig | None = None
+    """The router port and its services; None: a plain switch."""
     source: str = "<embedded default>"
     """Where this config came from."""
+
+
+def state_dir() -> Path:
+    """Where lease files live: /var/lib/vswitch as root, else $XDG_STATE_HOME/vswitch."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/vswitch")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local/state")
+    return Path(base) / "vswitch"
 
 
 def runtime_dir() -> Path:
@@ -115,7 +172,7 @@ def load_config(path: str | Path | None = None) -> Config:
 
 
 def parse_config(data: dict[str, Any], source: str = "<dict>") -> Config:
-    _only(data, "", {"switch", "control", "port"})
+    _only(data, "", {"switch", "control", "port", "network", "dhcp", "dns"})
     switch = _table(data, "switch")
     _only(switch, "switch.", {"name", "mac_aging", "mac_limit"})
     name = _get(switch, "switch.name", str, "vsw0")
@@ -140,7 +197,11 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> Config:
     for i, port in enumerate(ports):
         if port.path and paths.count(port.path) > 1:
             raise ConfigError(f"port[{i}].path", f"{port.path!r} is used by another port")
-    return Config(name, aging, mac_limit, sock, ports, source)
+    network = _network(data, name) if "network" in data else None
+    if network is None and ("dhcp" in data or "dns" in data):
+        raise ConfigError("network", "missing; [dhcp] and [dns] serve the [network] gateway")
+    return Config(name=name, mac_aging=aging, mac_limit=mac_limit, socket=sock, ports=ports,
+                  network=network, source=source)
 
 
 def _port(raw: Any, i: int) -> PortConfig:
@@ -235,3 +296,144 @@ def _number(table: dict[str, Any], key: str, default: Any, low: float, high: flo
     if not low <= value <= high:
         raise ConfigError(key, f"{value} is out of range; use {low:g} to {high:g}")
     return float(value)
+
+
+def _network(data: dict[str, Any], switch_name: str) -> NetworkConfig:
+    import netaddr
+
+    net = _table(data, "network")
+    _only(net, "network.", {"mode", "subnet", "gateway", "gateway_mac"})
+    mode = _get(net, "network.mode", str, "nat")
+    if mode not in MODES:
+        raise ConfigError("network.mode", f"{mode!r} is not a mode; use one of " + ", ".join(MODES))
+    text = _get(net, "network.subnet", str, "192.168.122.0/24")
+    try:
+        subnet = netaddr.IPNetwork(text, version=4)
+    except (netaddr.AddrFormatError, ValueError):
+        raise ConfigError("network.subnet", f"{text!r} is not a valid IPv4 network") from None
+    if subnet.prefixlen > 30:
+        raise ConfigError("network.subnet", f"{text!r} leaves no room for guests; use /30 or "
+                          "shorter")
+    subnet = subnet.cidr
+    gateway = _address(net, "network.gateway", str(subnet.network + 1), subnet)
+    mac = _get(net, "network.gateway_mac", str, "")
+    if mac:
+        mac = _mac(mac, "network.gateway_mac")
+
+    dhcp = _table(data, "dhcp")
+    _only(dhcp, "dhcp.", {"enabled", "range", "lease_time", "lease_file", "authoritative",
+                          "max_leases", "host"})
+    first, last = subnet.network + 2, subnet.broadcast - 1
+    raw_range = dhcp.get("range", [str(first), str(last)])
+    if not (isinstance(raw_range, list) and len(raw_range) == 2):
+        raise ConfigError("dhcp.range", "must be [first, last], e.g. "
+                          f'["{first}", "{last}"]')
+    lo = _address({"range": raw_range[0]}, "dhcp.range", "", subnet)
+    hi = _address({"range": raw_range[1]}, "dhcp.range", "", subnet)
+    if netaddr.IPAddress(lo) > netaddr.IPAddress(hi):
+        raise ConfigError("dhcp.range", f"first {lo} is after last {hi}")
+    if netaddr.IPAddress(lo) <= netaddr.IPAddress(gateway) <= netaddr.IPAddress(hi):
+        raise ConfigError("dhcp.range", f"includes the gateway {gateway}; start after it")
+    lease_time = int(_number(dhcp, "dhcp.lease_time", 3600, 120, 10**7, integer=True))
+    lease_file = _get(dhcp, "dhcp.lease_file", str, str(state_dir() / f"{switch_name}.leases"))
+    hosts = []
+    for i, raw in enumerate(_array(dhcp, "dhcp.host")):
+        key = f"dhcp.host[{i}]"
+        _only(raw, key + ".", {"mac", "ip", "name"})
+        hosts.append(StaticHost(_mac(_get(raw, key + ".mac", str, None, required="the guest's "
+                                          "MAC, e.g. mac = \"52:54:00:00:00:10\""), key + ".mac"),
+                                _address(raw, key + ".ip", None, subnet),
+                                _hostname(raw, key + ".name")))
+    dns = _table(data, "dns")
+    _only(dns, "dns.", {"enabled", "domain", "forwarders", "host"})
+    domain = _get(dns, "dns.domain", str, "vsw.internal").strip(".").lower()
+    if not DOMAIN.match(domain):
+        raise ConfigError("dns.domain", f"{domain!r} is not a DNS domain name")
+    forwarders = None
+    if "forwarders" in dns:
+        if not isinstance(dns["forwarders"], list):
+            raise ConfigError("dns.forwarders", 'must be a list, e.g. ["192.0.2.53"]')
+        forwarders = tuple(_server(v, f"dns.forwarders[{i}]")
+                           for i, v in enumerate(dns["forwarders"]))
+    dns_hosts = []
+    for i, raw in enumerate(_array(dns, "dns.host")):
+        key = f"dns.host[{i}]"
+        _only(raw, key + ".", {"name", "ip"})
+        ip = _get(raw, key + ".ip", str, None, required="the address the name resolves to")
+        try:
+            netaddr.IPAddress(ip, version=4)
+        except (netaddr.AddrFormatError, ValueError):
+            raise ConfigError(key + ".ip", f"{ip!r} is not an IPv4 address") from None
+        dns_hosts.append(StaticHost(None, ip, _hostname(raw, key + ".name", required=True)))
+    return NetworkConfig(
+        mode=mode, subnet=str(subnet), gateway=gateway, gateway_mac=mac,
+        dhcp=_get(dhcp, "dhcp.enabled", bool, True), dhcp_range=(lo, hi),
+        lease_time=lease_time, lease_file=lease_file,
+        authoritative=_get(dhcp, "dhcp.authoritative", bool, False),
+        max_leases=int(_number(dhcp, "dhcp.max_leases", 0, 0, 10**6, integer=True)),
+        dhcp_hosts=tuple(hosts), dns=_get(dns, "dns.enabled", bool, True), domain=domain,
+        forwarders=forwarders, dns_hosts=tuple(dns_hosts))
+
+
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+DOMAIN = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+LABEL = re.compile(rf"^{_LABEL}$")
+
+
+def _array(table: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    value = table.get(key.rsplit(".", 1)[-1], [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError(key, f"must be an array of tables: write each as [[{key}]]")
+    return value
+
+
+def _address(table: dict[str, Any], key: str, default: Any, subnet: Any) -> str:
+    import netaddr
+
+    text = _get(table, key, str, default, required="" if default else "an IPv4 address")
+    try:
+        addr = netaddr.IPAddress(text, version=4)
+    except (netaddr.AddrFormatError, ValueError):
+        raise ConfigError(key, f"{text!r} is not an IPv4 address") from None
+    if addr not in subnet or addr in (subnet.network, subnet.broadcast):
+        raise ConfigError(key, f"{text} is not a host address in {subnet}")
+    return str(addr)
+
+
+def _mac(text: str, key: str) -> str:
+    mac = text.lower().replace("-", ":")
+    if not MAC.match(mac):
+        raise ConfigError(key, f"{text!r} is not a MAC address like 52:54:00:12:34:56")
+    if int(mac[:2], 16) & 1:
+        raise ConfigError(key, f"{text} is a multicast address; a station needs a unicast one")
+    return mac
+
+
+def _hostname(table: dict[str, Any], key: str, required: bool = False) -> str | None:
+    name = _get(table, key, str, None, required="a host name" if required else "")
+    if name is None:
+        return None
+    name = name.lower()
+    if not LABEL.match(name):
+        raise ConfigError(key, f"{name!r} must be one DNS label: letters, digits and '-', "
+                          "at most 63")
+    return name
+
+
+def _server(value: Any, key: str) -> tuple[str, int]:
+    import netaddr
+
+    if not isinstance(value, str):
+        raise ConfigError(key, f"{value!r} must be a string like \"192.0.2.53\" or "
+                          "\"192.0.2.53:5353\"")
+    host, _, port = value.partition(":")
+    try:
+        netaddr.IPAddress(host, version=4)
+        number = int(port) if port else 53
+        if not 0 < number < 65536:
+            raise ValueError
+    except (netaddr.AddrFormatError, ValueError):
+        raise ConfigError(key, f"{value!r} is not an IPv4 address with an optional :port") \
+            from None
+    return host, number

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
+import zlib
 from collections import Counter
 from typing import Any
 
+from nat.gateway import Gateway
 from vswitch.config import Config, PortConfig
 from vswitch.control import ControlError, ControlServer
 from vswitch.events import MacAged, MacEvicted, MacFlapping, MacMoved
@@ -21,6 +24,7 @@ from vswitch.ports.attach import AttachPort
 from vswitch.ports.base import Port
 from vswitch.ports.dgram import DgramPort
 from vswitch.ports.internal import InternalPort
+from vswitch.ports.router import RouterPort
 from vswitch.ports.stream import StreamPort
 from vswitch.ports.tap import TapPort
 from vswitch.switch import Switch
@@ -48,13 +52,35 @@ def make_port(port_id: int, pc: PortConfig) -> Port:
     return DgramPort(port_id, pc.name, pc.mtu, pc.mac_limit, pc.path, pc.peer, pc.mode)
 
 
+def gateway_mac(config: Config) -> bytes:
+    """The configured gateway MAC, or a stable one in qemu's 52:54:00 range from the name."""
+    assert config.network is not None
+    if config.network.gateway_mac:
+        return bytes.fromhex(config.network.gateway_mac.replace(":", ""))
+    digest = zlib.crc32(f"gateway:{config.name}".encode()).to_bytes(4, "big")
+    return b"\x52\x54\x00" + digest[:3]
+
+
+def build_router(config: Config) -> RouterPort:
+    net = config.network
+    assert net is not None
+    prefix = int(net.subnet.split("/")[1])
+    gateway = Gateway(gateway_mac(config), socket.inet_aton(net.gateway), prefix)
+    return RouterPort(gateway)
+
+
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.fdb = ForwardingTable(aging=config.mac_aging, limit=config.mac_limit)
         self.switch = Switch(self.fdb, on_event=self._on_event)
-        # ports[id] -> Port; id 0 is reserved for the router port (its own issue).
+        # ports[id] -> Port; id 0 is the router port when there is a [network].
         self.ports: list[Port | None] = [None]
+        self.router: RouterPort | None = None
+        if config.network is not None:
+            self.router = build_router(config)
+            self.ports[0] = self.router
+            self.switch.add_port(0, up=False)
         for pc in config.ports:
             port = make_port(len(self.ports), pc)
             self.ports.append(port)

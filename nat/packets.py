@@ -1,0 +1,137 @@
+"""Ethernet, ARP, IPv4, UDP and ICMP headers at fixed offsets: decode and encode.
+
+Rule 1: frames here are plain Ethernet frames (no virtio-net header); addresses are ``bytes``
+        (MAC 6, IPv4 4) and every offset is checked before it is read (MalformedPacket).
+Rule 2: one ``struct.Struct`` per header, module level; no object per header on the hot path.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from vswitch.errors import MalformedPacket
+from vswitch.gso import internet_checksum
+
+ETH: Final = struct.Struct("!6s6sH")
+ARP: Final = struct.Struct("!HHBBH6s4s6s4s")
+IPV4: Final = struct.Struct("!BBHHHBBH4s4s")
+UDP: Final = struct.Struct("!HHHH")
+ICMP_ECHO: Final = struct.Struct("!BBHHH")
+
+ETH_P_IP: Final = 0x0800
+ETH_P_ARP: Final = 0x0806
+PROTO_ICMP: Final = 1
+PROTO_TCP: Final = 6
+PROTO_UDP: Final = 17
+BROADCAST_MAC: Final = b"\xff" * 6
+BROADCAST_IP: Final = b"\xff" * 4
+
+
+@dataclass(frozen=True, slots=True)
+class Ipv4:
+    """A decoded IPv4 header and where its payload lies in the frame."""
+
+    src: bytes
+    """Source address, 4 bytes."""
+    dst: bytes
+    """Destination address, 4 bytes."""
+    proto: int
+    """IP protocol number (1 ICMP, 6 TCP, 17 UDP)."""
+    ttl: int
+    """Time to live."""
+    ident: int
+    """Identification field."""
+    fragment: int
+    """Flags and fragment offset field (0x4000 is DF alone)."""
+    start: int
+    """Offset of the IP payload in the frame."""
+    end: int
+    """Offset just past the IP payload (total length; any Ethernet padding excluded)."""
+
+
+def decode_ipv4(frame: bytes, offset: int = 14) -> Ipv4:
+    """The IPv4 header at ``offset``; RFC 791 3.1 checks: version, IHL >= 5, lengths, checksum."""
+    if len(frame) < offset + 20:
+        raise MalformedPacket("IPv4 header truncated")
+    vihl, _, total, ident, frag, ttl, proto, _, src, dst = IPV4.unpack_from(frame, offset)
+    ihl = (vihl & 0x0F) * 4
+    if vihl >> 4 != 4 or ihl < 20:
+        raise MalformedPacket("not IPv4, or IHL < 5")
+    if total < ihl or offset + total > len(frame):
+        raise MalformedPacket("IPv4 total length inconsistent with the frame")
+    if internet_checksum(frame[offset:offset + ihl]) not in (0, 0xFFFF):
+        raise MalformedPacket("IPv4 header checksum")
+    return Ipv4(src, dst, proto, ttl, ident, frag, offset + ihl, offset + total)
+
+
+def encode_ipv4(src: bytes, dst: bytes, proto: int, payload: bytes, ttl: int = 64,
+                ident: int = 0, dont_fragment: bool = True) -> bytes:
+    header = bytearray(IPV4.pack(0x45, 0, 20 + len(payload), ident,
+                                 0x4000 if dont_fragment else 0, ttl, proto, 0, src, dst))
+    struct.pack_into("!H", header, 10, internet_checksum(header))
+    return bytes(header) + payload
+
+
+def encode_ethernet(dst: bytes, src: bytes, ethertype: int, payload: bytes) -> bytes:
+    return ETH.pack(dst, src, ethertype) + payload
+
+
+def pseudo_header_sum(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
+    """The RFC 768 / RFC 793 pseudo-header, to prepend when computing an L4 checksum."""
+    return src + dst + struct.pack("!BBH", 0, proto, length)
+
+
+def encode_udp(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> bytes:
+    """A UDP datagram with its checksum (RFC 768: a computed 0 is sent as 0xFFFF)."""
+    length = 8 + len(payload)
+    segment = UDP.pack(sport, dport, length, 0) + payload
+    csum = internet_checksum(pseudo_header_sum(src, dst, PROTO_UDP, length) + segment) or 0xFFFF
+    return segment[:6] + struct.pack("!H", csum) + segment[8:]
+
+
+def decode_udp(frame: bytes, ip: Ipv4) -> tuple[int, int, bytes]:
+    """(source port, destination port, payload) of the UDP datagram in ``ip``'s payload."""
+    if ip.end - ip.start < 8:
+        raise MalformedPacket("UDP header truncated")
+    sport, dport, length, _ = UDP.unpack_from(frame, ip.start)
+    if length < 8 or ip.start + length > ip.end:
+        raise MalformedPacket("UDP length < 8 or beyond the IP payload")
+    return sport, dport, frame[ip.start + 8:ip.start + length]
+
+
+@dataclass(frozen=True, slots=True)
+class Arp:
+    """An Ethernet/IPv4 ARP packet (RFC 826)."""
+
+    op: int
+    """1 request, 2 reply."""
+    sender_mac: bytes
+    """Sender hardware address."""
+    sender_ip: bytes
+    """Sender protocol address."""
+    target_mac: bytes
+    """Target hardware address (zero in a request)."""
+    target_ip: bytes
+    """Target protocol address."""
+
+
+def decode_arp(frame: bytes, offset: int = 14) -> Arp:
+    if len(frame) < offset + ARP.size:
+        raise MalformedPacket("ARP truncated")
+    htype, ptype, hlen, plen, op, smac, sip, tmac, tip = ARP.unpack_from(frame, offset)
+    if htype != 1 or ptype != ETH_P_IP or hlen != 6 or plen != 4:
+        raise MalformedPacket("ARP not Ethernet/IPv4 (wrong htype, ptype, hlen or plen)")
+    return Arp(op, smac, sip, tmac, tip)
+
+
+def encode_arp(arp: Arp) -> bytes:
+    return ARP.pack(1, ETH_P_IP, 6, 4, arp.op, arp.sender_mac, arp.sender_ip, arp.target_mac,
+                    arp.target_ip)
+
+
+def encode_icmp(icmp_type: int, code: int, rest: bytes) -> bytes:
+    """An ICMP message: type, code, checksum, then ``rest`` (RFC 792)."""
+    body = struct.pack("!BBH", icmp_type, code, 0) + rest
+    return body[:2] + struct.pack("!H", internet_checksum(body)) + body[4:]

@@ -1,0 +1,229 @@
+"""A small passive TCP for request/response services on the gateway (DNS over TCP, RFC 7766).
+
+Not a general TCP: it only accepts connections, delivers in-order data to an application and
+sends its (small) answers back.
+
+Rule 1: a SYN to the service opens a connection (SYN-ACK with our MSS); at most ``max_conns``
+        exist, a SYN beyond that gets RST (RFC 793 3.4 reset generation; RFC 7766 6.2 says
+        servers may limit connections).
+Rule 2: only in-order data is accepted; anything else is answered with a duplicate ACK so the
+        peer retransmits (RFC 793 3.3, "segment acceptability", simplified to exact match).
+Rule 3: unacknowledged data is retransmitted after RTO (1 s, doubled each time, RFC 6298 5.5);
+        after 5 tries, or ``idle`` seconds without traffic, the connection is reset and forgotten.
+Rule 4: a FIN from the peer is acknowledged and answered with our FIN once our data is sent;
+        a RST removes the connection at once.
+Checksums of received segments are not verified: they come over a virtual link whose sender
+may leave them to offload (virtio NEEDS_CSUM); ours are always complete.
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from nat.packets import PROTO_TCP, Ipv4, pseudo_header_sum
+from vswitch.errors import MalformedPacket
+from vswitch.gso import internet_checksum
+
+if TYPE_CHECKING:
+    from nat.gateway import Gateway
+
+TCP = struct.Struct("!HHIIBBHHH")
+FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+MSS = 1460
+WINDOW = 65535
+RTO, MAX_TRIES = 1.0, 5
+
+Key = tuple[bytes, int]  # (peer IP, peer port)
+#: The application: (key, in-order bytes, now) -> bytes to send now (b"" for nothing yet).
+App = Callable[[Key, bytes, float], bytes]
+
+
+def encode_tcp(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int,
+               payload: bytes = b"", options: bytes = b"", window: int = WINDOW) -> bytes:
+    offset = (20 + len(options)) // 4
+    header = TCP.pack(sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, offset << 4, flags,
+                      window, 0, 0) + options
+    segment = header + payload
+    csum = internet_checksum(pseudo_header_sum(src, dst, PROTO_TCP, len(segment)) + segment)
+    return segment[:16] + struct.pack("!H", csum) + segment[18:]
+
+
+def decode_tcp(frame: bytes, ip: Ipv4) -> tuple[int, int, int, int, int, bytes]:
+    """(sport, dport, seq, ack, flags, payload) of the segment in ``ip``'s payload."""
+    if ip.end - ip.start < 20:
+        raise MalformedPacket("TCP header truncated")
+    sport, dport, seq, ack, off, flags, _, _, _ = TCP.unpack_from(frame, ip.start)
+    hlen = (off >> 4) * 4
+    if hlen < 20 or ip.start + hlen > ip.end:
+        raise MalformedPacket("TCP data offset < 5 or beyond the segment")
+    if flags & SYN and flags & FIN:
+        raise MalformedPacket("TCP SYN+FIN")
+    return sport, dport, seq, ack, flags, frame[ip.start + hlen:ip.end]
+
+
+def reset_for(local_ip: bytes, frame: bytes, ip: Ipv4) -> bytes | None:
+    """The RST answering a segment nobody listens for (RFC 793 3.4), or None for a RST."""
+    try:
+        sport, dport, seq, ack, flags, payload = decode_tcp(frame, ip)
+    except MalformedPacket:
+        return None
+    if flags & RST:
+        return None
+    if flags & ACK:
+        return encode_tcp(local_ip, ip.src, dport, sport, ack, 0, RST)
+    length = len(payload) + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
+    return encode_tcp(local_ip, ip.src, dport, sport, 0, seq + length, RST | ACK)
+
+
+@dataclass(slots=True)
+class Connection:
+    peer_mac: bytes
+    peer_ip: bytes
+    peer_port: int
+    snd_una: int
+    snd_nxt: int
+    rcv_nxt: int
+    established: bool = False
+    peer_closed: bool = False
+    fin_sent: bool = False
+    unacked: bytes = b""
+    rto: float = RTO
+    retransmit_at: float | None = None
+    tries: int = 0
+    last_seen: float = 0.0
+    out: list[bytes] = field(default_factory=list)
+
+
+class TcpServer:
+    def __init__(self, port: int, app: App, max_conns: int = 128, idle: float = 10.0) -> None:
+        self.port = port
+        self.app = app
+        self.max_conns = max_conns
+        self.idle = idle
+        self.conns: dict[Key, Connection] = {}
+        self.gateway: Gateway | None = None
+        self.refused = 0
+
+    def handle_segment(self, gateway: Gateway, frame: bytes, ip: Ipv4, now: float) -> list[bytes]:
+        """Frames answering one segment: steps per Rules 1-4."""
+        self.gateway = gateway
+        sport, _, seq, ack, flags, payload = decode_tcp(frame, ip)
+        key = (ip.src, sport)
+        conn = self.conns.get(key)
+        # Rule 4: RST
+        if flags & RST:
+            self.conns.pop(key, None)
+            return []
+        # Rule 1: SYN opens
+        if conn is None:
+            if not flags & SYN or flags & ACK:
+                return gateway.tcp_reset(frame, ip)
+            if len(self.conns) >= self.max_conns:
+                self.refused += 1
+                return gateway.tcp_reset(frame, ip)
+            iss = secrets.randbits(32)
+            conn = Connection(frame[6:12], ip.src, sport, iss, iss + 1, seq + 1, last_seen=now)
+            self.conns[key] = conn
+            mss = struct.pack("!BBH", 2, 4, MSS)
+            return [self._segment(conn, iss, SYN | ACK, options=mss)]
+        conn.last_seen = now
+        if flags & SYN:  # a retransmitted SYN: say SYN-ACK again
+            return [self._segment(conn, conn.snd_una, SYN | ACK)] if not conn.established else []
+        out: list[bytes] = []
+        if flags & ACK:
+            self._acknowledged(conn, ack, now)
+        # Rule 2: in-order data only
+        if payload or flags & FIN:
+            if seq != conn.rcv_nxt:
+                return [self._segment(conn, conn.snd_nxt, ACK)]
+            conn.rcv_nxt += len(payload)
+            if flags & FIN:
+                conn.rcv_nxt += 1
+                conn.peer_closed = True
+            answer = self.app(key, payload, now) if payload else b""
+            out += self._send(conn, answer, now)
+            if not answer:
+                out.append(self._segment(conn, conn.snd_nxt, ACK))
+        out += self._maybe_fin(conn, now)
+        return out
+
+    def send(self, key: Key, data: bytes, now: float) -> list[bytes]:
+        """Data the application produced later (an upstream answered)."""
+        conn = self.conns.get(key)
+        if conn is None or conn.fin_sent:
+            return []
+        return self._send(conn, data, now) + self._maybe_fin(conn, now)
+
+    def _send(self, conn: Connection, data: bytes, now: float) -> list[bytes]:
+        if not data:
+            return []
+        segments = []
+        for i in range(0, len(data), MSS):
+            chunk = data[i:i + MSS]
+            segments.append(self._segment(conn, conn.snd_nxt, PSH | ACK, chunk))
+            conn.snd_nxt += len(chunk)
+        conn.unacked += data
+        if conn.retransmit_at is None:
+            conn.retransmit_at = now + conn.rto
+        return segments
+
+    def _maybe_fin(self, conn: Connection, now: float) -> list[bytes]:
+        if conn.peer_closed and not conn.unacked and not conn.fin_sent:
+            conn.fin_sent = True
+            fin = self._segment(conn, conn.snd_nxt, FIN | ACK)
+            conn.snd_nxt += 1
+            conn.retransmit_at = now + conn.rto
+            return [fin]
+        return []
+
+    def _acknowledged(self, conn: Connection, ack: int, now: float) -> None:
+        acked = (ack - conn.snd_una) & 0xFFFFFFFF
+        if acked == 0 or acked > (conn.snd_nxt - conn.snd_una) & 0xFFFFFFFF:
+            return
+        if not conn.established:
+            conn.established = True
+            acked -= 1  # our SYN
+            conn.snd_una += 1
+        conn.unacked = conn.unacked[acked:]
+        conn.snd_una = ack
+        conn.tries, conn.rto = 0, RTO
+        conn.retransmit_at = now + conn.rto if conn.unacked else None
+        if conn.fin_sent and conn.snd_una == conn.snd_nxt:
+            self.conns.pop((conn.peer_ip, conn.peer_port), None)  # our FIN acked: closed
+
+    def _segment(self, conn: Connection, seq: int, flags: int, payload: bytes = b"",
+                 options: bytes = b"") -> bytes:
+        assert self.gateway is not None
+        tcp = encode_tcp(self.gateway.ip, conn.peer_ip, self.port, conn.peer_port, seq,
+                         conn.rcv_nxt, flags, payload, options)
+        return self.gateway.ip_frame(conn.peer_mac, conn.peer_ip, PROTO_TCP, tcp)
+
+    def next_deadline(self) -> float | None:
+        times = [c.retransmit_at for c in self.conns.values() if c.retransmit_at is not None]
+        times += [c.last_seen + self.idle for c in self.conns.values()]
+        return min(times, default=None)
+
+    def expire(self, now: float) -> list[bytes]:
+        """Rule 3: retransmit what is due; drop connections that gave up or went idle."""
+        out: list[bytes] = []
+        for key, conn in list(self.conns.items()):
+            if now >= conn.last_seen + self.idle or conn.tries >= MAX_TRIES:
+                del self.conns[key]
+                out.append(self._segment(conn, conn.snd_nxt, RST | ACK))
+                continue
+            if conn.retransmit_at is None or now < conn.retransmit_at:
+                continue
+            conn.tries += 1
+            conn.rto *= 2
+            conn.retransmit_at = now + conn.rto
+            if not conn.established:
+                out.append(self._segment(conn, conn.snd_una, SYN | ACK))
+            elif conn.unacked:
+                out.append(self._segment(conn, conn.snd_una, PSH | ACK, conn.unacked[:MSS]))
+            elif conn.fin_sent:
+                out.append(self._segment(conn, conn.snd_nxt - 1, FIN | ACK))
+        return out
