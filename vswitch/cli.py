@@ -21,8 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config", nargs="?", help="TOML config (default: the embedded default)")
     p.add_argument("-v", "--verbose", action="store_true", help="also log debug events")
 
-    p = sub.add_parser("show", help="show ports, the MAC table (fdb) or switch counters")
-    p.add_argument("what", choices=["ports", "fdb", "switch"])
+    p = sub.add_parser("show", help="show ports, the MAC table (fdb), DHCP leases, DNS or "
+                       "switch counters")
+    p.add_argument("what", choices=["ports", "fdb", "leases", "dns", "switch"])
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--socket", help="control socket (default: $VSWITCH_SOCKET or "
                    f"{default_socket()})")
@@ -94,11 +95,25 @@ def format_fdb(rows: list[dict[str, Any]]) -> str:
     return render(table) + f"\n{len(rows)} entries"
 
 
+def format_leases(rows: list[dict[str, Any]]) -> str:
+    """Like `virsh net-dhcp-leases`: expiry, MAC, protocol, address, hostname, client id."""
+    import time
+
+    table = [["EXPIRY TIME", "MAC ADDRESS", "PROTOCOL", "IP ADDRESS", "HOSTNAME", "STATE",
+              "CLIENT ID"]]
+    for r in rows:
+        expiry = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["expires"]))
+        table.append([expiry, r["mac"], "ipv4", f"{r['ip']}/{r['prefix']}", r["hostname"] or "-",
+                      r["state"], r["client_id"]])
+    return render(table) + f"\n{len(rows)} leases"
+
+
 def format_switch(info: dict[str, Any]) -> str:
-    return "\n".join(f"{k:<12} {v}" for k, v in info.items())
+    return "\n".join(f"{k:<14} {v}" for k, v in info.items())
 
 
-FORMATTERS = {"ports": format_ports, "fdb": format_fdb, "switch": format_switch}
+FORMATTERS = {"ports": format_ports, "fdb": format_fdb, "leases": format_leases,
+              "dns": format_switch, "switch": format_switch}
 
 
 def render(table: list[list[str]]) -> str:

@@ -411,10 +411,10 @@ def _mac(text: str, key: str) -> str:
 
 
 def _hostname(table: dict[str, Any], key: str, required: bool = False) -> str | None:
-    name = _get(table, key, str, None, required="a host name" if required else "")
-    if name is None:
+    raw = _get(table, key, str, None, required="a host name" if required else "")
+    if raw is None:
         return None
-    name = name.lower()
+    name = str(raw).lower()
     if not LABEL.match(name):
         raise ConfigError(key, f"{name!r} must be one DNS label: letters, digits and '-', "
                           "at most 63")

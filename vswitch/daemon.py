@@ -13,8 +13,12 @@ import signal
 import socket
 import zlib
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+from dhcp.dhcp_service import DhcpService, dhcp_config, ip_text
+from dhcp.dns import DnsResponder
+from dhcp.dns_service import DnsService
 from nat.gateway import Gateway
 from vswitch.config import Config, PortConfig
 from vswitch.control import ControlError, ControlServer
@@ -50,6 +54,24 @@ def make_port(port_id: int, pc: PortConfig) -> Port:
     if pc.type == "stream":
         return StreamPort(port_id, pc.name, pc.mtu, pc.mac_limit, pc.path, pc.mode, pc.connect)
     return DgramPort(port_id, pc.name, pc.mtu, pc.mac_limit, pc.path, pc.peer, pc.mode)
+
+
+def host_resolvers(path: str = "/etc/resolv.conf") -> tuple[tuple[str, int], ...]:
+    """The host's IPv4 nameservers, the default DNS upstreams (as dnsmasq reads resolv.conf)."""
+    found = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return ()
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            try:
+                socket.inet_aton(fields[1])
+            except OSError:
+                continue  # IPv6 upstreams come with the IPv6 issue
+            found.append((fields[1], 53))
+    return tuple(found)
 
 
 def gateway_mac(config: Config) -> bytes:
@@ -94,6 +116,8 @@ class Daemon:
         self._flapping: dict[bytes, float] = {}
         self._stop = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.dhcp: DhcpService | None = None
+        self.dns: DnsService | None = None
 
     # -- datapath -------------------------------------------------------------------------------
 
@@ -162,13 +186,18 @@ class Daemon:
             return [{"mac": format_mac(mac), "port": self._name(port), "port_id": port,
                      "ageing": round(left, 1)}
                     for mac, port, left in self.fdb.entries(self.loop.time())]
+        if what == "leases":
+            return self.dhcp.rows() if self.dhcp is not None else []
+        if what == "dns":
+            return {} if self.dns is None else vars(self.dns.responder.stats) | {
+                "cache_entries": self.dns.responder.cache_size_now()}
         if what == "switch":
             return {"name": self.config.name, "mac_entries": len(self.fdb),
                     "mac_limit": self.fdb.limit, "mac_aging": self.fdb.aging,
                     "learned": self.fdb.learned, "moved": self.fdb.moved,
                     "evicted": self.fdb.evicted, "aged": self.fdb.aged,
                     "flooded": self.switch.flooded, "config": self.config.source}
-        raise ControlError(f"cannot show {what!r}; try ports, fdb or switch")
+        raise ControlError(f"cannot show {what!r}; try ports, fdb, leases, dns or switch")
 
     def _port_row(self, port: Port) -> dict[str, Any]:
         row = port.describe()
@@ -196,6 +225,7 @@ class Daemon:
                     raise SystemExit(f"vswitch: port {port.name} ({port.kind}): {exc}") from exc
                 opened.append(port)
                 log.info("port %s (%s) opened: %s", port.name, port.kind, port.detail())
+            self._start_services()
             await self.control.start()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.loop.add_signal_handler(sig, self._stop.set)
@@ -206,8 +236,36 @@ class Daemon:
             log.info("shutting down")
         finally:
             self.control.close()
+            for service in (self.dns, self.dhcp):
+                if service is not None:
+                    service.close()
             for port in reversed(opened):
                 port.close()
+
+    def _start_services(self) -> None:
+        """DHCP and DNS on the gateway address (in every mode, isolated included)."""
+        net = self.config.network
+        if self.router is None or net is None or self.loop is None:
+            return
+        if net.dhcp:
+            self.dhcp = DhcpService(dhcp_config(net), Path(net.lease_file), self.router,
+                                    self.loop)
+            log.info("DHCP on %s: %s-%s, lease file %s", net.gateway, *net.dhcp_range,
+                     net.lease_file)
+        if net.dns:
+            upstreams = net.forwarders if net.forwarders is not None else host_resolvers()
+            static = {h.name: h.ip for h in (*net.dns_hosts, *net.dhcp_hosts) if h.name}
+            dhcp = self.dhcp
+
+            def hosts() -> dict[str, str]:
+                names = {} if dhcp is None else {n: ip_text(a) for n, a in
+                                                 dhcp.server.names().items()}
+                return {**names, **static}
+
+            responder = DnsResponder(net.domain, hosts, upstreams, subnet=net.subnet)
+            self.dns = DnsService(responder, self.router, self.loop)
+            log.info("DNS on %s: domain %s, forwarding to %s", net.gateway, net.domain,
+                     ", ".join(f"{h}:{p}" for h, p in upstreams) or "nobody")
 
     def stop(self) -> None:
         self._stop.set()

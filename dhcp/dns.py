@@ -1,0 +1,615 @@
+"""The guests' DNS server: local names, a forwarder to upstream resolvers, and a cache (sans-I/O).
+
+Rule 1 (local names): ``hosts`` maps lower-case names relative to ``domain`` ("web", or "a.b" for
+        a.b.DOMAIN) to IPv4 addresses.  ``web.DOMAIN`` and the bare ``web`` get an A record,
+        ``5.122.168.192.in-addr.arpa`` a PTR to ``web.DOMAIN``; these answers are authoritative
+        (AA) with TTL ``local_ttl`` (0 by default, as dnsmasq's local-ttl: leases change, so
+        guests must not cache them).  Only class IN is answered locally.
+Rule 2 (NXDOMAIN): an unknown name inside ``domain`` is NXDOMAIN, never forwarded.  An unknown bare
+        single-label name asked for A, AAAA or ANY is NXDOMAIN too (dnsmasq's domain-needed: such
+        names mean nothing upstream); a bare label asked for other types (DS, NS, SOA of a TLD) is
+        forwarded.  A known name asked for another type is NOERROR with no answer (NODATA).
+        With ``subnet``, reverse names of its addresses are local too (NXDOMAIN if unknown).
+Rule 3 (forwarding): everything else goes to an upstream with a fresh random 16-bit ID drawn by
+        the core (``rng``); the adapter sends each ``Forward`` from a fresh socket with a random
+        source port and reports that port with ``sent_from``.  The core owns IDs, the adapter owns
+        ports.
+Rule 4 (anti-spoofing, CVE-2020-25684..25686): a reply is accepted only if its ID belongs to a
+        pending query AND it came from that query's upstream address and port AND arrived on the
+        port the query was sent from AND it is a response with the same question (name compared
+        case-insensitively, type, class).  Anything else is counted ``spoofed`` and ignored; the
+        genuine reply is still accepted afterwards.
+Rule 5 (merging): identical questions (same name, type, class, DNSSEC flags and transport) while one
+        is pending are merged: one upstream query, each client answered with its own ID and its
+        own spelling of the question.  This removes the birthday attack of CVE-2020-25686.
+Rule 6 (bounds): at most ``max_pending`` forwarded questions; beyond that the client gets
+        SERVFAIL.  A pending query times out after ``timeout`` seconds, is re-sent once to the next
+        upstream (new ID), and then answered SERVFAIL; new questions go first to the upstream
+        that answered last.  Pending queries are kept in deadline order (``now`` never decreases
+        and every deadline is ``now + timeout``), so the first is always the next to expire.
+Rule 7 (cache): whole responses are cached under (lower-case name, type, class, DNSSEC flags), so
+        records of one answer never answer another question.  NOERROR with answers lives for the
+        smallest answer TTL (capped at ``max_ttl``); NXDOMAIN and NODATA for the SOA's
+        min(TTL, MINIMUM) (RFC 2308 5, capped at ``max_negative_ttl``), and without an SOA are not
+        cached.  Truncated replies and other rcodes are not cached.  TTLs are decremented by the
+        entry's age on every hit.  At most ``cache_size`` entries, least recently used evicted.
+Rule 8 (sizes): a UDP answer fits min(client's EDNS0 size, ``MAX_UDP_PAYLOAD``), or 512 without
+        EDNS0; a larger one is truncated with TC so the client retries over TCP (RFC 1035 4.2.1,
+        RFC 6891 6.2.5).  TCP answers are whole; the adapter frames them (``encode_tcp_frame``).
+Rule 9 (bad queries): a datagram shorter than a header, or whose QR bit says it is a response, is
+        counted ``malformed`` and dropped; any other undecodable query is answered FORMERR with
+        the header alone.  ``handle_query``, ``handle_reply`` and ``expire`` never raise on any
+        input bytes.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv4Network, ip_address
+from itertools import count
+from typing import Any, Final, Literal
+
+from vswitch.errors import MalformedPacket
+
+from .dnsmsg import (
+    CLASS_IN,
+    HEADER_SIZE,
+    OPCODE_QUERY,
+    RCODE_FORMERR,
+    RCODE_NOERROR,
+    RCODE_NOTIMP,
+    RCODE_NXDOMAIN,
+    RCODE_REFUSED,
+    RCODE_SERVFAIL,
+    TYPE_A,
+    TYPE_AAAA,
+    TYPE_ANY,
+    TYPE_OPT,
+    TYPE_PTR,
+    TYPE_SOA,
+    UDP_PAYLOAD_MIN,
+    DnsMessage,
+    Name,
+    Question,
+    ResourceRecord,
+    a_record,
+    check_name,
+    decode_message,
+    encode_message,
+    header_only_response,
+    lower_name,
+    name_from_text,
+    opt_record,
+    parse_reverse_name,
+    ptr_record,
+    soa_minimum,
+)
+
+Transport = Literal["udp", "tcp"]
+Address = tuple[str, int]
+Hosts = Mapping[str, IPv4Address | str]
+
+#: The largest UDP answer sent and the size advertised in our OPT records (DNS flag day 2020).
+MAX_UDP_PAYLOAD: Final = 1232
+#: The largest message over TCP (RFC 1035 4.2.2: a 2-octet length).
+MAX_TCP_PAYLOAD: Final = 0xFFFF
+#: Clients waiting on one pending question (Rule 5); more get SERVFAIL.
+MAX_WAITERS: Final = 32
+_ID_TRIES: Final = 16
+_EDNS_BADVERS: Final = 1  # extended RCODE 16 = 1 << 4 | 0 (RFC 6891 6.1.3, 9)
+_LOCAL_TYPES: Final = frozenset({TYPE_A, TYPE_AAAA, TYPE_ANY})
+
+# --- actions --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Send a DNS response to a client."""
+
+    client: tuple[Any, ...]
+    """The client address given to ``handle_query``, echoed unchanged."""
+    payload: bytes
+    """The DNS message; over TCP without its length prefix (frame it with encode_tcp_frame)."""
+    transport: Transport
+    """"udp" or "tcp": how the query arrived and how the answer leaves."""
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Send a query to an upstream resolver from a fresh random source port (Rule 3)."""
+
+    upstream: Address
+    """The resolver's (ip, port)."""
+    payload: bytes
+    """The DNS query with the core's random ID; over TCP without its length prefix."""
+    query_id: int
+    """The ID in ``payload`` (for logs; the core does the matching)."""
+    key: int
+    """This attempt's token: pass it to ``sent_from``; a later ``Release(key)`` ends it."""
+    transport: Transport
+    """"udp", or "tcp" for a query that came over TCP (a TCP connection per attempt)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """An upstream attempt is over (answered, retried or failed): close its socket."""
+
+    key: int
+    """The ``Forward.key`` of the attempt."""
+
+
+Action = Answer | Forward | Release
+
+
+@dataclass(slots=True)
+class DnsStats:
+    """Counters for ``vswitch show``; they only grow."""
+
+    queries: int = 0
+    """Client messages handed to ``handle_query``."""
+    local: int = 0
+    """Queries answered from local names (Rule 1, 2)."""
+    cache_hits: int = 0
+    """Queries answered from the cache (Rule 7)."""
+    forwarded: int = 0
+    """Queries sent upstream, retries included (Rule 3)."""
+    merged: int = 0
+    """Queries joined to an identical pending one (Rule 5)."""
+    spoofed: int = 0
+    """Upstream datagrams ignored by Rule 4."""
+    malformed: int = 0
+    """Undecodable queries and replies (Rule 9)."""
+    servfail: int = 0
+    """SERVFAIL answers sent (pending table full, upstream timeouts)."""
+    pending_full: int = 0
+    """Queries refused because ``max_pending`` or ``MAX_WAITERS`` was reached (Rule 6)."""
+    timeouts: int = 0
+    """Upstream attempts that got no accepted reply in time."""
+
+
+# --- internal state -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Client:
+    """One client waiting for an answer, and what its answer must echo."""
+
+    address: tuple[Any, ...]
+    transport: Transport
+    query_id: int
+    question: Question
+    rd: bool
+    edns: int | None  # the client's EDNS0 payload size, None without OPT
+    dnssec_ok: bool
+
+    @property
+    def limit(self) -> int:
+        if self.transport == "tcp":
+            return MAX_TCP_PAYLOAD
+        return min(self.edns or UDP_PAYLOAD_MIN, MAX_UDP_PAYLOAD)
+
+
+CacheKey = tuple[Name, int, int, bool]
+
+
+@dataclass(slots=True)
+class _Pending:
+    key: int
+    query_id: int
+    upstream_index: int
+    deadline: float
+    cache_key: CacheKey
+    transport: Transport
+    query_tail: bytes  # the first client's query after its ID, forwarded as is
+    clients: list[_Client]
+    local_port: int | None = None
+    retried: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    response: DnsMessage
+    stored: float
+    expires: float
+
+
+@dataclass(slots=True)
+class _Tables:
+    pending: dict[int, _Pending] = field(default_factory=dict)  # by key, in deadline order
+    by_id: dict[int, _Pending] = field(default_factory=dict)
+    by_question: dict[tuple[CacheKey, Transport], _Pending] = field(default_factory=dict)
+    cache: dict[CacheKey, _Cached] = field(default_factory=dict)  # least recently used first
+
+
+def _normal_address(address: tuple[Any, ...]) -> Address | None:
+    """(ip, port) with the IP in canonical text, or None if it is not an IP address."""
+    try:
+        return str(ip_address(address[0])), int(address[1])
+    except (ValueError, TypeError, IndexError):
+        return None
+
+
+class DnsResponder:
+    """Answers guests' DNS queries: local names, cache, forwarding (see the module rules)."""
+
+    def __init__(
+        self,
+        domain: str,
+        hosts: Hosts | Callable[[], Hosts],
+        upstreams: Sequence[Address] = (),
+        *,
+        subnet: IPv4Network | str | None = None,
+        rng: Callable[[int], int] = secrets.randbelow,
+        local_ttl: int = 0,
+        timeout: float = 5.0,
+        max_pending: int = 1024,
+        cache_size: int = 10_000,
+        max_ttl: int = 86_400,
+        max_negative_ttl: int = 900,
+    ) -> None:
+        self.domain = lower_name(name_from_text(domain)) if domain.strip(".") else ()
+        self._hosts = hosts
+        self.upstreams: list[Address] = []
+        for upstream in upstreams:
+            normal = _normal_address(upstream)
+            if normal is None:
+                raise ValueError(f"upstream {upstream!r} is not an (ip, port) pair")
+            self.upstreams.append(normal)
+        self.subnet = None if subnet is None else IPv4Network(subnet)
+        self._rng = rng
+        self.local_ttl = local_ttl
+        self.timeout = timeout
+        self.max_pending = max_pending
+        self.cache_size = cache_size
+        self.max_ttl = max_ttl
+        self.max_negative_ttl = max_negative_ttl
+        self.stats = DnsStats()
+        self._t = _Tables()
+        self._keys = count(1)
+        self._preferred = 0  # the upstream that answered last is asked first
+
+    # --- queries from clients ---------------------------------------------------------------------
+
+    def handle_query(
+        self, data: bytes, client: tuple[Any, ...], transport: Transport, now: float
+    ) -> list[Action]:
+        """Answer one client query, or forward it.
+
+        1. Read the header; drop what has none or is a response; FORMERR what does not decode,
+           or has not exactly one question (Rule 9); NOTIMP for opcodes other than QUERY;
+           BADVERS for EDNS versions other than 0.
+        2. Local names (Rule 1, 2).
+        3. The cache (Rule 7).
+        4. No upstreams: REFUSED.
+        5. Join an identical pending query (Rule 5), or forward a new one (Rule 3, 6).
+
+        Raises ValueError only for a ``transport`` other than "udp" or "tcp".
+        """
+        if transport not in ("udp", "tcp"):
+            raise ValueError(f"transport must be 'udp' or 'tcp', not {transport!r}")
+        self.stats.queries += 1
+        # Step 1
+        if len(data) < HEADER_SIZE or data[2] & 0x80:
+            self.stats.malformed += 1
+            return []
+        try:
+            query = decode_message(data)
+        except MalformedPacket:
+            self.stats.malformed += 1
+            return [Answer(client, header_only_response(data, RCODE_FORMERR), transport)]
+        if query.opcode != OPCODE_QUERY:
+            return [Answer(client, header_only_response(data, RCODE_NOTIMP), transport)]
+        if len(query.questions) != 1:
+            self.stats.malformed += 1
+            return [Answer(client, header_only_response(data, RCODE_FORMERR), transport)]
+        who = _Client(
+            client, transport, query.id, query.questions[0], query.rd, query.edns_payload,
+            query.dnssec_ok,
+        )
+        if query.edns_version not in (None, 0):
+            return [self._answer(who, _response(ext_rcode=_EDNS_BADVERS))]
+        # Step 2
+        local = self._local(who.question)
+        if local is not None:
+            self.stats.local += 1
+            return [self._answer(who, local)]
+        # Step 3
+        key = (lower_name(who.question.name), who.question.qtype, who.question.qclass,
+               query.dnssec_ok or query.cd)
+        cached = self._cache_get(key, now)
+        if cached is not None:
+            self.stats.cache_hits += 1
+            return [self._answer(who, cached)]
+        # Step 4
+        if not self.upstreams:
+            return [self._answer(who, _response(RCODE_REFUSED))]
+        # Step 5
+        pending = self._t.by_question.get((key, transport))
+        if pending is not None:
+            if any(c.address == client and c.query_id == query.id for c in pending.clients):
+                return []  # the client re-sent the same query: it is already waiting
+            if len(pending.clients) < MAX_WAITERS:
+                pending.clients.append(who)
+                self.stats.merged += 1
+                return []
+        if pending is not None or len(self._t.pending) >= self.max_pending:
+            self.stats.pending_full += 1
+            return [self._servfail(who)]
+        pending = _Pending(key=0, query_id=0, upstream_index=self._preferred, deadline=0.0,
+                           cache_key=key, transport=transport, query_tail=bytes(data[2:]),
+                           clients=[who])
+        forward = self._send(pending, now)
+        if forward is None:
+            self.stats.pending_full += 1
+            return [self._servfail(who)]
+        self._t.by_question[key, transport] = pending
+        return [forward]
+
+    def _local(self, question: Question) -> DnsMessage | None:
+        """The authoritative answer for a local name (Rule 1, 2), or None to go on.
+
+        1. A name inside the domain, or a bare single label: look up the relative name.
+        2. A reverse name of a local address (or of ``subnet``): PTR.
+        """
+        if question.qclass != CLASS_IN:
+            return None
+        name = lower_name(question.name)
+        # Step 1
+        d = len(self.domain)
+        in_domain = d > 0 and len(name) >= d and name[len(name) - d :] == self.domain
+        if in_domain or len(name) == 1:
+            relative = name[: len(name) - d] if in_domain else name
+            if not relative:
+                return _response(aa=True)  # the domain itself: NODATA
+            address = _lookup(self._host_map(), relative)
+            if address is None:
+                if not in_domain and question.qtype not in _LOCAL_TYPES:
+                    return None  # a bare TLD question (DS, NS, SOA) goes upstream
+                return _response(RCODE_NXDOMAIN, aa=True)
+            if question.qtype not in (TYPE_A, TYPE_ANY):
+                return _response(aa=True)
+            return _response(aa=True, answers=(a_record(question.name, address, self.local_ttl),))
+        # Step 2
+        address = parse_reverse_name(name)
+        if address is None:
+            return None
+        for host, value in self._host_map().items():
+            target = self._fqdn(host) if _address(value) == address else None
+            if target is not None:
+                if question.qtype not in (TYPE_PTR, TYPE_ANY):
+                    return _response(aa=True)
+                ptr = ptr_record(question.name, target, self.local_ttl)
+                return _response(aa=True, answers=(ptr,))
+        if self.subnet is not None and address in self.subnet:
+            return _response(RCODE_NXDOMAIN, aa=True)
+        return None
+
+    def _host_map(self) -> Hosts:
+        return self._hosts() if callable(self._hosts) else self._hosts
+
+    def _fqdn(self, host: str) -> Name | None:
+        """``host`` (relative) in the local domain, or None if that is not a valid name."""
+        try:
+            name = name_from_text(host) + self.domain
+            check_name(name)
+        except ValueError:
+            return None
+        return name
+
+    # --- replies from upstream --------------------------------------------------------------------
+
+    def sent_from(self, key: int, local_port: int) -> None:
+        """Record the source port the adapter sent attempt ``key`` from (Rule 3, 4).
+
+        Call it right after sending a ``Forward``; replies for an attempt whose port was never
+        recorded are all rejected.  Unknown keys (already released) are ignored.
+        """
+        pending = self._t.pending.get(key)
+        if pending is not None:
+            pending.local_port = local_port
+
+    def handle_reply(
+        self, data: bytes, server: tuple[Any, ...], local_port: int, now: float
+    ) -> list[Action]:
+        """Take a datagram (or TCP message) from an upstream resolver.
+
+        1. Match the ID, server address and port, and local port (Rule 4), before decoding.
+        2. Decode; it must be a response to the same question (Rule 4).
+        3. Release the attempt, cache the response (Rule 7), answer every waiting client.
+        """
+        # Step 1
+        if len(data) < HEADER_SIZE:
+            self.stats.malformed += 1
+            return []
+        pending = self._t.by_id.get(int.from_bytes(data[:2], "big"))
+        if (
+            pending is None
+            or _normal_address(server) != self.upstreams[pending.upstream_index]
+            or pending.local_port is None
+            or local_port != pending.local_port
+        ):
+            self.stats.spoofed += 1
+            return []
+        # Step 2
+        try:
+            reply = decode_message(data)
+        except MalformedPacket:
+            self.stats.malformed += 1
+            return []
+        if (
+            not reply.qr
+            or reply.opcode != OPCODE_QUERY
+            or len(reply.questions) != 1
+            or _question_key(reply.questions[0]) != pending.cache_key[:3]
+        ):
+            self.stats.spoofed += 1
+            return []
+        # Step 3
+        self._forget(pending)
+        self._preferred = pending.upstream_index
+        self._cache_put(pending.cache_key, reply, now)
+        template = replace(reply, aa=False)
+        actions: list[Action] = [Release(pending.key)]
+        actions += [self._answer(who, template) for who in pending.clients]
+        return actions
+
+    # --- timers -----------------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When the oldest pending query times out (Rule 6), or None with nothing pending."""
+        first = next(iter(self._t.pending.values()), None)
+        return None if first is None else first.deadline
+
+    def expire(self, now: float) -> list[Action]:
+        """Retry or fail the pending queries whose deadline has passed (Rule 6).
+
+        1. Release the timed-out attempt.
+        2. First timeout: send the question again to the next upstream with a new ID.
+        3. Second timeout (or no free ID): answer SERVFAIL to every waiting client.
+        """
+        actions: list[Action] = []
+        while self._t.pending:
+            pending = next(iter(self._t.pending.values()))
+            if pending.deadline > now:
+                break
+            # Step 1
+            self.stats.timeouts += 1
+            self._forget(pending)
+            actions.append(Release(pending.key))
+            # Step 2
+            if not pending.retried:
+                pending.retried = True
+                pending.upstream_index = (pending.upstream_index + 1) % len(self.upstreams)
+                forward = self._send(pending, now)
+                if forward is not None:
+                    self._t.by_question[pending.cache_key, pending.transport] = pending
+                    actions.append(forward)
+                    continue
+            # Step 3
+            actions += [self._servfail(who) for who in pending.clients]
+        return actions
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _send(self, pending: _Pending, now: float) -> Forward | None:
+        """Give ``pending`` a fresh key and unused random ID and register it; None if no ID."""
+        for _ in range(_ID_TRIES):
+            query_id = self._rng(0x10000)
+            if query_id not in self._t.by_id:
+                break
+        else:
+            return None
+        pending.key = next(self._keys)
+        pending.query_id = query_id
+        pending.deadline = now + self.timeout
+        pending.local_port = None
+        self._t.pending[pending.key] = pending
+        self._t.by_id[query_id] = pending
+        self.stats.forwarded += 1
+        payload = query_id.to_bytes(2, "big") + pending.query_tail
+        upstream = self.upstreams[pending.upstream_index]
+        return Forward(upstream, payload, query_id, pending.key, pending.transport)
+
+    def _forget(self, pending: _Pending) -> None:
+        del self._t.pending[pending.key]
+        del self._t.by_id[pending.query_id]
+        self._t.by_question.pop((pending.cache_key, pending.transport), None)
+
+    def _answer(self, who: _Client, template: DnsMessage) -> Answer:
+        """``template`` addressed to ``who``: its ID, its question, its RD, our OPT if it sent
+        one (RFC 6891 7), truncated to its size (Rule 8)."""
+        ext_rcode = 0 if template.opt is None else template.opt.ttl >> 24
+        additional = tuple(r for r in template.additional if r.rtype != TYPE_OPT)
+        if who.edns is not None:
+            additional += (opt_record(MAX_UDP_PAYLOAD, who.dnssec_ok, ext_rcode),)
+        message = replace(template, id=who.query_id, qr=True, rd=who.rd, ra=bool(self.upstreams),
+                          questions=(who.question,), additional=additional)
+        return Answer(who.address, encode_message(message, who.limit), who.transport)
+
+    def _servfail(self, who: _Client) -> Answer:
+        self.stats.servfail += 1
+        return self._answer(who, _response(RCODE_SERVFAIL))
+
+    def _cache_get(self, key: CacheKey, now: float) -> DnsMessage | None:
+        """The cached response with TTLs decremented by its age, or None (Rule 7)."""
+        entry = self._t.cache.pop(key, None)
+        if entry is None or now >= entry.expires:
+            return None
+        self._t.cache[key] = entry  # most recently used goes last
+        age = int(now - entry.stored)
+
+        def aged(records: tuple[ResourceRecord, ...]) -> tuple[ResourceRecord, ...]:
+            return tuple(r if r.rtype == TYPE_OPT else replace(r, ttl=max(0, _ttl(r) - age))
+                         for r in records)
+
+        r = entry.response
+        return replace(r, aa=False, answers=aged(r.answers),
+                       authority=aged(r.authority), additional=aged(r.additional))
+
+    def _cache_put(self, key: CacheKey, reply: DnsMessage, now: float) -> None:
+        """Store ``reply`` for as long as Rule 7 allows."""
+        if reply.tc or self.cache_size <= 0:
+            return
+        if reply.rcode == RCODE_NOERROR and reply.answers:
+            ttl = min(min(_ttl(r) for r in reply.answers), self.max_ttl)
+        elif reply.rcode in (RCODE_NOERROR, RCODE_NXDOMAIN):
+            soa = next((r for r in reply.authority if r.rtype == TYPE_SOA), None)
+            if soa is None:
+                return
+            ttl = min(_ttl(soa), soa_minimum(soa), self.max_negative_ttl)
+        else:
+            return
+        if ttl <= 0:
+            return
+        self._t.cache.pop(key, None)
+        while len(self._t.cache) >= self.cache_size:
+            del self._t.cache[next(iter(self._t.cache))]
+        self._t.cache[key] = _Cached(reply, now, now + ttl)
+
+    def cache_size_now(self) -> int:
+        """Entries in the cache (some may be expired and not yet dropped)."""
+        return len(self._t.cache)
+
+    def pending_count(self) -> int:
+        """Questions waiting for an upstream reply."""
+        return len(self._t.pending)
+
+
+def _question_key(q: Question) -> tuple[Name, int, int]:
+    return lower_name(q.name), q.qtype, q.qclass
+
+
+def _ttl(rr: ResourceRecord) -> int:
+    """A record's TTL; one with the top bit set counts as 0 (RFC 2181 8)."""
+    return 0 if rr.ttl & 0x80000000 else rr.ttl
+
+
+def _address(value: IPv4Address | str) -> IPv4Address | None:
+    try:
+        return IPv4Address(value)
+    except ValueError:
+        return None
+
+
+def _lookup(hosts: Hosts, relative: Name) -> IPv4Address | None:
+    """The address of a relative name in ``hosts`` (Rule 1), or None."""
+    if any(b"." in label for label in relative):
+        return None
+    value = hosts.get(b".".join(relative).decode("ascii", "replace"))
+    return None if value is None else _address(value)
+
+
+def _response(
+    rcode: int = RCODE_NOERROR,
+    *,
+    aa: bool = False,
+    answers: tuple[ResourceRecord, ...] = (),
+    ext_rcode: int = 0,
+) -> DnsMessage:
+    """A response template; ``DnsResponder._answer`` fills in the client's ID and question."""
+    additional = (opt_record(MAX_UDP_PAYLOAD, ext_rcode=ext_rcode),) if ext_rcode else ()
+    return DnsMessage(id=0, qr=True, aa=aa, rcode=rcode, answers=answers,
+                      additional=additional)
+

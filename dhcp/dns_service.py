@@ -1,0 +1,161 @@
+"""The DNS adapter: the responder core on the gateway's port 53 (UDP and TCP), and host sockets
+toward the upstream resolvers.
+
+Per Rule 3 of ``dhcp.dns``: each forwarded query leaves from a fresh socket on a random port
+(the kernel's choice, bind to port 0), reported back with ``sent_from``; ``Release`` closes it.
+Guest-side TCP runs on ``nat.tcp_server``; upstream TCP (for queries that came over TCP) uses
+asyncio streams: rare, and control-plane speed is plenty for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+from dhcp.dns import Answer, DnsResponder, Forward, Release
+from dhcp.dnsmsg import TcpFramer, encode_tcp_frame
+from nat.tcp_server import Key, TcpServer
+from vswitch.errors import MalformedPacket
+from vswitch.ports.router import RouterPort
+
+log = logging.getLogger("vswitch.dns")
+DNS_PORT = 53
+
+
+class DnsService:
+    def __init__(self, responder: DnsResponder, router: RouterPort,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.responder = responder
+        self.router = router
+        self.loop = loop
+        self.tcp = TcpServer(DNS_PORT, self._tcp_data)
+        self._framers: dict[Key, TcpFramer] = {}
+        self._sockets: dict[int, socket.socket] = {}
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        router.gateway.udp[DNS_PORT] = self.udp
+        router.gateway.tcp[DNS_PORT] = self.tcp
+
+    # -- from guests ---------------------------------------------------------------------
+
+    def udp(self, mac: bytes, ip: bytes, port: int, dst: bytes, payload: bytes,
+            now: float) -> list[bytes]:
+        actions = self.responder.handle_query(payload, ("udp", mac, ip, port), "udp", now)
+        return self._perform(actions, now)
+
+    def _tcp_data(self, key: Key, data: bytes, now: float) -> bytes:
+        framer = self._framers.setdefault(key, TcpFramer())
+        try:
+            messages = framer.feed(data)
+        except MalformedPacket:
+            self._framers.pop(key, None)
+            return b""
+        out = b""
+        for message in messages:
+            actions = self.responder.handle_query(message, ("tcp", key), "tcp", now)
+            immediate = [a for a in actions if isinstance(a, Answer)]
+            out += b"".join(encode_tcp_frame(a.payload) for a in immediate)
+            self._perform([a for a in actions if not isinstance(a, Answer)], now)
+        return out
+
+    # -- performing the core's actions ----------------------------------------------------
+
+    def _perform(self, actions: list[Any], now: float) -> list[bytes]:
+        """Frames for answers due now; forwards and releases are carried out here."""
+        frames: list[bytes] = []
+        for action in actions:
+            if isinstance(action, Answer):
+                frames += self._answer_frames(action, now)
+            elif isinstance(action, Forward):
+                self._forward(action)
+            elif isinstance(action, Release):
+                self._release(action.key)
+        self._rearm()
+        return frames
+
+    def _answer_frames(self, answer: Answer, now: float) -> list[bytes]:
+        client = answer.client
+        if client[0] == "udp":
+            _, mac, ip, port = client
+            return [self.router.gateway.udp_frame(mac, ip, DNS_PORT, port, answer.payload)]
+        return self.tcp.send(client[1], encode_tcp_frame(answer.payload), now)
+
+    def _emit(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            self.router.emit(frame)
+
+    def _forward(self, fwd: Forward) -> None:
+        if fwd.transport == "tcp":
+            self._tasks[fwd.key] = self.loop.create_task(self._forward_tcp(fwd))
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        try:
+            sock.bind(("0.0.0.0", 0))
+            sock.sendto(fwd.payload, fwd.upstream)
+        except OSError as exc:
+            log.debug("forward to %s failed: %s", fwd.upstream, exc)
+            sock.close()
+            return  # the core times the attempt out and retries or answers SERVFAIL
+        self.responder.sent_from(fwd.key, sock.getsockname()[1])
+        self._sockets[fwd.key] = sock
+        self.loop.add_reader(sock.fileno(), self._upstream_readable, sock)
+
+    def _upstream_readable(self, sock: socket.socket) -> None:
+        try:
+            data, server = sock.recvfrom(65535)
+        except OSError:
+            return
+        now = self.loop.time()
+        self._emit(self._perform(self.responder.handle_reply(
+            data, server, sock.getsockname()[1], now), now))
+
+    async def _forward_tcp(self, fwd: Forward) -> None:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(*fwd.upstream), self.responder.timeout)
+            self.responder.sent_from(fwd.key, writer.get_extra_info("sockname")[1])
+            writer.write(encode_tcp_frame(fwd.payload))
+            length = int.from_bytes(await reader.readexactly(2), "big")
+            data = await reader.readexactly(length)
+            writer.close()
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            return
+        now = self.loop.time()
+        self._emit(self._perform(self.responder.handle_reply(
+            data, fwd.upstream, writer.get_extra_info("sockname")[1], now), now))
+
+    def _release(self, key: int) -> None:
+        sock = self._sockets.pop(key, None)
+        if sock is not None:
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+        task = self._tasks.pop(key, None)
+        if task is not None and asyncio.current_task() is not task:
+            task.cancel()
+
+    # -- timers ---------------------------------------------------------------------------
+
+    def _rearm(self) -> None:
+        deadlines = [d for d in (self.responder.next_deadline(), self.tcp.next_deadline())
+                     if d is not None]
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if deadlines:
+            self._timer = self.loop.call_at(min(deadlines), self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        now = self.loop.time()
+        frames = self._perform(self.responder.expire(now), now)
+        self._emit(frames + self.tcp.expire(now))
+        self._rearm()
+
+    def close(self) -> None:
+        for key in list(self._sockets) + list(self._tasks):
+            self._release(key)
+        if self._timer is not None:
+            self._timer.cancel()
