@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("show", help="show ports, the MAC table (fdb), DHCP leases, DNS or "
                        "switch counters")
-    p.add_argument("what", choices=["ports", "fdb", "leases", "dns", "switch"])
+    p.add_argument("what", choices=["ports", "fdb", "leases", "dhcp", "dns", "switch"])
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--socket", help="control socket (default: $VSWITCH_SOCKET or "
                    f"{default_socket()})")
@@ -113,7 +113,7 @@ def format_switch(info: dict[str, Any]) -> str:
 
 
 FORMATTERS = {"ports": format_ports, "fdb": format_fdb, "leases": format_leases,
-              "dns": format_switch, "switch": format_switch}
+              "dhcp": format_switch, "dns": format_switch, "switch": format_switch}
 
 
 def render(table: list[list[str]]) -> str:

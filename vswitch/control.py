@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -63,6 +64,9 @@ class ControlServer:
             return {"ok": True, "result": handler(request)}
         except (ControlError, json.JSONDecodeError) as exc:
             return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # a bug in a handler must not take the control socket down
+            logging.getLogger("vswitch").exception("control request %r failed", line[:200])
+            return {"ok": False, "error": f"internal error: {exc!r}"}
 
     def close(self) -> None:
         if self.server is not None:

@@ -13,6 +13,7 @@ import signal
 import socket
 import zlib
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -188,8 +189,11 @@ class Daemon:
                     for mac, port, left in self.fdb.entries(self.loop.time())]
         if what == "leases":
             return self.dhcp.rows() if self.dhcp is not None else []
+        if what == "dhcp":
+            return {} if self.dhcp is None else dict(self.dhcp.server.counters) | {
+                "malformed": self.dhcp.malformed, "leases": len(self.dhcp.server.leases())}
         if what == "dns":
-            return {} if self.dns is None else vars(self.dns.responder.stats) | {
+            return {} if self.dns is None else asdict(self.dns.responder.stats) | {
                 "cache_entries": self.dns.responder.cache_size_now()}
         if what == "switch":
             return {"name": self.config.name, "mac_entries": len(self.fdb),
@@ -197,7 +201,7 @@ class Daemon:
                     "learned": self.fdb.learned, "moved": self.fdb.moved,
                     "evicted": self.fdb.evicted, "aged": self.fdb.aged,
                     "flooded": self.switch.flooded, "config": self.config.source}
-        raise ControlError(f"cannot show {what!r}; try ports, fdb, leases, dns or switch")
+        raise ControlError(f"cannot show {what!r}; try ports, fdb, leases, dhcp, dns or switch")
 
     def _port_row(self, port: Port) -> dict[str, Any]:
         row = port.describe()
