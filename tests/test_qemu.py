@@ -20,7 +20,8 @@ from vswitch.lab import wait_for
 
 pytestmark = [pytest.mark.privileged, pytest.mark.qemu]
 
-HOST = "10.241.0.1"
+HOST = "10.241.0.9"
+GATEWAY = "10.241.0.1"
 
 
 def ping_script(addr: str) -> str:
@@ -36,6 +37,14 @@ def qemu_lab(lab, tmp_path):
     body = f"""
 [switch]
 name = "q{lab.tag}"
+[network]
+subnet = "10.241.0.0/24"
+[dhcp]
+range = ["10.241.0.100", "10.241.0.150"]
+lease_file = "{tmp_path}/leases"
+[dns]
+domain = "lab.internal"
+forwarders = []
 [[port]]
 name = "{lab.name('qh')}"
 type = "internal"
@@ -63,9 +72,17 @@ path = "{tmp_path}/qd.sock"
     return daemon, config, tmp_path
 
 
-def boot(config, port: str, mac: str, addr: str, tmp_path) -> list[str]:
+DHCP_SCRIPT = f"""
+udhcpc -i eth0 -n -q -t 5 -T 3 -x hostname:qguest
+if ping -c 3 -W 3 {HOST}; then echo "MARK ping-ok"; else echo "MARK ping-fail"; fi
+nslookup qguest.lab.internal {GATEWAY} \\
+  | sed -n 's/^Address: *\\(10\\.241\\.0\\.1[0-9][0-9]\\)$/MARK dns \\1/p'
+"""
+
+
+def boot(config, port: str, mac: str, addr: str, tmp_path, script: str | None = None) -> list[str]:
     """Boot a guest on ``port`` with the flags `vswitch qemu-args` prints; its markers."""
-    image = build_initramfs(ping_script(addr), tmp_path / port / addr)
+    image = build_initramfs(script or ping_script(addr), tmp_path / port / addr)
     flags = qemu_args(config, port, mac).split()
     netdev = flags[flags.index("-netdev") + 1]
     with QemuGuest(image, netdev, mac, kernel=boot_kernel(),
@@ -106,3 +123,16 @@ def test_guests_on_dgram_and_connecting_stream_ports(lab, qemu_lab):
         dgram_marks, server_marks = dgram.result(), server.result()
     assert "ping-ok" in dgram_marks, dgram_marks
     assert "ping-ok" in server_marks, server_marks
+
+
+def test_guest_takes_its_address_by_dhcp_and_resolves_its_name(lab, qemu_lab):
+    daemon, config, tmp = qemu_lab
+    marks = boot(config, lab.name("qtap"), "52:54:00:41:00:08", "dhcp", tmp, DHCP_SCRIPT)
+    bound = [m for m in marks if m.startswith("dhcp-bound")]
+    assert bound, marks
+    leased = bound[0].split()[1].split("/")[0]
+    assert f"router={GATEWAY}" in bound[0] and f"dns={GATEWAY}" in bound[0]
+    assert "ping-ok" in marks, marks
+    assert f"dns {leased}" in marks, f"nslookup qguest.lab.internal gave the lease: {marks}"
+    lease = next(r for r in daemon.show("leases") if r["mac"] == "52:54:00:41:00:08")
+    assert lease["ip"] == leased and lease["hostname"] == "qguest"

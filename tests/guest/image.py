@@ -46,8 +46,8 @@ APPLETS: tuple[str, ...] = (
     "traceroute", "tftp", "netstat", "usleep", "kill", "ps", "dd", "hexdump", "md5sum", "ping6",
 )
 
-# The busybox udhcpc does not apply a lease itself: it runs this script. Shipped as the
-# default script path so `udhcpc -i eth0 -n -q` works without `-s`.
+# The busybox udhcpc does not apply a lease itself: it runs this script. Shipped at both
+# default script paths (Debian's and upstream's) so `udhcpc -i eth0 -n -q` works without `-s`.
 UDHCPC_SCRIPT = """#!/bin/sh
 case "$1" in
   deconfig)
@@ -252,8 +252,10 @@ def build_initramfs(
 
     cpio = _Cpio()
     dirs = ["bin", "dev", "proc", "sys", "etc", "tmp", "root", "lib", "lib/modules",
-            "usr", "usr/share", "usr/share/udhcpc"]
-    files: dict[str, bytes] = {"usr/share/udhcpc/default.script": UDHCPC_SCRIPT.encode()}
+            "etc/udhcpc", "usr", "usr/share", "usr/share/udhcpc"]
+    # Debian's busybox looks for /etc/udhcpc/default.script, upstream's default is the other.
+    files: dict[str, bytes] = {"usr/share/udhcpc/default.script": UDHCPC_SCRIPT.encode(),
+                               "etc/udhcpc/default.script": UDHCPC_SCRIPT.encode()}
     for path, data in (extra_files or {}).items():
         path = path.lstrip("/")
         parts = path.split("/")[:-1]
