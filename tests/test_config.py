@@ -10,6 +10,10 @@ def test_embedded_default_mirrors_a_usable_switch():
     assert config.name == "vsw0" and config.mac_aging == 300 and config.mac_limit == 8192
     assert [(p.name, p.type) for p in config.ports] == [
         ("vsw-a", "tap"), ("vsw-b", "tap"), ("vsw-s", "stream")]
+    net = config.network
+    assert net is not None and (net.mode, net.subnet, net.gateway) == (
+        "nat", "192.168.122.0/24", "192.168.122.1")
+    assert net.dhcp_range == ("192.168.122.2", "192.168.122.254") and net.lease_time == 3600
 
 
 def test_full_config_round_trips_into_dataclasses(tmp_path):
@@ -67,6 +71,28 @@ BAD = [
     ({"port": [{"name": "a", "type": "stream", "path": "/tmp/p"},
                {"name": "b", "type": "dgram", "path": "/tmp/p"}]}, "port[0].path", "used by"),
     ({"port": [{"name": "a", "type": "internal", "mac_limit": 0}]}, "port[0].mac_limit", "range"),
+    ({"network": {"subnet": "10.0.0.0/33"}}, "network.subnet", "not a valid IPv4 network"),
+    ({"network": {"subnet": "10.0.0.0/31"}}, "network.subnet", "no room"),
+    ({"network": {"mode": "bridge"}}, "network.mode", "not a mode"),
+    ({"network": {"gateway": "10.9.9.9"}}, "network.gateway", "not a host address"),
+    ({"network": {"gateway_mac": "01:00:5e:00:00:01"}}, "network.gateway_mac", "multicast"),
+    ({"dhcp": {}}, "network", "missing"),
+    ({"network": {}, "dhcp": {"range": ["192.168.122.9"]}}, "dhcp.range", "[first, last]"),
+    ({"network": {}, "dhcp": {"range": ["192.168.122.9", "192.168.122.2"]}}, "dhcp.range",
+     "after last"),
+    ({"network": {}, "dhcp": {"range": ["192.168.122.1", "192.168.122.9"]}}, "dhcp.range",
+     "includes the gateway"),
+    ({"network": {}, "dhcp": {"lease_time": 10}}, "dhcp.lease_time", "out of range"),
+    ({"network": {}, "dhcp": {"host": [{"ip": "192.168.122.7"}]}}, "dhcp.host[0].mac",
+     "missing"),
+    ({"network": {}, "dhcp": {"host": [{"mac": "52:54:00:00:00:01", "ip": "10.1.1.1"}]}},
+     "dhcp.host[0].ip", "not a host address"),
+    ({"network": {}, "dhcp": {"host": [{"mac": "nope", "ip": "192.168.122.7"}]}},
+     "dhcp.host[0].mac", "not a MAC"),
+    ({"network": {}, "dns": {"domain": "bad_domain!"}}, "dns.domain", "not a DNS domain"),
+    ({"network": {}, "dns": {"forwarders": ["8.8.8.8:99999"]}}, "dns.forwarders[0]", "port"),
+    ({"network": {}, "dns": {"host": [{"name": "under_score", "ip": "10.0.0.1"}]}},
+     "dns.host[0].name", "one DNS label"),
 ]
 
 

@@ -12,6 +12,8 @@ def test_demo_shows_guests_talking_and_the_mac_table():
     done = subprocess.run([sys.executable, "-m", "vswitch.cli", "demo"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 leases" in done.stdout and "alpha     bound" in done.stdout
+    assert "PING beta.demo.internal" in done.stdout, "beta found by name"
     assert "3 received, 0% packet loss" in done.stdout
-    assert "2 entries" in done.stdout  # both guests' MACs learned
+    assert "3 entries" in done.stdout  # both guests' MACs and the gateway's learned
     assert "demo done" in done.stdout
