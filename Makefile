@@ -4,8 +4,10 @@
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEBS := iproute2 iputils-ping tcpdump iperf3 socat procps kmod \
-        qemu-system-x86 linux-image-amd64 busybox-static
+DEMO_DEBS := iproute2 iputils-ping udhcpc
+DEBS := $(DEMO_DEBS) tcpdump iperf3 socat procps kmod \
+        qemu-system-x86 linux-image-amd64 busybox-static \
+        isc-dhcp-client dhcpcd-base dnsutils dnsmasq-base kea-admin dnsperf
 
 .PHONY: demo test venv debs bench lint clean
 
@@ -18,15 +20,17 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 debs:
-	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$$(for p in $(PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages: $$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends $$missing; \
 	fi
 
+PKGS ?= $(DEBS)
+
 demo: venv
-	@dpkg -s iproute2 iputils-ping >/dev/null 2>&1 || $(MAKE) debs
+	@$(MAKE) --no-print-directory debs PKGS="$(DEMO_DEBS)"
 	$(VENV)/bin/vswitch demo
 
 test: venv debs
@@ -36,6 +40,7 @@ test: venv debs
 
 bench: venv debs
 	$(PY) -m bench.bridge
+	$(PY) -m bench.services
 
 lint: venv
 	$(VENV)/bin/ruff check .
