@@ -7,7 +7,10 @@ starting again on the same tap port needs no vswitch restart.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -52,6 +55,11 @@ netns = "{host}"
 [[port]]
 name = "{lab.name('qtap')}"
 type = "tap"
+[[port]]
+name = "{lab.name('qown')}"
+type = "tap"
+owner = "nobody"
+group = "nogroup"
 [[port]]
 name = "qs"
 type = "stream"
@@ -136,3 +144,25 @@ def test_guest_takes_its_address_by_dhcp_and_resolves_its_name(lab, qemu_lab):
     assert f"dns {leased}" in marks, f"nslookup qguest.lab.internal gave the lease: {marks}"
     lease = next(r for r in daemon.show("leases") if r["mac"] == "52:54:00:41:00:08")
     assert lease["ip"] == leased and lease["hostname"] == "qguest"
+
+
+def test_unprivileged_qemu_opens_a_tap_port_created_for_its_user(lab, qemu_lab):
+    """owner/group on a tap port: qemu running as nobody opens it, no root, no helper."""
+    daemon, config, tmp = qemu_lab
+    public = Path(tempfile.mkdtemp(prefix="vswitch-qemu-"))
+    try:
+        public.chmod(0o755)
+        kernel = public / "vmlinux"
+        shutil.copyfile(boot_kernel(), kernel)
+        kernel.chmod(0o644)
+        image = build_initramfs(ping_script("10.241.0.11"), public)
+        image.chmod(0o644)
+        port = lab.name("qown")
+        netdev = qemu_args(config, port, "52:54:00:41:00:11").split()[1]
+        nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+        with QemuGuest(image, netdev, "52:54:00:41:00:11", kernel=kernel, prefix=nobody,
+                       log_path=tmp / "nobody.log") as guest:
+            marks = markers(guest.wait(timeout=180))
+    finally:
+        shutil.rmtree(public, ignore_errors=True)
+    assert "ping-ok" in marks, marks
