@@ -11,6 +11,7 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,8 @@ class DhcpService:
         self.router = router
         self.loop = loop
         self.malformed = 0
+        #: Called when leases (and so the DNS names) change; the daemon points it at DNS.
+        self.on_change: Callable[[], None] | None = None
         self._save_pending = False
         self._timer: asyncio.TimerHandle | None = None
         router.gateway.udp[SERVER_PORT] = self.udp
@@ -107,6 +110,8 @@ class DhcpService:
             elif isinstance(event, AddressDeclined):
                 log.warning("%s declined %s: another host uses it; not offered until later",
                             mac, ip_text(event.ip))
+        if events and self.on_change is not None:
+            self.on_change()
         if events and not self._save_pending:
             self._save_pending = True
             self.loop.call_soon(self._save)

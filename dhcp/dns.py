@@ -36,6 +36,12 @@ Rule 7 (cache): whole responses are cached under (lower-case name, type, class, 
 Rule 8 (sizes): a UDP answer fits min(client's EDNS0 size, ``MAX_UDP_PAYLOAD``), or 512 without
         EDNS0; a larger one is truncated with TC so the client retries over TCP (RFC 1035 4.2.1,
         RFC 6891 6.2.5).  TCP answers are whole; the adapter frames them (``encode_tcp_frame``).
+Rule 10 (answer memo): an answer given from local data or the cache is remembered as wire
+        bytes under the query's own bytes less its ID (so the question's spelling, flags and
+        EDNS options all match) for at most ``MEMO_SECONDS`` and never past the cache entry's
+        expiry; a repeat is answered by patching in the new ID, without decoding anything.
+        ``hosts_changed()`` forgets every memo.  TTLs served from a memo may be up to
+        ``MEMO_SECONDS`` too high: the price of answering a hot name in microseconds.
 Rule 9 (bad queries): a datagram shorter than a header, or whose QR bit says it is a response, is
         counted ``malformed`` and dropped; any other undecodable query is answered FORMERR with
         the header alone.  ``handle_query``, ``handle_reply`` and ``expire`` never raise on any
@@ -98,6 +104,8 @@ MAX_TCP_PAYLOAD: Final = 0xFFFF
 #: Clients waiting on one pending question (Rule 5); more get SERVFAIL.
 MAX_WAITERS: Final = 32
 _ID_TRIES: Final = 16
+MEMO_SECONDS: Final = 1.0
+MEMO_SIZE: Final = 4096
 _EDNS_BADVERS: Final = 1  # extended RCODE 16 = 1 << 4 | 0 (RFC 6891 6.1.3, 9)
 _LOCAL_TYPES: Final = frozenset({TYPE_A, TYPE_AAAA, TYPE_ANY})
 
@@ -167,6 +175,8 @@ class DnsStats:
     """Queries refused because ``max_pending`` or ``MAX_WAITERS`` was reached (Rule 6)."""
     timeouts: int = 0
     """Upstream attempts that got no accepted reply in time."""
+    memo_hits: int = 0
+    """Repeat queries answered from remembered wire bytes (Rule 10)."""
 
 
 # --- internal state -------------------------------------------------------------------------------
@@ -268,6 +278,8 @@ class DnsResponder:
         self.stats = DnsStats()
         self._t = _Tables()
         self._keys = count(1)
+        # (transport, query bytes after the ID) -> (valid until, answer bytes after the ID)
+        self._memo: dict[tuple[str, bytes], tuple[float, bytes]] = {}
         self._preferred = 0  # the upstream that answered last is asked first
 
     # --- queries from clients ---------------------------------------------------------------------
@@ -294,6 +306,11 @@ class DnsResponder:
         if len(data) < HEADER_SIZE or data[2] & 0x80:
             self.stats.malformed += 1
             return []
+        memo_key = (transport, bytes(data[2:]))
+        memo = self._memo.get(memo_key)
+        if memo is not None and now < memo[0]:  # Rule 10
+            self.stats.memo_hits += 1
+            return [Answer(client, bytes(data[:2]) + memo[1], transport)]
         try:
             query = decode_message(data)
         except MalformedPacket:
@@ -314,14 +331,15 @@ class DnsResponder:
         local = self._local(who.question)
         if local is not None:
             self.stats.local += 1
-            return [self._answer(who, local)]
+            return [self._remember(memo_key, self._answer(who, local), now + MEMO_SECONDS)]
         # Step 3
         key = (lower_name(who.question.name), who.question.qtype, who.question.qclass,
                query.dnssec_ok or query.cd)
         cached = self._cache_get(key, now)
         if cached is not None:
             self.stats.cache_hits += 1
-            return [self._answer(who, cached)]
+            until = min(now + MEMO_SECONDS, self._t.cache[key].expires)
+            return [self._remember(memo_key, self._answer(who, cached), until)]
         # Step 4
         if not self.upstreams:
             return [self._answer(who, _response(RCODE_REFUSED))]
@@ -346,6 +364,17 @@ class DnsResponder:
             return [self._servfail(who)]
         self._t.by_question[key, transport] = pending
         return [forward]
+
+    def _remember(self, memo_key: tuple[str, bytes], answer: Answer, until: float) -> Answer:
+        """Rule 10: keep ``answer``'s bytes after the ID for a repeat of the same query."""
+        if len(self._memo) >= MEMO_SIZE:
+            self._memo.clear()
+        self._memo[memo_key] = (until, answer.payload[2:])
+        return answer
+
+    def hosts_changed(self) -> None:
+        """The local names changed (a lease came or went): forget remembered answers."""
+        self._memo.clear()
 
     def _local(self, question: Question) -> DnsMessage | None:
         """The authoritative answer for a local name (Rule 1, 2), or None to go on.

@@ -441,3 +441,36 @@ def test_random_input_never_raises_and_state_stays_intact():
     # Mutations that still decode are real queries and may be forwarded; the first one survives.
     assert r.stats.malformed > 1000 and r.pending_count() <= r.max_pending
     assert r.handle_reply(reply_to(fwd), UP1, 5000, 2.0)[0] == Release(fwd.key)
+
+
+def test_repeat_queries_are_answered_from_the_memo_with_their_own_id():
+    r = responder()
+    first = answer_of(r.handle_query(query("web.vsw", ident=1), GUEST, "udp", 0.0))
+    again = answer_of(r.handle_query(query("web.vsw", ident=2), GUEST2, "udp", 0.5))
+    assert again.id == 2 and again.answers == first.answers and r.stats.memo_hits == 1
+    spelled = answer_of(r.handle_query(query("WEB.vsw", ident=3), GUEST, "udp", 0.6))
+    assert spelled.questions[0].name == N("WEB.vsw"), "another spelling is another memo entry"
+    assert r.stats.memo_hits == 1
+
+
+def test_memo_is_forgotten_when_hosts_change_and_after_its_lifetime():
+    leases = {"guest1": "192.168.122.77"}
+    r = responder(hosts=lambda: leases)
+    r.handle_query(query("guest1.vsw"), GUEST, "udp", 0.0)
+    leases["guest1"] = "192.168.122.78"
+    r.hosts_changed()
+    msg = answer_of(r.handle_query(query("guest1.vsw"), GUEST, "udp", 0.1))
+    assert msg.answers == (a_record(N("guest1.vsw"), "192.168.122.78", 0),)
+    leases["guest1"] = "192.168.122.79"  # changed without telling: stale for at most a second
+    stale = answer_of(r.handle_query(query("guest1.vsw"), GUEST, "udp", 0.5))
+    assert stale.answers[0].rdata == bytes([192, 168, 122, 78])
+    fresh = answer_of(r.handle_query(query("guest1.vsw"), GUEST, "udp", 1.2))
+    assert fresh.answers[0].rdata == bytes([192, 168, 122, 79])
+
+
+def test_memo_never_outlives_the_cached_answer():
+    r = responder()
+    fwd = forwarded(r, query("example.com"))
+    r.handle_reply(reply_to(fwd, a_record(N("example.com"), "93.184.216.34", 10)), UP1, 33333, 0.0)
+    r.handle_query(query("example.com"), GUEST, "udp", 9.5)  # cached, memo until 10.0 at most
+    forwarded(r, query("example.com"), now=10.0)

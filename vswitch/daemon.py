@@ -268,6 +268,8 @@ class Daemon:
 
             responder = DnsResponder(net.domain, hosts, upstreams, subnet=net.subnet)
             self.dns = DnsService(responder, self.router, self.loop)
+            if dhcp is not None:
+                dhcp.on_change = responder.hosts_changed
             log.info("DNS on %s: domain %s, forwarding to %s", net.gateway, net.domain,
                      ", ".join(f"{h}:{p}" for h, p in upstreams) or "nobody")
 
