@@ -6,8 +6,12 @@ qemu holds).  Values from ``linux/if_packet.h``.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import struct
+
+from vswitch.ports.base import Port
+from vswitch.ports.tun import has_carrier
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -55,3 +59,34 @@ def open_packet_socket(interface: str) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+class PacketSocketPort(Port):
+    """A port that is a packet socket on host interface ``interface`` (attach and tap ports):
+    up while the interface has carrier, polled once a second."""
+
+    vnet = True
+
+    def __init__(self, port_id: int, name: str, mtu: int, mac_limit: int | None,
+                 interface: str) -> None:
+        super().__init__(port_id, name, mtu, mac_limit)
+        self.interface = interface
+        self.sock: socket.socket | None = None
+
+    def listen(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Open the packet socket, send through it and read from it."""
+        self.sock = open_packet_socket(self.interface)
+        fd = self.sock.fileno()
+        self.use_fd(fd)
+        loop.add_reader(fd, self.read_fd_batch, fd)
+        self.poll()
+
+    def poll(self) -> None:
+        self.set_up(has_carrier(self.interface))
+
+    def close(self) -> None:
+        if self.sock is not None:
+            if self.loop is not None:
+                self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
