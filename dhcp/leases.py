@@ -6,10 +6,16 @@ Rule 2: a lease is ``offered`` (an address held briefly after an OFFER), ``bound
         ``declined`` (an address quarantined after a DECLINE; it has no owner: client key b"").
 Rule 3: times are wall-clock seconds since the epoch, because they are written to the lease file
         and must mean the same after a restart.
-Rule 4: the lease file is JSON lines, one bound or declined lease a line; offers are not saved (a
-        restarted server simply offers again).  It is replaced atomically: a temporary file in
-        the same directory, fsync, ``os.replace``, fsync of the directory, so a crash leaves the
-        old file or the new one, never a torn one.
+Rule 4: the lease file is a journal of JSON lines: a lease line sets the lease of its address
+        (bound or declined; offers are not saved, a restarted server simply offers again), a
+        ``{"ip": ..., "free": true}`` line frees it, and later lines win.  Changes are appended
+        in one write per batch (``append_leases``): cheap under load, and a crash of the process
+        (kill -9) loses nothing already written; appends are not fsynced, so a power loss may
+        lose the last batches, never the file's consistency.  When the journal grows past
+        ``compact_after(live)`` lines it is rewritten (``save_leases``) atomically: a temporary
+        file in the same directory, fsync, ``os.replace``, fsync of the directory, so a crash
+        leaves the old file or the new one, never a torn one.  A torn last line (a crash in
+        the middle of an append: no newline at the end) is ignored.
 Rule 5: a file that does not parse raises ``LeaseFileError`` naming the file and line.  The
         caller must not overwrite it: the daemon moves it aside with ``quarantine(path)`` (to
         ``path.corrupt-<timestamp>``), logs the new name and starts with an empty table.
@@ -259,23 +265,64 @@ def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
 
 
 def load_leases(path: Path | str, now: float) -> list[Lease]:
-    """Read the lease file; a missing file is an empty table; expired leases are dropped."""
+    """Replay the lease journal (Rule 4); a missing file is an empty table; expired leases are
+    dropped (Rule 6)."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
-    leases = []
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+    lines = data.split(b"\n")
+    torn = lines[-1] if lines[-1].strip() else None  # no newline at the end: a torn append
+    leases: dict[int, Lease] = {}
+    for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
         try:
-            lease = decode_lease(raw.decode("utf-8"))
+            text = raw.decode("utf-8")
+            freed = _freed_ip(text)
+            lease = None if freed is not None else decode_lease(text)
         except (UnicodeDecodeError, ValueError) as exc:
+            if raw is torn:
+                break
             raise LeaseFileError(path, number, str(exc)) from None
-        if lease.state is not LeaseState.OFFERED and lease.expires > now:
-            leases.append(lease)
-    return leases
+        if freed is not None:
+            leases.pop(freed, None)
+        elif lease is not None:
+            leases[lease.ip] = lease
+    return [lease for lease in leases.values()
+            if lease.state is not LeaseState.OFFERED and lease.expires > now]
+
+
+def _freed_ip(line: str) -> int | None:
+    """The address a ``{"ip": ..., "free": true}`` journal line frees, or None for a lease."""
+    if '"free"' not in line:
+        return None
+    obj = json.loads(line)
+    if not isinstance(obj, dict) or obj.get("free") is not True or set(obj) != {"ip", "free"}:
+        raise ValueError("bad free record")
+    return _convert("ip", _field(obj, "ip", str), lambda v: int(ipaddress.IPv4Address(v)))
+
+
+def compact_after(live: int) -> int:
+    """Journal lines beyond which the file is rewritten: twice the live leases, at least 1000."""
+    return max(1000, 2 * live)
+
+
+def append_leases(path: Path | str, changed: Iterable[Lease], freed: Iterable[int]) -> int:
+    """Append lease and free records to the journal in one write (Rule 4); lines written."""
+    lines = [encode_lease(lease) + "\n" for lease in changed
+             if lease.state is not LeaseState.OFFERED]
+    lines += [json.dumps({"ip": str(ipaddress.IPv4Address(ip)), "free": True}) + "\n"
+              for ip in freed]
+    if not lines:
+        return 0
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, "".join(lines).encode())
+    finally:
+        os.close(fd)
+    return len(lines)
 
 
 def save_leases(path: Path | str, leases: Iterable[Lease]) -> None:

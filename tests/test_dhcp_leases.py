@@ -10,6 +10,8 @@ from dhcp.leases import (
     LeaseFileError,
     LeaseState,
     LeaseTable,
+    append_leases,
+    compact_after,
     decode_lease,
     encode_lease,
     hostname_label,
@@ -141,3 +143,31 @@ def test_quarantine_keeps_the_bytes_and_never_overwrites(tmp_path):
     second = quarantine(path, when=NOW)
     assert second != first and second.read_bytes() == b"again" and first.read_bytes() == junk
     assert load_leases(path, NOW) == [], "the daemon then starts with an empty table"
+
+
+def _lease(ip: int, name: str, expires: float) -> Lease:
+    return Lease(ip=ip, client=b"\x01" + name.encode(), mac=bytes(6), hostname=name,
+                 expires=expires, state=LeaseState.BOUND)
+
+
+def test_journal_appends_frees_and_later_lines_win(tmp_path):
+    path = tmp_path / "leases"
+    a, b = _lease(0x0A000005, "a", 500.0), _lease(0x0A000006, "b", 500.0)
+    assert append_leases(path, [a, b], []) == 2
+    renewed = _lease(a.ip, "a", 900.0)
+    assert append_leases(path, [renewed], [b.ip]) == 2
+    assert load_leases(path, now=100.0) == [renewed], "the renewal wins, b was freed"
+    assert compact_after(10) == 1000 and compact_after(800) == 1600
+
+
+def test_a_torn_last_line_is_ignored_but_a_broken_middle_line_is_corruption(tmp_path):
+    path = tmp_path / "leases"
+    a = _lease(0x0A000005, "a", 500.0)
+    append_leases(path, [a], [])
+    with path.open("a") as f:
+        f.write('{"ip": "10.0.0.6", "mac"')  # the crash came in the middle of an append
+    assert load_leases(path, now=100.0) == [a]
+    with path.open("a") as f:
+        f.write("\n")  # that broken line is now followed by more: it is corruption
+    with pytest.raises(LeaseFileError):
+        load_leases(path, now=100.0)

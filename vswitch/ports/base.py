@@ -33,6 +33,7 @@ TX_DOWN = "tx-link-down"
 TX_ERROR = "tx-error"
 TX_MALFORMED = "tx-malformed-gso"
 RX_ERROR = "rx-error"
+RX_OVERFLOW = "rx-kernel-queue-full"
 RX_FRAMING = "rx-framing"
 
 

@@ -10,13 +10,14 @@ import asyncio
 import socket
 import struct
 
-from vswitch.ports.base import Port
+from vswitch.ports.base import RX_OVERFLOW, Port
 from vswitch.ports.tun import has_carrier
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
+PACKET_STATISTICS = 6
 PACKET_VNET_HDR = 15
 PACKET_QDISC_BYPASS = 20
 PACKET_IGNORE_OUTGOING = 23
@@ -82,7 +83,14 @@ class PacketSocketPort(Port):
         self.poll()
 
     def poll(self) -> None:
+        """Carrier, and frames the kernel dropped because our receive queue was full
+        (``PACKET_STATISTICS``: the counters reset on every read)."""
         self.set_up(has_carrier(self.interface))
+        if self.sock is not None:
+            _, dropped = struct.unpack("II", self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS,
+                                                                  8))
+            if dropped:
+                self.drops[RX_OVERFLOW] += dropped
 
     def close(self) -> None:
         if self.sock is not None:
