@@ -23,10 +23,18 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("show", help="show ports, the MAC table (fdb), DHCP leases, DNS or "
                        "switch counters")
-    p.add_argument("what", choices=["ports", "fdb", "leases", "dhcp", "dns", "switch"])
+    p.add_argument("what", choices=["ports", "fdb", "leases", "dhcp", "dns", "conntrack",
+                                    "forwards", "router", "switch"])
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--socket", help="control socket (default: $VSWITCH_SOCKET or "
                    f"{default_socket()})")
+
+    p = sub.add_parser("forward", help="add or remove a port forward at run time")
+    p.add_argument("action", choices=["add", "del"])
+    p.add_argument("proto", choices=["tcp", "udp"])
+    p.add_argument("port", help="external port or range, e.g. 8080 or 8080-8090")
+    p.add_argument("to", nargs="?", help="guest_ip:port (for add)")
+    p.add_argument("--socket", help="control socket")
 
     p = sub.add_parser("qemu-args", help="print the qemu flags that plug a guest into PORT")
     p.add_argument("port")
@@ -95,6 +103,20 @@ def format_fdb(rows: list[dict[str, Any]]) -> str:
     return render(table) + f"\n{len(rows)} entries"
 
 
+def format_conntrack(rows: list[dict[str, Any]]) -> str:
+    """Like `conntrack -L`: protocol, state, original and reply tuples, time left, counters."""
+    table = [["PROTO", "KIND", "STATE", "ORIGINAL", "REPLY", "TTL", "PACKETS", "BYTES"]]
+    for r in rows:
+        table.append([r["proto"], r["kind"], r["state"], r["original"], r["reply"],
+                      str(r["seconds_left"]), "/".join(map(str, r["packets"])),
+                      "/".join(map(str, r["bytes"]))])
+    return render(table) + f"\n{len(rows)} flows"
+
+
+def format_forwards(rows: list[dict[str, Any]]) -> str:
+    return render([["PROTO", "PORT", "TO"]] + [[r["proto"], r["port"], r["to"]] for r in rows])
+
+
 def format_leases(rows: list[dict[str, Any]]) -> str:
     """Like `virsh net-dhcp-leases`: expiry, MAC, protocol, address, hostname, client id."""
     import time
@@ -113,7 +135,9 @@ def format_switch(info: dict[str, Any]) -> str:
 
 
 FORMATTERS = {"ports": format_ports, "fdb": format_fdb, "leases": format_leases,
-              "dhcp": format_switch, "dns": format_switch, "switch": format_switch}
+              "dhcp": format_switch, "dns": format_switch, "switch": format_switch,
+              "conntrack": format_conntrack, "forwards": format_forwards,
+              "router": format_switch}
 
 
 def render(table: list[list[str]]) -> str:
@@ -151,6 +175,17 @@ def qemu_args(config: Config, port: str, mac: str | None = None) -> str:
     return f"-netdev {netdev} -device virtio-net-pci,netdev=n0,mac={mac}"
 
 
+def cmd_forward(args: argparse.Namespace) -> int:
+    path = args.socket or os.environ.get("VSWITCH_SOCKET") or default_socket()
+    if args.action == "add" and not args.to:
+        raise ControlError("forward add needs the guest: vswitch forward add tcp 8080 "
+                           "192.168.122.10:80")
+    result = request(path, "forward", action=args.action, proto=args.proto, port=args.port,
+                     to=args.to)
+    print(" ".join(f"{k}: {v}" for k, v in result.items()))
+    return 0
+
+
 def cmd_qemu_args(args: argparse.Namespace) -> int:
     print(qemu_args(load_config(args.config), args.port, args.mac))
     return 0
@@ -163,7 +198,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 VERBS = {"run": cmd_run, "show": cmd_show, "qemu-args": cmd_qemu_args, "check": cmd_check,
-         "demo": cmd_demo}
+         "demo": cmd_demo, "forward": cmd_forward}
 
 if __name__ == "__main__":
     sys.exit(main())

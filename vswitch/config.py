@@ -116,6 +116,53 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UplinkConfig:
+    interface: str
+    """The L2 interface the router stands on as a host of its own."""
+    address: str
+    """The router's address there, CIDR."""
+    gateway: str
+    """The next hop for everything off both networks."""
+    mac: str = ""
+    """The router's MAC there (default: derived from the switch name)."""
+    mtu: int = 1500
+    """Largest IP packet sent there; DF packets above it get ICMP 3/4."""
+    type: str = "raw"
+    """Only "raw" so far."""
+
+
+@dataclass(frozen=True, slots=True)
+class NatConfig:
+    port_range: tuple[int, int] = (1024, 65535)
+    """External ports for mappings, as libvirt's <nat><port start end>."""
+    filtering: str = "address-dependent"
+    """Who may use a mapping: "address-dependent" (hosts the guest talked to) or
+    "endpoint-independent" (anyone), RFC 4787 REQ-8."""
+    max_entries: int = 262144
+    """Conntrack table size."""
+    tcp_established: int = 7440
+    """Seconds (RFC 5382 REQ-5: at least 2 h 4 min)."""
+    tcp_transitory: int = 240
+    """Seconds (RFC 5382 REQ-5: 4 min)."""
+    udp: int = 300
+    """Seconds (RFC 4787 REQ-5: at least 2 min)."""
+    icmp: int = 60
+    """Seconds (RFC 5508 REQ-2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardConfig:
+    proto: str
+    """"tcp" or "udp"."""
+    ports: tuple[int, int]
+    """First and last external port."""
+    to_ip: str
+    """Guest address."""
+    to_port: int
+    """Guest port for the first external port (the rest follow in order)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     name: str = "vsw0"
     """Switch name: names the control socket."""
@@ -129,6 +176,12 @@ class Config:
     """The ports, in config order (port ids are 1, 2, ... in that order)."""
     network: NetworkConfig | None = None
     """The router port and its services; None: a plain switch."""
+    uplink: UplinkConfig | None = None
+    """Where routed traffic leaves; None: nothing leaves the guest network."""
+    nat: NatConfig = NatConfig()
+    """Conntrack settings (mode nat)."""
+    forwards: tuple[ForwardConfig, ...] = ()
+    """Port forwards (DNAT) from the uplink address to guests."""
     source: str = "<embedded default>"
     """Where this config came from."""
 
@@ -172,7 +225,8 @@ def load_config(path: str | Path | None = None) -> Config:
 
 
 def parse_config(data: dict[str, Any], source: str = "<dict>") -> Config:
-    _only(data, "", {"switch", "control", "port", "network", "dhcp", "dns"})
+    _only(data, "", {"switch", "control", "port", "network", "dhcp", "dns", "uplink", "nat",
+                     "forward"})
     switch = _table(data, "switch")
     _only(switch, "switch.", {"name", "mac_aging", "mac_limit"})
     name = _get(switch, "switch.name", str, "vsw0")
@@ -198,10 +252,14 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> Config:
         if port.path and paths.count(port.path) > 1:
             raise ConfigError(f"port[{i}].path", f"{port.path!r} is used by another port")
     network = _network(data, name) if "network" in data else None
-    if network is None and ("dhcp" in data or "dns" in data):
-        raise ConfigError("network", "missing; [dhcp] and [dns] serve the [network] gateway")
+    for section in ("dhcp", "dns", "uplink", "nat", "forward"):
+        if network is None and section in data:
+            raise ConfigError("network", f"missing; [{section}] needs the [network] it serves")
+    uplink = _uplink(data) if "uplink" in data else None
+    forwards = tuple(_forward(raw, i, network) for i, raw in enumerate(_array(data, "forward")))
     return Config(name=name, mac_aging=aging, mac_limit=mac_limit, socket=sock, ports=ports,
-                  network=network, source=source)
+                  network=network, uplink=uplink, nat=_nat(data), forwards=forwards,
+                  source=source)
 
 
 def _port(raw: Any, i: int) -> PortConfig:
@@ -437,3 +495,97 @@ def _server(value: Any, key: str) -> tuple[str, int]:
         raise ConfigError(key, f"{value!r} is not an IPv4 address with an optional :port") \
             from None
     return host, number
+
+
+def _uplink(data: dict[str, Any]) -> UplinkConfig:
+    import netaddr
+
+    up = _table(data, "uplink")
+    _only(up, "uplink.", {"type", "interface", "address", "gateway", "mac", "mtu"})
+    kind = _get(up, "uplink.type", str, "raw")
+    if kind != "raw":
+        raise ConfigError("uplink.type", f"{kind!r} is not available yet; use \"raw\"")
+    interface = _get(up, "uplink.interface", str, None, required="the L2 interface, e.g. "
+                     "interface = \"eth1\"")
+    address = _get(up, "uplink.address", str, None, required="the router's own address there, "
+                   "e.g. address = \"203.0.113.2/24\"")
+    if address == "dhcp":
+        raise ConfigError("uplink.address", "\"dhcp\" is not available yet; give a CIDR")
+    try:
+        net = netaddr.IPNetwork(address, version=4)
+    except (netaddr.AddrFormatError, ValueError):
+        raise ConfigError("uplink.address", f"{address!r} is not an IPv4 address with a "
+                          "prefix, like 203.0.113.2/24") from None
+    gateway = _address(up, "uplink.gateway", None, net.cidr)
+    mac = _get(up, "uplink.mac", str, "")
+    return UplinkConfig(interface=interface, address=str(net), gateway=gateway,
+                        mac=_mac(mac, "uplink.mac") if mac else "",
+                        mtu=int(_number(up, "uplink.mtu", 1500, 576, 65521, integer=True)))
+
+
+def _nat(data: dict[str, Any]) -> NatConfig:
+    nat = _table(data, "nat")
+    timeouts = ("tcp_established", "tcp_transitory", "udp", "icmp")
+    _only(nat, "nat.", {"port_range", "filtering", "max_entries", *timeouts})
+    ports = nat.get("port_range", [1024, 65535])
+    if (not isinstance(ports, list) or len(ports) != 2
+            or not all(isinstance(p, int) and not isinstance(p, bool) for p in ports)
+            or not 1 <= ports[0] <= ports[1] <= 65535):
+        raise ConfigError("nat.port_range", f"{ports!r} must be [first, last] within 1-65535, "
+                          "e.g. [1024, 65535]")
+    filtering = _get(nat, "nat.filtering", str, "address-dependent")
+    if filtering not in ("address-dependent", "endpoint-independent"):
+        raise ConfigError("nat.filtering", f"{filtering!r}: use \"address-dependent\" or "
+                          "\"endpoint-independent\"")
+    defaults = NatConfig()
+    values = {t: int(_number(nat, f"nat.{t}", getattr(defaults, t), 1, 10**7, integer=True))
+              for t in timeouts}
+    if values["tcp_established"] < 7440:
+        raise ConfigError("nat.tcp_established", "must be at least 7440 (2 h 4 min, RFC 5382 "
+                          "REQ-5)")
+    if values["udp"] < 120:
+        raise ConfigError("nat.udp", "must be at least 120 (RFC 4787 REQ-5)")
+    return NatConfig(port_range=(ports[0], ports[1]), filtering=filtering,
+                     max_entries=int(_number(nat, "nat.max_entries", 262144, 16, 10**8,
+                                             integer=True)), **values)
+
+
+def _forward(raw: dict[str, Any], i: int, network: NetworkConfig | None) -> ForwardConfig:
+    import netaddr
+
+    key = f"forward[{i}]"
+    _only(raw, key + ".", {"proto", "port", "to"})
+    proto = _get(raw, key + ".proto", str, None, required="\"tcp\" or \"udp\"")
+    if proto not in ("tcp", "udp"):
+        raise ConfigError(key + ".proto", f"{proto!r}: use \"tcp\" or \"udp\"")
+    ports = parse_ports(raw.get("port"), key + ".port")
+    to = _get(raw, key + ".to", str, None, required="the guest, e.g. to = \"192.168.122.10:80\"")
+    host, _, port = to.rpartition(":")
+    try:
+        guest_port = int(port)
+        if not 0 < guest_port < 65536 or guest_port + ports[1] - ports[0] > 65535:
+            raise ValueError
+        addr = netaddr.IPAddress(host, version=4)
+    except (netaddr.AddrFormatError, ValueError):
+        raise ConfigError(key + ".to", f"{to!r} must be \"guest_ip:port\"") from None
+    if network is not None and addr not in netaddr.IPNetwork(network.subnet):
+        raise ConfigError(key + ".to", f"{host} is not in the guest network {network.subnet}")
+    return ForwardConfig(proto, ports, str(addr), guest_port)
+
+
+def parse_ports(value: Any, key: str) -> tuple[int, int]:
+    """A port (8080) or a range ("8080-8090") as (first, last)."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, int):
+            first = last = value
+        else:
+            a, _, b = str(value).partition("-")
+            first, last = int(a), int(b or a)
+        if not 0 < first <= last < 65536:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(key, f"{value!r} must be a port (8080) or a range (\"8080-8090\")") \
+            from None
+    return first, last

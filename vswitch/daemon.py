@@ -20,7 +20,9 @@ from typing import Any
 from dhcp.dhcp_service import DhcpService, dhcp_config, ip_text
 from dhcp.dns import DnsResponder
 from dhcp.dns_service import DnsService
+from nat.conntrack import Conntrack, Timeouts
 from nat.gateway import Gateway
+from nat.router import Router, Uplink
 from vswitch.config import Config, PortConfig
 from vswitch.control import ControlError, ControlServer
 from vswitch.events import MacAged, MacEvicted, MacFlapping, MacMoved
@@ -32,6 +34,7 @@ from vswitch.ports.internal import InternalPort
 from vswitch.ports.router import RouterPort
 from vswitch.ports.stream import StreamPort
 from vswitch.ports.tap import TapPort
+from vswitch.ports.uplink import RawUplink
 from vswitch.switch import Switch
 
 log = logging.getLogger("vswitch")
@@ -80,8 +83,40 @@ def gateway_mac(config: Config) -> bytes:
     assert config.network is not None
     if config.network.gateway_mac:
         return bytes.fromhex(config.network.gateway_mac.replace(":", ""))
-    digest = zlib.crc32(f"gateway:{config.name}".encode()).to_bytes(4, "big")
+    return derived_mac(config, "gateway")
+
+
+PROTOS = {"tcp": 6, "udp": 17}
+SHOWABLE = ("ports", "fdb", "leases", "dhcp", "dns", "conntrack", "forwards", "router",
+            "switch")
+
+
+def derived_mac(config: Config, role: str) -> bytes:
+    """A stable MAC in qemu's 52:54:00 range for one of the router's own stations."""
+    digest = zlib.crc32(f"{role}:{config.name}".encode()).to_bytes(4, "big")
     return b"\x52\x54\x00" + digest[:3]
+
+
+def build_nat(config: Config, gateway: Gateway) -> tuple[Conntrack | None, Router]:
+    """The router behind the gateway, with a conntrack in nat mode."""
+    net, up = config.network, config.uplink
+    assert net is not None and up is not None
+    ip, prefix = up.address.split("/")
+    mac = bytes.fromhex(up.mac.replace(":", "")) if up.mac else derived_mac(config, "uplink")
+    uplink = Uplink(socket.inet_aton(ip), int(prefix), mac, socket.inet_aton(up.gateway),
+                    up.mtu)
+    conntrack = None
+    if net.mode == "nat":
+        n = config.nat
+        conntrack = Conntrack(uplink.ip, n.port_range,
+                              Timeouts(n.tcp_established, n.tcp_transitory, n.udp, n.icmp),
+                              n.max_entries, n.filtering)
+        for f in config.forwards:
+            conntrack.add_forward(PROTOS[f.proto], range(f.ports[0], f.ports[1] + 1),
+                                  socket.inet_aton(f.to_ip), f.to_port)
+    network, subnet_prefix = net.subnet.split("/")
+    subnet = (int.from_bytes(socket.inet_aton(network), "big"), int(subnet_prefix))
+    return conntrack, Router(gateway, net.mode, subnet, uplink, conntrack)
 
 
 def build_router(config: Config) -> RouterPort:
@@ -100,10 +135,15 @@ class Daemon:
         # ports[id] -> Port; id 0 is the router port when there is a [network].
         self.ports: list[Port | None] = [None]
         self.router: RouterPort | None = None
+        self.uplink: RawUplink | None = None
+        self.conntrack: Conntrack | None = None
         if config.network is not None:
             self.router = build_router(config)
             self.ports[0] = self.router
             self.switch.add_port(0, up=False)
+            if config.uplink is not None:
+                self.conntrack, self.router.router = build_nat(config, self.router.gateway)
+                self.uplink = RawUplink(config.uplink.interface, self.router)
         for pc in config.ports:
             port = make_port(len(self.ports), pc)
             self.ports.append(port)
@@ -111,6 +151,7 @@ class Daemon:
             self.fdb.set_port_limit(port.id, pc.mac_limit)
         self.control = ControlServer(config.socket, {
             "show": self._show,
+            "forward": self._forward,
             "ping": lambda _: "pong",
         })
         self._evicted: Counter[int] = Counter()
@@ -174,6 +215,8 @@ class Daemon:
                         "holding the most", self.fdb.limit, count, self._name(port_id))
         self._evicted.clear()
         self._flapping = {m: t for m, t in self._flapping.items() if t > now}
+        if self.router is not None and self.router.router is not None:
+            self.router.router.expire(now)
         self.loop.call_later(TICK, self._tick)
 
     # -- control ---------------------------------------------------------------------------
@@ -189,6 +232,21 @@ class Daemon:
                     for mac, port, left in self.fdb.entries(self.loop.time())]
         if what == "leases":
             return self.dhcp.rows() if self.dhcp is not None else []
+        if what == "conntrack":
+            return [] if self.conntrack is None else self._conntrack_rows()
+        if what == "forwards":
+            return [] if self.conntrack is None else [
+                {"proto": {6: "tcp", 17: "udp"}[f.proto],
+                 "port": f"{f.ext_ports[0]}" + (f"-{f.ext_ports[-1]}" if len(f.ext_ports) > 1
+                                                else ""),
+                 "to": f"{socket.inet_ntoa(f.guest_ip)}:{f.guest_port}"}
+                for f in self.conntrack.forwards()]
+        if what == "router":
+            router = self.router.router if self.router is not None else None
+            return {} if router is None else dict(router.counters) | {
+                "conntrack": len(self.conntrack) if self.conntrack is not None else 0,
+                "arp_guests": len(router.guests.cache), "arp_outside": len(router.outside.cache),
+                "held_dropped": router.guests.dropped + router.outside.dropped}
         if what == "dhcp":
             return {} if self.dhcp is None else dict(self.dhcp.server.counters) | {
                 "malformed": self.dhcp.malformed, "leases": len(self.dhcp.server.leases())}
@@ -201,7 +259,53 @@ class Daemon:
                     "learned": self.fdb.learned, "moved": self.fdb.moved,
                     "evicted": self.fdb.evicted, "aged": self.fdb.aged,
                     "flooded": self.switch.flooded, "config": self.config.source}
-        raise ControlError(f"cannot show {what!r}; try ports, fdb, leases, dhcp, dns or switch")
+        raise ControlError(f"cannot show {what!r}; try " + ", ".join(SHOWABLE))
+
+    def _conntrack_rows(self) -> list[dict[str, Any]]:
+        assert self.conntrack is not None and self.loop is not None
+
+        def tup(key: tuple[Any, ...]) -> str:
+            proto, src, sport, dst, dport = key
+            return f"{socket.inet_ntoa(src)}:{sport} -> {socket.inet_ntoa(dst)}:{dport}"
+
+        names = {1: "icmp", 6: "tcp", 17: "udp"}
+        return [{"proto": names.get(r.original[0], str(r.original[0])), "kind": r.kind,
+                 "state": r.state, "original": tup(r.original), "reply": tup(r.reply),
+                 "seconds_left": round(r.seconds_left), "packets": [r.packets_original,
+                                                                    r.packets_reply],
+                 "bytes": [r.bytes_original, r.bytes_reply]}
+                for r in self.conntrack.entries(self.loop.time())]
+
+    def _forward(self, request: dict[str, Any]) -> Any:
+        """`vswitch forward add|del`: DNAT forwards at run time; open flows are kept."""
+        from vswitch.config import ConfigError, parse_ports
+
+        if self.conntrack is None:
+            raise ControlError("forwards need [network] mode = \"nat\" with an [uplink]")
+        proto = PROTOS.get(str(request.get("proto")))
+        if proto is None:
+            raise ControlError("proto must be tcp or udp")
+        try:
+            first, last = parse_ports(request.get("port"), "port")
+        except ConfigError as exc:
+            raise ControlError(str(exc)) from None
+        ports = range(first, last + 1)
+        try:
+            if request.get("action") == "add":
+                host, _, port = str(request.get("to", "")).rpartition(":")
+                forward = self.conntrack.add_forward(proto, ports, socket.inet_aton(host),
+                                                     int(port))
+                log.info("forward %s %s added to %s", request["proto"], request["port"],
+                         request.get("to"))
+                return {"added": f"{request['proto']} {request['port']} -> {request.get('to')}",
+                        "ports": len(forward.ext_ports)}
+            if request.get("action") == "del":
+                self.conntrack.remove_forward(proto, ports)
+                log.info("forward %s %s removed", request["proto"], request["port"])
+                return {"removed": f"{request['proto']} {request['port']}"}
+        except (KeyError, ValueError, OSError) as exc:
+            raise ControlError(f"forward {request.get('action')}: {exc}") from None
+        raise ControlError("action must be add or del")
 
     def _port_row(self, port: Port) -> dict[str, Any]:
         row = port.describe()
@@ -230,6 +334,16 @@ class Daemon:
                 opened.append(port)
                 log.info("port %s (%s) opened: %s", port.name, port.kind, port.detail())
             self._start_services()
+            if self.uplink is not None:
+                try:
+                    self.uplink.start(self.loop)
+                except OSError as exc:
+                    raise SystemExit(f"vswitch: uplink {self.uplink.interface}: {exc}") from exc
+                opened.append(self.uplink)
+                log.info("uplink %s: %s via %s, mode %s", self.uplink.interface,
+                         self.config.uplink.address if self.config.uplink else "?",
+                         self.config.uplink.gateway if self.config.uplink else "?",
+                         self.config.network.mode if self.config.network else "?")
             await self.control.start()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.loop.add_signal_handler(sig, self._stop.set)

@@ -8,8 +8,10 @@ if received on this port.  Port id 0 is reserved for it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from nat.gateway import Gateway
+from nat.router import Out, Router
 from vswitch.errors import MalformedPacket
 from vswitch.gso import to_plain_frames
 from vswitch.ports.base import TX_MALFORMED, Deliver, Port
@@ -25,6 +27,10 @@ class RouterPort(Port):
     def __init__(self, gateway: Gateway, mtu: int = 1500) -> None:
         super().__init__(ROUTER_PORT, "gateway", mtu, None)
         self.gateway = gateway
+        #: The router behind the gateway, and where its uplink-bound packets go (set by the
+        #: daemon when there is an uplink).
+        self.router: Router | None = None
+        self.to_uplink: Callable[[bytes], None] | None = None
 
     def open(self, loop: asyncio.AbstractEventLoop, deliver: Deliver) -> None:
         super().open(loop, deliver)
@@ -35,6 +41,8 @@ class RouterPort(Port):
         assert self.loop is not None
         self.tx_frames += 1
         self.tx_bytes += len(packet)
+        if self.router is not None and self._routed(packet):
+            return
         try:
             frames = to_plain_frames(packet) if needs_software(packet) else [packet[10:]]
         except MalformedPacket:
@@ -44,6 +52,34 @@ class RouterPort(Port):
         for frame in frames:
             for reply in self.gateway.handle(frame, now):
                 self.emit(reply, now)
+
+    def _routed(self, packet: bytes) -> bool:
+        """Hand the router what is its (Rule 1 of nat.router); True if it took the packet."""
+        router = self.router
+        assert router is not None and self.loop is not None
+        ethertype = packet[22:24]
+        now = self.loop.time()
+        if ethertype == b"\x08\x06":  # ARP: the router learns guests (and we go on)
+            self.dispatch(Out(router.guest_arp(packet[10:], now), []))
+            return False
+        if (ethertype != b"\x08\x00" or packet[10:16] != self.gateway.mac
+                or len(packet) < 44 or packet[40:44] == self.gateway.ip
+                or packet[40:44] == self.gateway.broadcast):
+            return False
+        self.dispatch(router.from_guest(packet, now))
+        return True
+
+    def dispatch(self, out: Out) -> None:
+        """Router output: packets into the switch from this port, and out of the uplink."""
+        assert self.deliver is not None and self.loop is not None
+        now = self.loop.time()
+        for packet in out.switch:
+            self.rx_frames += 1
+            self.rx_bytes += len(packet)
+            self.deliver(packet, ROUTER_PORT, now)
+        if out.uplink and self.to_uplink is not None:
+            for packet in out.uplink:
+                self.to_uplink(packet)
 
     def emit(self, frame: bytes, now: float | None = None) -> None:
         """Send a frame from the gateway into the switch (also used by services later)."""

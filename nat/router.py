@@ -1,0 +1,308 @@
+"""The router: between the guest network (the switch's router port) and the uplink.
+
+Rule 1: a guest frame sent to the gateway's MAC with an IPv4 destination outside the subnet is
+        routed; one for the gateway itself is the gateway stack's (``nat.gateway``).
+Rule 2: modes, as libvirt's: ``nat`` translates through the conntrack (SNAT, DNAT forwards);
+        ``route`` and ``open`` forward without translation (the far side routes the subnet to
+        the uplink address); ``isolated`` forwards nothing (guests get ICMP 3/13).
+Rule 3: TTL is decremented; a packet that would leave with TTL 0 gets ICMP time exceeded
+        (RFC 1812 5.3.1); a DF packet over the uplink MTU gets fragmentation needed with the MTU
+        (RFC 1191 4).  GSO super-frames are exempt: they leave as segments of the right size.
+Rule 4: next hops are found by ARP (RFC 826) on each side: a bounded cache with timeouts, and
+        a few packets held per address while a request is out (RFC 1122 2.3.2.2), dropped and
+        counted when nobody answers.
+Rule 5: the uplink address answers ARP and ping itself; everything else arriving there goes
+        through the conntrack (``nat``) or is routed to the subnet (``route``/``open``).
+
+Sans-I/O: packets (virtio-net header + frame) in, ``Out(switch, uplink)`` packets out.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from dataclasses import dataclass
+from typing import Final, NamedTuple
+
+from nat.conntrack import Conntrack, Drop
+from nat.gateway import Gateway
+from nat.packets import (
+    BROADCAST_MAC,
+    ETH_P_ARP,
+    ETH_P_IP,
+    PROTO_ICMP,
+    Arp,
+    decode_arp,
+    encode_arp,
+    encode_ethernet,
+    encode_icmp,
+    encode_ipv4,
+)
+from nat.translate import admin_prohibited, frag_needed, icmp_error, nat_packet, time_exceeded
+from vswitch.errors import MalformedPacket
+from vswitch.vnet import NO_OFFLOAD, VNET_HDR_LEN
+
+ETH: Final = VNET_HDR_LEN  # offset of the Ethernet header in a packet
+IP: Final = VNET_HDR_LEN + 14
+ARP_TTL: Final = 300.0
+ARP_RETRY: Final = 1.0
+HELD_PER_ADDRESS: Final = 3
+HELD_ADDRESSES: Final = 256
+ARP_ENTRIES: Final = 4096
+
+
+class Out(NamedTuple):
+    switch: list[bytes]
+    """Packets into the switch, from the router port."""
+    uplink: list[bytes]
+    """Packets out of the uplink interface."""
+
+
+@dataclass(frozen=True, slots=True)
+class Uplink:
+    ip: bytes
+    """The router's own address on the uplink network."""
+    prefix: int
+    """Prefix length of the uplink network."""
+    mac: bytes
+    """The router's own MAC there."""
+    next_hop: bytes
+    """The default gateway on the uplink network."""
+    mtu: int = 1500
+    """Largest IP packet the uplink takes."""
+
+
+class Neighbours:
+    """One side's ARP cache, with packets held while an address is resolved (Rule 4)."""
+
+    def __init__(self) -> None:
+        self.cache: dict[bytes, tuple[bytes, float]] = {}
+        self.held: dict[bytes, tuple[float, list[bytes]]] = {}
+        self.dropped = 0
+
+    def learn(self, ip: bytes, mac: bytes, now: float) -> list[bytes]:
+        """Record ``ip`` at ``mac``; the packets that were waiting for it."""
+        if len(self.cache) >= ARP_ENTRIES and ip not in self.cache:
+            self.cache.pop(next(iter(self.cache)))
+        self.cache[ip] = (mac, now + ARP_TTL)
+        return self.held.pop(ip, (0.0, []))[1]
+
+    def lookup(self, ip: bytes, now: float) -> bytes | None:
+        entry = self.cache.get(ip)
+        return entry[0] if entry is not None and entry[1] > now else None
+
+    def hold(self, ip: bytes, packet: bytes, now: float) -> bool:
+        """Keep ``packet`` until ``ip`` resolves; True if a request should go out now."""
+        sent, queue = self.held.get(ip, (0.0, []))
+        if not queue and len(self.held) >= HELD_ADDRESSES:
+            self.dropped += 1
+            return False
+        if len(queue) >= HELD_PER_ADDRESS:
+            self.dropped += 1
+        else:
+            queue.append(packet)
+        ask = now - sent >= ARP_RETRY
+        self.held[ip] = (now if ask else sent, queue)
+        return ask
+
+    def expire(self, now: float) -> None:
+        self.cache = {ip: e for ip, e in self.cache.items() if e[1] > now}
+        for ip, (sent, queue) in list(self.held.items()):
+            if now - sent > 3 * ARP_RETRY:
+                self.dropped += len(queue)
+                del self.held[ip]
+
+
+class Router:
+    def __init__(self, gateway: Gateway, mode: str, subnet: tuple[int, int], uplink: Uplink,
+                 conntrack: Conntrack | None) -> None:
+        self.gateway = gateway
+        self.mode = mode
+        network, prefix = subnet
+        self.mask = (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF
+        self.network = network & self.mask
+        self.uplink = uplink
+        self.conntrack = conntrack
+        self.guests = Neighbours()
+        self.outside = Neighbours()
+        self.counters: Counter[str] = Counter()
+
+    def local(self, ip: bytes) -> bool:
+        return int.from_bytes(ip, "big") & self.mask == self.network
+
+    # -- guest -> outside ---------------------------------------------------------------
+
+    def from_guest(self, packet: bytes, now: float) -> Out:
+        """A guest's packet to route (Rule 1): translate, or refuse with an ICMP error."""
+        out = Out([], [])
+        if len(packet) < IP + 20:
+            self.counters["runt"] += 1
+            return out
+        src, dst = packet[IP + 12:IP + 16], packet[IP + 16:IP + 20]
+        if self.local(src):
+            self.guests.learn(src, packet[ETH + 6:ETH + 12], now)
+        if self.local(dst):
+            return out  # the switch delivers on-link traffic, not the router
+        if self.mode == "isolated":
+            return self._refuse(admin_prohibited(packet, self.gateway.ip), out, "isolated")
+        if packet[IP + 8] <= 1:
+            return self._refuse(time_exceeded(packet, self.gateway.ip), out, "ttl-exceeded")
+        if not packet[1] & 0x7F and packet[IP + 6] & 0x40:  # not GSO, DF set
+            if struct.unpack_from("!H", packet, IP + 2)[0] > self.uplink.mtu:
+                return self._refuse(frag_needed(packet, self.gateway.ip, self.uplink.mtu), out,
+                                    "frag-needed")
+        if self.mode == "nat":
+            assert self.conntrack is not None
+            return self._send_all(self._nat(packet, False, now, out), now, out)
+        return self._send_all([decrement_ttl(packet)], now, out)
+
+    # -- outside -> guests ----------------------------------------------------------------
+
+    def from_uplink(self, packet: bytes, now: float) -> Out:
+        out = Out([], [])
+        if len(packet) < IP:
+            return out
+        dst_mac = packet[ETH:ETH + 6]
+        if dst_mac != self.uplink.mac and dst_mac != BROADCAST_MAC:
+            return out
+        ethertype = packet[ETH + 12:ETH + 14]
+        try:
+            if ethertype == b"\x08\x06":
+                return self._uplink_arp(packet, now, out)
+            if ethertype != b"\x08\x00" or len(packet) < IP + 20:
+                return out
+            dst = packet[IP + 16:IP + 20]
+            if dst == self.uplink.ip:
+                if packet[IP + 9] == PROTO_ICMP and self._is_echo_request(packet):
+                    if self.mode != "nat" or self._nat_lookup_fails(packet):
+                        out.uplink.append(self._echo_reply(packet))
+                        return out
+                if self.mode == "nat":
+                    return self._send_all(self._nat(packet, True, now, out), now, out)
+                return out
+            if self.mode in ("route", "open") and self.local(dst):
+                if packet[IP + 8] <= 1:
+                    return self._refuse(time_exceeded(packet, self.uplink.ip), out,
+                                        "ttl-exceeded", uplink=True)
+                return self._send_all([decrement_ttl(packet)], now, out)
+        except MalformedPacket:
+            self.counters["malformed-from-uplink"] += 1
+        return out
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _nat(self, packet: bytes, from_outside: bool, now: float, out: Out) -> list[bytes]:
+        assert self.conntrack is not None
+        try:
+            result = nat_packet(packet, self.conntrack, from_outside, now)
+        except MalformedPacket:
+            self.counters["malformed"] += 1
+            return []
+        if isinstance(result, Drop):
+            self.counters[f"drop-{result.reason}"] += 1
+            if result.icmp is not None:
+                source = self.uplink.ip if from_outside else self.gateway.ip
+                error = icmp_error(packet, result.icmp[0], result.icmp[1], source)
+                if error is not None:
+                    (out.uplink if from_outside else out.switch).append(error)
+            return []
+        return result
+
+    def _send_all(self, packets: list[bytes], now: float, out: Out) -> Out:
+        """Address each packet to its next hop (Rule 4) and put it on the right side."""
+        for packet in packets:
+            dst = packet[IP + 16:IP + 20]
+            if self.local(dst):
+                side, ip, src_mac, asker = self.guests, dst, self.gateway.mac, self.gateway.ip
+                target = out.switch
+            else:
+                side, ip, src_mac, asker = (self.outside, self.uplink.next_hop, self.uplink.mac,
+                                            self.uplink.ip)
+                target = out.uplink
+            mac = side.lookup(ip, now)
+            if mac is None:
+                if side.hold(ip, packet, now):
+                    target.append(arp_request(src_mac, asker, ip))
+                continue
+            target.append(packet[:ETH] + mac + src_mac + packet[ETH + 12:])
+        return out
+
+    def _uplink_arp(self, packet: bytes, now: float, out: Out) -> Out:
+        arp = decode_arp(packet, IP)  # the ARP body sits where an IP header would
+        if self.local(arp.sender_ip) or not any(arp.sender_ip):
+            return out
+        held = self.outside.learn(arp.sender_ip, arp.sender_mac, now)
+        if arp.op == 1 and arp.target_ip == self.uplink.ip:
+            reply = Arp(2, self.uplink.mac, self.uplink.ip, arp.sender_mac, arp.sender_ip)
+            out.uplink.append(NO_OFFLOAD + encode_ethernet(arp.sender_mac, self.uplink.mac,
+                                                           ETH_P_ARP, encode_arp(reply)))
+        mac = arp.sender_mac
+        out.uplink.extend(p[:ETH] + mac + self.uplink.mac + p[ETH + 12:] for p in held)
+        return out
+
+    def guest_arp(self, frame: bytes, now: float) -> list[bytes]:
+        """ARP the gateway stack saw from a guest: learn it, release held packets."""
+        try:
+            arp = decode_arp(frame)
+        except MalformedPacket:
+            return []
+        if not self.local(arp.sender_ip):
+            return []
+        held = self.guests.learn(arp.sender_ip, arp.sender_mac, now)
+        return [p[:ETH] + arp.sender_mac + self.gateway.mac + p[ETH + 12:] for p in held]
+
+    def _refuse(self, error: bytes | None, out: Out, reason: str, uplink: bool = False) -> Out:
+        self.counters[f"drop-{reason}"] += 1
+        if error is not None:
+            (out.uplink if uplink else out.switch).append(error)
+        return out
+
+    @staticmethod
+    def _is_echo_request(packet: bytes) -> bool:
+        ihl = (packet[IP] & 0x0F) * 4
+        return len(packet) > IP + ihl and packet[IP + ihl] == 8
+
+    def _nat_lookup_fails(self, packet: bytes) -> bool:
+        """An echo request to the uplink address that no guest's mapping answers."""
+        assert self.conntrack is not None
+        ihl = (packet[IP] & 0x0F) * 4
+        if len(packet) < IP + ihl + 8:
+            return True
+        ident = struct.unpack_from("!H", packet, IP + ihl + 4)[0]
+        key = (PROTO_ICMP, packet[IP + 12:IP + 16], ident, self.uplink.ip, ident)
+        return self.conntrack.lookup(key, True) is None
+
+    def _echo_reply(self, packet: bytes) -> bytes:
+        ihl = (packet[IP] & 0x0F) * 4
+        total = struct.unpack_from("!H", packet, IP + 2)[0]
+        body = packet[IP + ihl:IP + total]
+        reply = encode_icmp(0, 0, body[4:])
+        ip = encode_ipv4(self.uplink.ip, packet[IP + 12:IP + 16], PROTO_ICMP, reply)
+        self.counters["echo-replies"] += 1
+        return NO_OFFLOAD + encode_ethernet(packet[ETH + 6:ETH + 12], self.uplink.mac, ETH_P_IP,
+                                           ip)
+
+    def expire(self, now: float) -> None:
+        self.guests.expire(now)
+        self.outside.expire(now)
+        if self.conntrack is not None:
+            self.conntrack.expire(now)
+
+
+def arp_request(src_mac: bytes, src_ip: bytes, target: bytes) -> bytes:
+    request = Arp(1, src_mac, src_ip, bytes(6), target)
+    return NO_OFFLOAD + encode_ethernet(BROADCAST_MAC, src_mac, ETH_P_ARP, encode_arp(request))
+
+
+def decrement_ttl(packet: bytes) -> bytes:
+    """TTL - 1 with the header checksum adjusted incrementally (RFC 1624 eqn. 3)."""
+    buf = bytearray(packet)
+    old = (buf[IP + 8] << 8) | buf[IP + 9]
+    buf[IP + 8] -= 1
+    new = (buf[IP + 8] << 8) | buf[IP + 9]
+    check = struct.unpack_from("!H", buf, IP + 10)[0]
+    total = (~check & 0xFFFF) + (~old & 0xFFFF) + new
+    total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
+    struct.pack_into("!H", buf, IP + 10, ~total & 0xFFFF)
+    return bytes(buf)
