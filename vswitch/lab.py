@@ -25,6 +25,7 @@ class Lab:
         self.links: list[str] = []
         self.procs: list[subprocess.Popen[Any]] = []
         self.files: list[Path] = []
+        self.dirs: list[Path] = []
 
     def name(self, base: str) -> str:
         """A unique, interface-safe (<= 15 chars) name for this lab."""
@@ -84,6 +85,11 @@ class Lab:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
         for f in self.files:
             f.unlink(missing_ok=True)
+        for d in self.dirs:
+            try:
+                d.rmdir()
+            except OSError:
+                pass
 
     def __enter__(self) -> Lab:
         return self

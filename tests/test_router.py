@@ -1,0 +1,214 @@
+"""The router with a raw uplink, against an "internet" namespace: NAT, forwards, hairpin,
+modes, ICMP errors translated both ways.  Guests sit on internal ports with DHCP leases.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import Daemon
+from vswitch.lab import wait_for
+
+pytestmark = pytest.mark.privileged
+
+REPO = Path(__file__).resolve().parents[1]
+INET, EXTERNAL, GW = "10.254.0.1", "10.254.0.2", "10.70.0.1"
+WEB_MAC, WEB = "52:54:00:70:00:50", "10.70.0.50"
+SCRIPT = str(REPO / "tests/peers/udhcpc.script")
+
+
+def router_lab(lab, tmp: Path, mode: str = "nat", extra: str = ""):
+    inet = lab.netns("inet")
+    up = lab.veth(lab.name("vup"), inet, "eth0")
+    lab.addr(inet, "eth0", f"{INET}/24")
+    guests = {g: lab.netns(g) for g in ("r1", "r2")}
+    ports = "".join(f'[[port]]\nname = "{lab.name(g)}"\ntype = "internal"\nnetns = "{ns}"\n'
+                    for g, ns in guests.items())
+    body = f"""
+[switch]
+name = "r{lab.tag}"
+[network]
+mode = "{mode}"
+subnet = "10.70.0.0/24"
+[dhcp]
+lease_file = "{tmp}/leases"
+[[dhcp.host]]
+mac = "{WEB_MAC}"
+ip = "{WEB}"
+name = "web"
+[dns]
+forwarders = []
+[uplink]
+type = "raw"
+interface = "{up}"
+address = "{EXTERNAL}/24"
+gateway = "{INET}"
+{extra}
+{ports}"""
+    daemon = Daemon(lab, tmp, body)
+    lab.run(guests["r1"], ["ip", "link", "set", lab.name("r1"), "address", WEB_MAC])
+    addresses = {}
+    for ns in (*guests.values(), inet):
+        # each namespace its own resolv.conf (the guests': the gateway, as DHCP says), so
+        # nothing asks the host's resolvers (http.server looks its own name up)
+        etc = Path(f"/etc/netns/{ns}")
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "resolv.conf").write_text(f"nameserver {GW if ns != inet else INET}\n")
+        lab.files.append(etc / "resolv.conf")
+        lab.dirs.append(etc)
+    for g, ns in guests.items():
+        dev = lab.name(g)
+        lab.run(ns, ["ip", "link", "set", dev, "up"])
+        out = lab.run(ns, ["udhcpc", "-n", "-q", "-i", dev, "-s", SCRIPT, "-t", "5", "-T", "2"],
+                      timeout=60).stdout
+        addresses[g] = next(x.split()[-1] for x in out.splitlines() if "EVENT bound" in x)
+        lab.run(ns, ["ip", "route", "add", "default", "via", GW])
+    return daemon, inet, guests, addresses
+
+
+def capture(lab, ns: str, dev: str, bpf: str):
+    proc = lab.spawn(["tcpdump", "-l", "-n", "-i", dev, bpf], ns=ns, stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, text=True)
+    for _ in range(5):
+        if "listening" in proc.stderr.readline():
+            return proc
+    raise AssertionError("tcpdump did not start")
+
+
+def stop(proc) -> list[str]:
+    proc.terminate()
+    return proc.communicate(timeout=10)[0].splitlines()
+
+
+def serve_http(lab, ns: str, addr: str, port: int):
+    proc = lab.spawn([sys.executable, "-m", "http.server", str(port), "--bind", addr], ns=ns,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: f"{addr}:{port}" in lab.run(ns, ["ss", "-Hltn"]).stdout, 10,
+                 "http server")
+    except TimeoutError:
+        proc.kill()
+        raise AssertionError(str(proc.communicate()) + lab.run(ns, ["ss", "-ltnp"]).stdout
+                             + lab.run(ns, ["ip", "addr"]).stdout) from None
+    return proc
+
+
+def curl(lab, ns: str, url: str) -> str:
+    return lab.run(ns, ["curl", "-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", url],
+                   check=False).stdout
+
+
+def test_guests_reach_the_internet_through_nat_and_only_the_external_address_shows(lab,
+                                                                                   tmp_path):
+    daemon, inet, guests, addr = router_lab(lab, tmp_path)
+    serve_http(lab, inet, INET, 8081)
+    lab.spawn(["socat", "UDP-RECVFROM:7777,fork", "EXEC:cat"], ns=inet)
+    dump = capture(lab, inet, "eth0", "ip")
+    assert lab.run(guests["r2"], ["ping", "-c", "2", "-W", "2", INET], check=False).returncode == 0
+    assert curl(lab, guests["r2"], f"http://{INET}:8081/") == "200"
+    echo = lab.run(guests["r2"], ["sh", "-c", f"echo hello | socat -t 2 - UDP:{INET}:7777"],
+                   timeout=20).stdout
+    assert echo.strip() == "hello"
+    seen = stop(dump)
+    assert any(f"{EXTERNAL} > {INET}" in line for line in seen), seen
+    assert not [line for line in seen if "10.70.0." in line], "a guest address leaked out"
+    flows = daemon.show("conntrack")
+    assert {"icmp", "tcp", "udp"} <= {f["proto"] for f in flows}
+    assert all(f["reply"].endswith(f"-> {EXTERNAL}:" + f["reply"].rsplit(":", 1)[1])
+               for f in flows)
+
+
+def test_forwards_tcp_and_udp_hairpin_and_runtime_changes_keep_flows(lab, tmp_path):
+    extra = f'[[forward]]\nproto = "tcp"\nport = 8080\nto = "{WEB}:8000"\n'
+    daemon, inet, guests, addr = router_lab(lab, tmp_path, extra=extra)
+    assert addr["r1"] == WEB
+    lab.run(guests["r1"], ["ip", "link", "set", "lo", "up"])
+    serve_http(lab, guests["r1"], WEB, 8000)
+    assert curl(lab, inet, f"http://{EXTERNAL}:8080/") == "200", "TCP forward from outside"
+    assert curl(lab, guests["r2"], f"http://{EXTERNAL}:8080/") == "200", "hairpin"
+    # a UDP forward added at run time
+    lab.spawn(["socat", "UDP-RECVFROM:5353,fork", "EXEC:cat"], ns=guests["r1"])
+    time.sleep(0.3)
+    subprocess.run([sys.executable, "-m", "vswitch.cli", "forward", "add", "udp", "5353",
+                    f"{WEB}:5353", "--socket", daemon.socket], check=True, capture_output=True)
+    echo = lab.run(inet, ["sh", "-c", f"echo ping | socat -t 2 - UDP:{EXTERNAL}:5353"],
+                   timeout=20).stdout
+    assert echo.strip() == "ping"
+    # an established TCP flow through the forward survives the forward's removal
+    lab.spawn(["socat", "TCP-LISTEN:9000,reuseaddr", "EXEC:cat"], ns=guests["r1"])
+    time.sleep(0.3)
+    subprocess.run([sys.executable, "-m", "vswitch.cli", "forward", "add", "tcp", "9000",
+                    f"{WEB}:9000", "--socket", daemon.socket], check=True, capture_output=True)
+    client = lab.spawn(["socat", "-", f"TCP:{EXTERNAL}:9000"], ns=inet, stdin=subprocess.PIPE,
+                       stdout=subprocess.PIPE, text=True)
+    client.stdin.write("one\n")
+    client.stdin.flush()
+    assert client.stdout.readline() == "one\n"
+    subprocess.run([sys.executable, "-m", "vswitch.cli", "forward", "del", "tcp", "9000",
+                    "--socket", daemon.socket], check=True, capture_output=True)
+    client.stdin.write("two\n")
+    client.stdin.flush()
+    assert client.stdout.readline() == "two\n", "the established flow kept working"
+    forwards = {(f["proto"], f["port"]) for f in daemon.show("forwards")}
+    assert forwards == {("tcp", "8080"), ("udp", "5353")}
+    assert curl(lab, inet, f"http://{EXTERNAL}:9000/") == "000", "no new flows after del"
+
+
+def test_icmp_errors_are_translated_both_ways(lab, tmp_path):
+    daemon, inet, guests, addr = router_lab(lab, tmp_path)
+    ns = guests["r2"]
+    # TTL 1 dies at the router itself: time exceeded from the gateway
+    out = lab.run(ns, ["ping", "-c", "1", "-W", "2", "-t", "1", INET], check=False).stdout
+    assert f"From {GW}" in out and "Time to live exceeded" in out, out
+    # TTL 2 dies one hop beyond: the far router's error comes back translated to the guest
+    lab.run(inet, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    lab.run(inet, ["ip", "link", "add", "far0", "type", "veth", "peer", "name", "far1"])
+    lab.run(inet, ["ip", "link", "set", "far0", "up"])
+    lab.run(inet, ["ip", "link", "set", "far1", "up"])
+    lab.run(inet, ["ip", "route", "add", "10.255.0.0/24", "dev", "far0"])
+    out = lab.run(ns, ["ping", "-c", "1", "-W", "2", "-t", "2", "10.255.0.9"],
+                  check=False).stdout
+    assert f"From {INET}" in out and "Time to live exceeded" in out, out
+    # port unreachable from the far side reaches the guest's socket
+    probe = f"""
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.connect(("{INET}", 9))
+s.send(b"x")
+try:
+    s.recv(10)
+    print("answered")
+except ConnectionRefusedError:
+    print("refused")
+except TimeoutError:
+    print("silence")
+"""
+    assert lab.run(ns, [sys.executable, "-c", probe], timeout=20).stdout.strip() == "refused"
+    assert daemon.alive()
+
+
+def test_isolated_mode_blocks_egress_while_guests_still_talk(lab, tmp_path):
+    daemon, inet, guests, addr = router_lab(lab, tmp_path, mode="isolated")
+    out = lab.run(guests["r2"], ["ping", "-c", "1", "-W", "2", INET], check=False)
+    assert out.returncode != 0
+    assert lab.run(guests["r2"], ["ping", "-c", "1", "-W", "2", addr["r1"]],
+                   check=False).returncode == 0
+    assert daemon.show("conntrack") == []
+
+
+def test_route_mode_keeps_guest_addresses(lab, tmp_path):
+    daemon, inet, guests, addr = router_lab(lab, tmp_path, mode="route")
+    lab.run(inet, ["ip", "route", "add", "10.70.0.0/24", "via", EXTERNAL])
+    dump = capture(lab, inet, "eth0", "icmp")
+    assert lab.run(guests["r2"], ["ping", "-c", "2", "-W", "2", INET],
+                   check=False).returncode == 0
+    seen = stop(dump)
+    assert any(f"{addr['r2']} > {INET}" in line for line in seen), seen
+    assert socket.inet_aton(addr["r2"])
