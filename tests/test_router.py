@@ -212,3 +212,49 @@ def test_route_mode_keeps_guest_addresses(lab, tmp_path):
     seen = stop(dump)
     assert any(f"{addr['r2']} > {INET}" in line for line in seen), seen
     assert socket.inet_aton(addr["r2"])
+
+
+JUNK = r"""
+import random, socket, struct, sys
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.l2 import Ether
+dev, gw_mac, dst = sys.argv[1], sys.argv[2], sys.argv[3]
+rng = random.Random(4)
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((dev, 0))
+eth = bytes(Ether(dst=gw_mac, src=s.getsockname()[4].hex(":"), type=0x0800))
+def ip(**kw):
+    return IP(src="10.70.0.99", dst=dst, **kw)
+templates = [
+    lambda: bytes(ip(ihl=3) / UDP()),                                   # IHL < 5
+    lambda: bytes(ip(len=rng.choice([10, 19, 2000])) / UDP()),          # total length wrong
+    lambda: bytes(ip(chksum=0x1234) / UDP(dport=53)),                   # bad checksum
+    lambda: bytes(ip(ttl=rng.choice([0, 1])) / UDP(dport=53)),          # TTL 0/1
+    lambda: bytes(ip(flags="MF", id=rng.randrange(65536)) / UDP() / bytes(64)),  # never completed
+    lambda: bytes(ip(frag=rng.randrange(1, 8191), id=rng.randrange(65536)) / bytes(64)),
+    lambda: bytes(ip(frag=8190, id=rng.randrange(65536)) / bytes(200)),  # offset+len > 65535
+    lambda: bytes(ip() / TCP(dataofs=rng.choice([0, 3, 15]), sport=rng.randrange(1024, 65535))),
+    lambda: bytes(ip() / TCP(flags="SF", sport=rng.randrange(1024, 65535))),
+    lambda: bytes(ip() / TCP(flags=0, sport=rng.randrange(1024, 65535))),
+    lambda: bytes(ip() / UDP(len=rng.choice([0, 7, 500]), sport=rng.randrange(1024, 65535))),
+    lambda: bytes(ip() / ICMP(type=3, code=3) / bytes(rng.randrange(0, 20))),  # truncated quote
+    lambda: bytes(ip() / ICMP(type=11) / IP(dst="10.70.0.99") / ICMP(type=3) / bytes(8)),
+    lambda: rng.randbytes(rng.randrange(0, 80)),
+]
+for i in range(20000):
+    s.send(eth + templates[i % len(templates)]())
+"""
+
+
+def test_malformed_ip_traffic_at_the_router_is_counted_and_survived(lab, tmp_path):
+    daemon, inet, guests, addr = router_lab(lab, tmp_path)
+    ns, dev = guests["r2"], lab.name("r2")
+    assert lab.run(ns, ["ping", "-c", "1", "-W", "2", GW], check=False).returncode == 0
+    gw_mac = next(r["mac"] for r in daemon.show("fdb") if r["port"] == "gateway")
+    lab.run(ns, [sys.executable, "-c", JUNK, dev, gw_mac, INET], timeout=300)
+    assert daemon.alive()
+    assert lab.run(ns, ["ping", "-c", "2", "-W", "2", INET], check=False).returncode == 0
+    assert curl(lab, ns, f"http://{INET}:1/") == "000"  # a refused port: RST comes back
+    counters = daemon.show("router")
+    assert sum(v for k, v in counters.items() if k.startswith(("drop-", "malformed"))) > 5000
+    assert counters["conntrack"] < 20000
