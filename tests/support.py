@@ -111,14 +111,15 @@ print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
 
 
 def tcp_transfer(lab: Lab, src_ns: str, dst_ns: str, addr: str, nbytes: int,
-                 port: int = 5555) -> tuple[str, str]:
-    """Send ``nbytes`` over TCP from ``src_ns`` to ``addr`` in ``dst_ns``; (sent, received)
-    as "length sha256" strings, so a test can assert the bytes arrived intact."""
+                 port: int = 5555, dial: str | None = None) -> tuple[str, str]:
+    """Send ``nbytes`` over TCP from ``src_ns`` to ``addr`` in ``dst_ns`` (the sender dials
+    ``dial`` if given: a forward's external address); (sent, received) as "length sha256"
+    strings, so a test can assert the bytes arrived intact."""
     receiver = lab.spawn([sys.executable, "-c", RECEIVER, addr, str(port)], ns=dst_ns,
                          stdout=subprocess.PIPE, text=True)
     assert receiver.stdout is not None
     assert receiver.stdout.readline().strip() == "listening"
-    sent = lab.run(src_ns, [sys.executable, "-c", SENDER, addr, str(port), str(nbytes)],
+    sent = lab.run(src_ns, [sys.executable, "-c", SENDER, dial or addr, str(port), str(nbytes)],
                    timeout=120).stdout.strip()
     received = receiver.stdout.readline().strip()
     receiver.wait(timeout=30)
