@@ -1,13 +1,14 @@
 # Two commands do everything on a fresh Debian machine, as root:
-#   make demo   - build the venv, start a switch, plug two namespace guests in, show them talking
+#   make demo   - build the venv, start a switch with two namespace guests and an "internet":
+#                 DHCP, DNS, NAT and a forward, shown with the switch's own tables
 #   make test   - install the test peers (Debian packages) and run the whole suite (CI runs this)
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEMO_DEBS := iproute2 iputils-ping udhcpc
+DEMO_DEBS := iproute2 iputils-ping udhcpc curl tcpdump
 DEBS := $(DEMO_DEBS) tcpdump iperf3 socat procps kmod \
         qemu-system-x86 linux-image-amd64 busybox-static \
-        isc-dhcp-client dhcpcd-base dnsutils dnsmasq-base kea-admin dnsperf
+        isc-dhcp-client dhcpcd-base dnsutils dnsmasq-base kea-admin dnsperf nftables
 
 .PHONY: demo test venv debs bench lint clean
 
@@ -41,6 +42,7 @@ test: venv debs
 bench: venv debs
 	$(PY) -m bench.bridge
 	$(PY) -m bench.services
+	$(PY) -m bench.nat
 
 lint: venv
 	$(VENV)/bin/ruff check .
