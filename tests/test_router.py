@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -272,3 +273,34 @@ def test_tso_super_frames_cross_the_nat_intact_both_ways(lab, tmp_path):
     assert sent == got, (sent, got)
     gso = daemon.port(lab.name("r1"))
     assert gso["rx_bytes"] / gso["rx_frames"] > 3000, "the guest handed vswitch TSO frames"
+
+
+def test_a_raw_uplink_without_cap_net_raw_says_so(lab):
+    inet = lab.netns("inet")
+    up = lab.veth(lab.name("vup"), inet, "eth0")
+    tmp_path = Path(tempfile.mkdtemp(prefix="vswitch-nobody-"))  # pytest's tmp is root-only
+    tmp_path.chmod(0o777)
+    lab.dirs.append(tmp_path)
+    config = tmp_path / "nobody.toml"
+    lab.files.append(config)
+    config.write_text(f"""
+[control]
+socket = "{tmp_path}/ctl.sock"
+[network]
+subnet = "10.70.0.0/24"
+[dhcp]
+enabled = false
+[dns]
+enabled = false
+[uplink]
+interface = "{up}"
+address = "{EXTERNAL}/24"
+gateway = "{INET}"
+""")
+    config.chmod(0o644)
+    done = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                           sys.executable, "-m", "vswitch.cli", "run", str(config)],
+                          capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert done.returncode != 0
+    assert "CAP_NET_RAW" in done.stderr and up in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

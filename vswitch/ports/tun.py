@@ -88,6 +88,14 @@ def run_ip(cmd: list[str]) -> None:
         raise OSError(f"{' '.join(cmd)}: {done.stderr.strip()}")
 
 
+def link_is_up(name: str) -> bool:
+    """Administratively up (IFF_UP in /sys/class/net/NAME/flags)."""
+    try:
+        return int(Path(f"/sys/class/net/{name}/flags").read_text(), 16) & 0x1 != 0
+    except (OSError, ValueError):
+        return False
+
+
 def has_carrier(name: str) -> bool:
     try:
         return Path(f"/sys/class/net/{name}/carrier").read_text().strip() == "1"

@@ -13,7 +13,7 @@ import os
 from vswitch.ports.base import BATCH, READ_SIZE, RX_ERROR
 from vswitch.ports.packet import PacketSocketPort
 from vswitch.ports.router import RouterPort
-from vswitch.ports.tun import run_ip
+from vswitch.ports.tun import link_is_up, run_ip
 
 
 class RawUplink(PacketSocketPort):
@@ -25,7 +25,8 @@ class RawUplink(PacketSocketPort):
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        run_ip(["ip", "link", "set", "dev", self.interface, "up"])
+        if not link_is_up(self.interface):  # needs CAP_NET_ADMIN; skipped when already up
+            run_ip(["ip", "link", "set", "dev", self.interface, "up"])
         self.listen(loop)  # sends go straight to the socket (Port.use_fd)
         self.router_port.to_uplink = self.send
 
