@@ -93,7 +93,9 @@ class Neighbours:
 
     def hold(self, ip: bytes, packet: bytes, now: float) -> bool:
         """Keep ``packet`` until ``ip`` resolves; True if a request should go out now."""
-        sent, queue = self.held.get(ip, (0.0, []))
+        sent, queue = self.held.get(ip, (-ARP_RETRY, []))
+        if not queue:
+            sent = -ARP_RETRY  # nothing waiting: ask now, whatever the clock says
         if not queue and len(self.held) >= HELD_ADDRESSES:
             self.dropped += 1
             return False

@@ -1,0 +1,91 @@
+"""The router core frame by frame: next-hop ARP with held packets, TTL, DF over the MTU."""
+
+from __future__ import annotations
+
+from scapy.layers.inet import ICMP, IP, UDP
+from scapy.layers.l2 import ARP, Ether
+
+from nat.conntrack import Conntrack
+from nat.gateway import Gateway
+from nat.router import Router, Uplink
+from vswitch.vnet import wrap
+
+GW_MAC, UP_MAC, HOP_MAC = "52:54:00:aa:00:01", "52:54:00:aa:00:02", "52:54:00:bb:00:01"
+GUEST_MAC = "52:54:00:00:00:05"
+
+
+def mac(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", ""))
+
+
+def router(mode: str = "nat", mtu: int = 1500) -> Router:
+    gateway = Gateway(mac(GW_MAC), bytes([10, 70, 0, 1]), 24)
+    uplink = Uplink(bytes([10, 254, 0, 2]), 24, mac(UP_MAC), bytes([10, 254, 0, 1]), mtu)
+    conntrack = Conntrack(uplink.ip) if mode == "nat" else None
+    return Router(gateway, mode, (0x0A460000, 24), uplink, conntrack)
+
+
+def from_guest(payload_len: int = 20, ttl: int = 64, df: bool = False) -> bytes:
+    return wrap(bytes(Ether(src=GUEST_MAC, dst=GW_MAC) / IP(
+        src="10.70.0.5", dst="10.254.0.1", ttl=ttl, flags="DF" if df else 0) / UDP(
+        sport=4000, dport=53) / bytes(payload_len)))
+
+
+def test_packets_wait_for_the_next_hop_arp_and_then_leave_translated():
+    r = router()
+    out = r.from_guest(from_guest(), now=0.0)
+    assert out.switch == [] and len(out.uplink) == 1
+    request = Ether(out.uplink[0][10:])
+    assert request[ARP].op == 1 and request[ARP].pdst == "10.254.0.1"
+    assert request[ARP].psrc == "10.254.0.2" and request[Ether].src == UP_MAC
+    reply = wrap(bytes(Ether(src=HOP_MAC, dst=UP_MAC) / ARP(
+        op=2, hwsrc=HOP_MAC, psrc="10.254.0.1", hwdst=UP_MAC, pdst="10.254.0.2")))
+    released = r.from_uplink(reply, now=0.1).uplink
+    assert len(released) == 1
+    sent = Ether(released[0][10:])
+    assert sent[Ether].dst == HOP_MAC and sent[Ether].src == UP_MAC
+    assert sent[IP].src == "10.254.0.2" and sent[IP].ttl == 63, "SNAT and TTL - 1"
+    again = r.from_guest(from_guest(), now=0.2).uplink
+    assert len(again) == 1 and Ether(again[0][10:])[Ether].dst == HOP_MAC, "cached now"
+
+
+def test_ttl_1_gets_time_exceeded_from_the_gateway():
+    out = router().from_guest(from_guest(ttl=1), now=0.0)
+    error = Ether(out.switch[0][10:])
+    assert error[IP].src == "10.70.0.1" and error[ICMP].type == 11 and out.uplink == []
+
+
+def test_df_over_the_uplink_mtu_gets_fragmentation_needed_with_the_mtu():
+    out = router(mtu=1280).from_guest(from_guest(payload_len=1300, df=True), now=0.0)
+    error = Ether(out.switch[0][10:])
+    assert error[ICMP].type == 3 and error[ICMP].code == 4 and error[ICMP].nexthopmtu == 1280
+    fits = router(mtu=1280).from_guest(from_guest(payload_len=1200, df=True), now=0.0)
+    assert fits.switch == [] and len(fits.uplink) == 1  # the ARP request: it may go
+
+
+def test_isolated_mode_refuses_with_admin_prohibited():
+    out = router("isolated").from_guest(from_guest(), now=0.0)
+    error = Ether(out.switch[0][10:])
+    assert error[ICMP].type == 3 and error[ICMP].code == 13 and out.uplink == []
+
+
+def test_route_mode_forwards_without_translation():
+    r = router("route")
+    r.outside.learn(bytes([10, 254, 0, 1]), mac(HOP_MAC), 0.0)
+    sent = Ether(r.from_guest(from_guest(), now=0.0).uplink[0][10:])
+    assert sent[IP].src == "10.70.0.5" and sent[IP].ttl == 63
+    rebuilt = sent.copy()
+    del rebuilt[IP].chksum
+    assert Ether(bytes(rebuilt))[IP].chksum == sent[IP].chksum, "incremental checksum is right"
+
+
+def test_the_uplink_address_answers_arp_and_ping():
+    r = router()
+    who = wrap(bytes(Ether(src=HOP_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(
+        op=1, hwsrc=HOP_MAC, psrc="10.254.0.1", pdst="10.254.0.2")))
+    answer = Ether(r.from_uplink(who, now=0.0).uplink[0][10:])
+    assert answer[ARP].op == 2 and answer[ARP].hwsrc == UP_MAC
+    ping = wrap(bytes(Ether(src=HOP_MAC, dst=UP_MAC) / IP(src="10.254.0.1", dst="10.254.0.2")
+                      / ICMP(type=8, id=9, seq=1)))
+    pong = Ether(r.from_uplink(ping, now=0.0).uplink[0][10:])
+    assert pong[ICMP].type == 0 and pong[IP].src == "10.254.0.2" and pong[ICMP].id == 9
