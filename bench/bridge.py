@@ -291,9 +291,9 @@ def measure(lab: Lab, setup: Setup, seconds: float, say: Callable[[str], None]) 
                          ("server", setup.server_ns, setup.devs[1]))}
     snmp = lab.run(setup.server_ns, ["cat", "/proc/net/snmp"], timeout=10).stdout
     r["server_udp_rcvbuf_errors"] = snmp_counter(snmp, "Udp", "RcvbufErrors")
-    say("drops: " + ", ".join(f"{side} {k}={v}" for side, d in r["guest_links"].items()
-                              for k, v in d.items() if v)
-        + f" receiver UDP RcvbufErrors={r['server_udp_rcvbuf_errors']}")
+    say("drops: " + ", ".join([f"{side} {k}={v}" for side, d in r["guest_links"].items()
+                               for k, v in d.items() if v]
+                              + [f"receiver UDP RcvbufErrors={r['server_udp_rcvbuf_errors']}"]))
     if setup.switch is not None:
         status = Path(f"/proc/{setup.switch.pid}/status").read_text()
         r["rss_peak_mib"] = vm_hwm_kib(status) / 1024
@@ -443,10 +443,11 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.hlines(level, j - 0.45, j + 0.45, colors="red", linestyles="--",
                   label="target" if j == 0 else "_nolegend_")
     ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_yscale("log")  # RTT ratios against a few-µs kernel dwarf the throughput ratios
     ax.set_xticks(range(len(keys)),
                   [f"{METRICS[k][0]}\n({'higher' if METRICS[k][3] == 'ratio' else 'lower'}"
                    " is better)" for k in keys], fontsize=9)
-    ax.set_ylabel("relative to the kernel bridge (= 1.0)")
+    ax.set_ylabel("relative to the kernel bridge (= 1.0), log scale")
     ax.set_title(f"vswitch vs kernel bridge, median of {len(report['rounds'])} rounds "
                  f"({report['date'][:10]})")
     ax.legend(fontsize=8)
