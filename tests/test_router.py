@@ -304,3 +304,43 @@ gateway = "{INET}"
     assert done.returncode != 0
     assert "CAP_NET_RAW" in done.stderr and up in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+FLOOD = r"""
+import socket, sys, errno
+refused = sent = 0
+for port in range(20000, 20500):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("", port))
+    s.connect((sys.argv[1], 9999))
+    s.settimeout(1)
+    try:
+        s.send(b"x")
+        sent += 1
+        s.recv(1)
+    except OSError as exc:
+        refused += exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH)
+    s.close()
+print(sent, refused)
+"""
+
+
+def test_a_full_conntrack_refuses_new_flows_and_keeps_established_ones(lab, tmp_path):
+    """Replied flows fill the table (an unreplied one would be dropped early to make room, as
+    Linux does): then new flows get ICMP 3/13 and established ones go on."""
+    daemon, inet, guests, addr = router_lab(lab, tmp_path, extra="[nat]\nmax_entries = 64\n")
+    lab.spawn(["socat", "TCP-LISTEN:7000,reuseaddr", "EXEC:cat"], ns=inet)
+    lab.spawn(["socat", "UDP-RECVFROM:9999,fork", "EXEC:cat"], ns=inet)
+    time.sleep(0.3)
+    client = lab.spawn(["socat", "-", f"TCP:{INET}:7000"], ns=guests["r2"],
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    client.stdin.write("before\n")
+    client.stdin.flush()
+    assert client.stdout.readline() == "before\n"
+    sent, refused = lab.run(guests["r2"], [sys.executable, "-c", FLOOD, INET],
+                            timeout=120).stdout.split()
+    assert int(refused) > 300, "new flows got ICMP 3/13 once the table was full"
+    assert len(daemon.show("conntrack")) <= 64
+    client.stdin.write("after\n")
+    client.stdin.flush()
+    assert client.stdout.readline() == "after\n", "the established flow went on"
