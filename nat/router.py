@@ -116,8 +116,8 @@ class Neighbours:
 
 
 class Router:
-    def __init__(self, gateway: Gateway, mode: str, subnet: tuple[int, int], uplink: Uplink,
-                 conntrack: Conntrack | None) -> None:
+    def __init__(self, gateway: Gateway, mode: str, subnet: tuple[int, int],
+                 uplink: Uplink | None, conntrack: Conntrack | None) -> None:
         self.gateway = gateway
         self.mode = mode
         network, prefix = subnet
@@ -128,6 +128,12 @@ class Router:
         self.guests = Neighbours()
         self.outside = Neighbours()
         self.counters: Counter[str] = Counter()
+
+    def rebind(self, uplink: Uplink | None, conntrack: Conntrack | None) -> None:
+        """A new uplink address (a DHCP lease), or none: flows of the old address are gone."""
+        self.uplink = uplink
+        self.conntrack = conntrack
+        self.outside = Neighbours()
 
     def local(self, ip: bytes) -> bool:
         return int.from_bytes(ip, "big") & self.mask == self.network
@@ -147,6 +153,8 @@ class Router:
             return out  # the switch delivers on-link traffic, not the router
         if self.mode == "isolated":
             return self._refuse(admin_prohibited(packet, self.gateway.ip), out, "isolated")
+        if self.uplink is None:  # no address on the uplink yet (DHCP): network unreachable
+            return self._refuse(icmp_error(packet, 3, 0, self.gateway.ip), out, "no-uplink")
         if packet[IP + 8] <= 1:
             return self._refuse(time_exceeded(packet, self.gateway.ip), out, "ttl-exceeded")
         if not packet[1] & 0x7F and packet[IP + 6] & 0x40:  # not GSO, DF set
@@ -162,7 +170,7 @@ class Router:
 
     def from_uplink(self, packet: bytes, now: float) -> Out:
         out = Out([], [])
-        if len(packet) < IP:
+        if len(packet) < IP or self.uplink is None:
             return out
         dst_mac = packet[ETH:ETH + 6]
         if dst_mac != self.uplink.mac and dst_mac != BROADCAST_MAC:

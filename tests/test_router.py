@@ -24,10 +24,17 @@ WEB_MAC, WEB = "52:54:00:70:00:50", "10.70.0.50"
 SCRIPT = str(REPO / "tests/peers/udhcpc.script")
 
 
-def router_lab(lab, tmp: Path, mode: str = "nat", extra: str = ""):
+def router_lab(lab, tmp: Path, mode: str = "nat", extra: str = "", dhcp_uplink: bool = False):
     inet = lab.netns("inet")
     up = lab.veth(lab.name("vup"), inet, "eth0")
     lab.addr(inet, "eth0", f"{INET}/24")
+    uplink_address = f'address = "{EXTERNAL}/24"\ngateway = "{INET}"'
+    if dhcp_uplink:  # the internet's own DHCP server leases the router its address
+        uplink_address = 'address = "dhcp"'
+        lab.spawn(["dnsmasq", "-k", "-i", "eth0", "--bind-interfaces", "--port=0",
+                   "--dhcp-range=10.254.0.100,10.254.0.150,1h", f"--dhcp-option=3,{INET}",
+                   f"--dhcp-leasefile={tmp}/inet.leases", f"--pid-file={tmp}/inet.pid"],
+                  ns=inet, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     guests = {g: lab.netns(g) for g in ("r1", "r2")}
     ports = "".join(f'[[port]]\nname = "{lab.name(g)}"\ntype = "internal"\nnetns = "{ns}"\n'
                     for g, ns in guests.items())
@@ -48,8 +55,7 @@ forwarders = []
 [uplink]
 type = "raw"
 interface = "{up}"
-address = "{EXTERNAL}/24"
-gateway = "{INET}"
+{uplink_address}
 {extra}
 {ports}"""
     daemon = Daemon(lab, tmp, body)
@@ -344,3 +350,15 @@ def test_a_full_conntrack_refuses_new_flows_and_keeps_established_ones(lab, tmp_
     client.stdin.write("after\n")
     client.stdin.flush()
     assert client.stdout.readline() == "after\n", "the established flow went on"
+
+
+def test_the_uplink_can_lease_its_address_by_dhcp(lab, tmp_path):
+    daemon, inet, guests, addr = router_lab(lab, tmp_path, dhcp_uplink=True)
+    wait_for(lambda: daemon.show("router")["uplink_address"] != "none", 30, "the uplink lease")
+    leased = daemon.show("router")["uplink_address"].split("/")[0]
+    assert leased.startswith("10.254.0.1"), leased
+    dump = capture(lab, inet, "eth0", "icmp")
+    assert lab.run(guests["r2"], ["ping", "-c", "2", "-W", "2", INET], check=False).returncode == 0
+    seen = stop(dump)
+    assert any(f"{leased} > {INET}" in line for line in seen), seen
+    assert leased in (tmp_path / "inet.leases").read_text(), "dnsmasq handed it out"

@@ -120,9 +120,9 @@ class UplinkConfig:
     interface: str
     """The L2 interface the router stands on as a host of its own."""
     address: str
-    """The router's address there, CIDR."""
+    """The router's address there, CIDR, or "dhcp" to lease one as a DHCP client."""
     gateway: str
-    """The next hop for everything off both networks."""
+    """The next hop for everything off both networks ("" with dhcp: the lease's router)."""
     mac: str = ""
     """The router's MAC there (default: derived from the switch name)."""
     mtu: int = 1500
@@ -509,18 +509,21 @@ def _uplink(data: dict[str, Any]) -> UplinkConfig:
                      "interface = \"eth1\"")
     address = _get(up, "uplink.address", str, None, required="the router's own address there, "
                    "e.g. address = \"203.0.113.2/24\"")
+    mac = _get(up, "uplink.mac", str, "")
+    mac = _mac(mac, "uplink.mac") if mac else ""
+    mtu = int(_number(up, "uplink.mtu", 1500, 576, 65521, integer=True))
     if address == "dhcp":
-        raise ConfigError("uplink.address", "\"dhcp\" is not available yet; give a CIDR")
+        if "gateway" in up:
+            raise ConfigError("uplink.gateway", "comes from the DHCP lease with address = "
+                              "\"dhcp\"; remove it, or give a static address")
+        return UplinkConfig(interface=interface, address="dhcp", gateway="", mac=mac, mtu=mtu)
     try:
         net = netaddr.IPNetwork(address, version=4)
     except (netaddr.AddrFormatError, ValueError):
         raise ConfigError("uplink.address", f"{address!r} is not an IPv4 address with a "
                           "prefix, like 203.0.113.2/24") from None
     gateway = _address(up, "uplink.gateway", None, net.cidr)
-    mac = _get(up, "uplink.mac", str, "")
-    return UplinkConfig(interface=interface, address=str(net), gateway=gateway,
-                        mac=_mac(mac, "uplink.mac") if mac else "",
-                        mtu=int(_number(up, "uplink.mtu", 1500, 576, 65521, integer=True)))
+    return UplinkConfig(interface=interface, address=str(net), gateway=gateway, mac=mac, mtu=mtu)
 
 
 def _nat(data: dict[str, Any]) -> NatConfig:

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from dhcp.client import Bound, DhcpClient
 from dhcp.dhcp_service import DhcpService, dhcp_config, ip_text
 from dhcp.dns import DnsResponder
 from dhcp.dns_service import DnsService
@@ -97,25 +98,38 @@ def derived_mac(config: Config, role: str) -> bytes:
     return b"\x52\x54\x00" + digest[:3]
 
 
+def uplink_mac(config: Config) -> bytes:
+    assert config.uplink is not None
+    if config.uplink.mac:
+        return bytes.fromhex(config.uplink.mac.replace(":", ""))
+    return derived_mac(config, "uplink")
+
+
+def build_conntrack(config: Config, external: bytes) -> Conntrack:
+    """The conntrack for one external address, with the configured forwards."""
+    n = config.nat
+    conntrack = Conntrack(external, n.port_range,
+                          Timeouts(n.tcp_established, n.tcp_transitory, n.udp, n.icmp),
+                          n.max_entries, n.filtering)
+    for f in config.forwards:
+        conntrack.add_forward(PROTOS[f.proto], range(f.ports[0], f.ports[1] + 1),
+                              socket.inet_aton(f.to_ip), f.to_port)
+    return conntrack
+
+
 def build_nat(config: Config, gateway: Gateway) -> tuple[Conntrack | None, Router]:
-    """The router behind the gateway, with a conntrack in nat mode."""
+    """The router behind the gateway, with a conntrack in nat mode (both once the uplink has
+    an address: at once when static, on the first lease with DHCP)."""
     net, up = config.network, config.uplink
     assert net is not None and up is not None
-    ip, prefix = up.address.split("/")
-    mac = bytes.fromhex(up.mac.replace(":", "")) if up.mac else derived_mac(config, "uplink")
-    uplink = Uplink(socket.inet_aton(ip), int(prefix), mac, socket.inet_aton(up.gateway),
-                    up.mtu)
-    conntrack = None
-    if net.mode == "nat":
-        n = config.nat
-        conntrack = Conntrack(uplink.ip, n.port_range,
-                              Timeouts(n.tcp_established, n.tcp_transitory, n.udp, n.icmp),
-                              n.max_entries, n.filtering)
-        for f in config.forwards:
-            conntrack.add_forward(PROTOS[f.proto], range(f.ports[0], f.ports[1] + 1),
-                                  socket.inet_aton(f.to_ip), f.to_port)
     network, subnet_prefix = net.subnet.split("/")
     subnet = (int.from_bytes(socket.inet_aton(network), "big"), int(subnet_prefix))
+    if up.address == "dhcp":
+        return None, Router(gateway, net.mode, subnet, None, None)
+    ip, prefix = up.address.split("/")
+    uplink = Uplink(socket.inet_aton(ip), int(prefix), uplink_mac(config),
+                    socket.inet_aton(up.gateway), up.mtu)
+    conntrack = build_conntrack(config, uplink.ip) if net.mode == "nat" else None
     return conntrack, Router(gateway, net.mode, subnet, uplink, conntrack)
 
 
@@ -143,7 +157,11 @@ class Daemon:
             self.switch.add_port(0, up=False)
             if config.uplink is not None:
                 self.conntrack, self.router.router = build_nat(config, self.router.gateway)
-                self.uplink = RawUplink(config.uplink.interface, self.router)
+                self.uplink = RawUplink(config.uplink.interface, self.router,
+                                        uplink_mac(config))
+                if config.uplink.address == "dhcp":
+                    self.uplink.lease_by_dhcp(DhcpClient(uplink_mac(config), config.name),
+                                              self._uplink_lease)
         for pc in config.ports:
             port = make_port(len(self.ports), pc)
             self.ports.append(port)
@@ -244,6 +262,8 @@ class Daemon:
         if what == "router":
             router = self.router.router if self.router is not None else None
             return {} if router is None else dict(router.counters) | {
+                "uplink_address": "none" if router.uplink is None
+                else f"{socket.inet_ntoa(router.uplink.ip)}/{router.uplink.prefix}",
                 "conntrack": len(self.conntrack) if self.conntrack is not None else 0,
                 "arp_guests": len(router.guests.cache), "arp_outside": len(router.outside.cache),
                 "held_dropped": router.guests.dropped + router.outside.dropped}
@@ -275,6 +295,32 @@ class Daemon:
                                                                     r.packets_reply],
                  "bytes": [r.bytes_original, r.bytes_reply]}
                 for r in self.conntrack.entries(self.loop.time())]
+
+    def _uplink_lease(self, bound: Bound | None) -> None:
+        """The uplink's DHCP lease came, changed or went: rebind the router (and its NAT)."""
+        router = self.router.router if self.router is not None else None
+        config, net = self.config, self.config.network
+        assert router is not None and net is not None and config.uplink is not None
+        if bound is None:
+            log.warning("uplink %s lost its DHCP lease: nothing leaves until a new one",
+                        config.uplink.interface)
+            self.conntrack = None
+            router.rebind(None, None)
+            return
+        old = router.uplink
+        if getattr(bound, "renewed", False) and old is not None and old.ip == bound.address:
+            return
+        if bound.router is None:
+            log.warning("uplink DHCP lease %s has no router option: nothing can leave",
+                        socket.inet_ntoa(bound.address))
+            return
+        uplink = Uplink(bound.address, bound.prefix, uplink_mac(config), bound.router,
+                        bound.mtu or config.uplink.mtu)
+        self.conntrack = build_conntrack(config, bound.address) if net.mode == "nat" else None
+        router.rebind(uplink, self.conntrack)
+        log.info("uplink %s leased %s/%d from %s, next hop %s", config.uplink.interface,
+                 socket.inet_ntoa(bound.address), bound.prefix, socket.inet_ntoa(bound.server),
+                 socket.inet_ntoa(bound.router))
 
     def _forward(self, request: dict[str, Any]) -> Any:
         """`vswitch forward add|del`: DNAT forwards at run time; open flows are kept."""

@@ -3,13 +3,30 @@
 An AF_PACKET socket on the interface, with its own MAC and address (the host's are not used):
 frames for that MAC go to ``Router.from_uplink``; the router's packets leave here, GSO included
 (the kernel segments for the interface if it must).  It needs CAP_NET_RAW.
+
+With ``address = "dhcp"`` the uplink leases its address as a DHCP client (``dhcp.client``):
+replies to UDP port 68 go to the client, and each new lease (or its loss) is reported to the
+daemon, which rebinds the router.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 
+from dhcp.client import Bound, DhcpClient, Lost, Send
+from nat.packets import (
+    BROADCAST_MAC,
+    ETH_P_IP,
+    PROTO_UDP,
+    decode_ipv4,
+    decode_udp,
+    encode_ethernet,
+    encode_ipv4,
+    encode_udp,
+)
+from vswitch.errors import MalformedPacket
 from vswitch.ports.base import BATCH, READ_SIZE, RX_ERROR
 from vswitch.ports.packet import PacketSocketPort
 from vswitch.ports.router import RouterPort
@@ -19,9 +36,17 @@ from vswitch.ports.tun import link_is_up, run_ip
 class RawUplink(PacketSocketPort):
     kind = "uplink"
 
-    def __init__(self, interface: str, router_port: RouterPort) -> None:
+    def __init__(self, interface: str, router_port: RouterPort, mac: bytes) -> None:
         super().__init__(-1, f"uplink:{interface}", 1500, None, interface)
         self.router_port = router_port
+        self.mac = mac
+        self.client: DhcpClient | None = None
+        self.on_lease: Callable[[Bound | None], None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def lease_by_dhcp(self, client: DhcpClient, on_lease: Callable[[Bound | None], None]) -> None:
+        self.client = client
+        self.on_lease = on_lease
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -29,6 +54,8 @@ class RawUplink(PacketSocketPort):
             run_ip(["ip", "link", "set", "dev", self.interface, "up"])
         self.listen(loop)  # sends go straight to the socket (Port.use_fd)
         self.router_port.to_uplink = self.send
+        if self.client is not None:
+            self._dhcp(self.client.start(loop.time()))
 
     def read_fd_batch(self, fd: int) -> None:
         """Frames from the uplink network, up to BATCH per wake-up, to the router."""
@@ -45,7 +72,63 @@ class RawUplink(PacketSocketPort):
                 return
             self.rx_frames += 1
             self.rx_bytes += len(packet)
+            if self.client is not None and _to_dhcp_client(packet):
+                self._dhcp_reply(packet, now)
+                continue
             self.router_port.dispatch(router.from_uplink(packet, now))
+
+    # -- DHCP client I/O (address = "dhcp") -----------------------------------------------
+
+    def _dhcp_reply(self, packet: bytes, now: float) -> None:
+        assert self.client is not None
+        try:
+            frame = packet[10:]
+            _, _, payload = decode_udp(frame, decode_ipv4(frame))
+        except MalformedPacket:
+            self.drops["rx-malformed-dhcp"] += 1
+            return
+        self._dhcp(self.client.handle(payload, now))
+
+    def _dhcp(self, actions: list[Send | Bound | Lost]) -> None:
+        """Carry out the client's actions and re-arm its one timer."""
+        assert self.client is not None and self.loop is not None
+        router = self.router_port.router
+        for action in actions:
+            if isinstance(action, Send):
+                dst_mac = BROADCAST_MAC
+                if not action.broadcast and router is not None:
+                    dst_mac = router.outside.lookup(action.dst_ip, self.loop.time()) or dst_mac
+                udp = encode_udp(action.src_ip, action.dst_ip, 68, 67, action.payload)
+                ip = encode_ipv4(action.src_ip, action.dst_ip, PROTO_UDP, udp, ttl=64)
+                self.send(bytes(10) + encode_ethernet(dst_mac, self.mac, ETH_P_IP, ip))
+            elif self.on_lease is not None:
+                self.on_lease(action if isinstance(action, Bound) else None)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.client.next_deadline()
+        if deadline is not None:
+            self._timer = self.loop.call_at(deadline, self._dhcp_expire)
+
+    def _dhcp_expire(self) -> None:
+        assert self.client is not None and self.loop is not None
+        self._timer = None
+        self._dhcp(self.client.expire(self.loop.time()))
+
+    def close(self) -> None:
+        if self.client is not None and self.loop is not None and self.sock is not None:
+            self._dhcp(self.client.release(self.loop.time()))  # RFC 2131 4.4.6: give it back
+        if self._timer is not None:
+            self._timer.cancel()
+        super().close()
 
     def detail(self) -> str:
         return f"raw on {self.interface}"
+
+
+def _to_dhcp_client(packet: bytes) -> bool:
+    """IPv4 UDP to port 68: a DHCP server's reply for the uplink's client."""
+    if len(packet) < 10 + 14 + 28 or packet[22:24] != b"\x08\x00" or packet[33] != 17:
+        return False
+    ihl = (packet[24] & 0x0F) * 4
+    return packet[24 + ihl + 2:24 + ihl + 4] == b"\x00\x44"
