@@ -238,8 +238,11 @@ def _delta(old: bytes, new: bytes) -> int:
 
 def _adjust(check: int, delta: int) -> int:
     """RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), with the sum of the ~m + m' given as ``delta``
-    (adding ~m is subtracting m).  One end-around carry folds the sum back to 16 bits."""
+    (adding ~m is subtracting m).  End-around carries fold the sum back to 16 bits: twice,
+    since the first fold of a sum like 0x1FFFF leaves 0x10000 (one fold stored 0xFFFF where
+    0xFFFE was due: about one packet in 65536 left with a bad header checksum)."""
     total = (~check & 0xFFFF) + delta
+    total = (total & 0xFFFF) + (total >> 16)
     return ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
 
 
@@ -276,8 +279,8 @@ def translate(packet: bytes, flow: Flow, to: Translation, decrement_ttl: bool = 
     addresses = _delta(packet[L3 + 12:L3 + 20], to.src + to.dst)
     # 2.
     buf = bytearray(packet)
-    ttl, ip_delta = (flow.ttl - 1, addresses + _TTL_DELTA) if decrement_ttl else (flow.ttl,
-                                                                                  addresses)
+    ttl, ip_delta = ((flow.ttl - 1, (addresses + _TTL_DELTA) % 0xFFFF) if decrement_ttl
+                     else (flow.ttl, addresses))
     ip_check = _adjust(_U16.unpack_from(packet, L3 + 10)[0], ip_delta)
     _IP_TAIL.pack_into(buf, L3 + 8, ttl, flow.proto, ip_check, to.src, to.dst)
     # 3.
@@ -301,6 +304,7 @@ def translate(packet: bytes, flow: Flow, to: Translation, decrement_ttl: bool = 
     PORTS.pack_into(buf, l4, to.sport, to.dport)
     if partial:
         total = check + addresses
+        total = (total & 0xFFFF) + (total >> 16)
         _U16.pack_into(buf, at, (total & 0xFFFF) + (total >> 16))
     elif check or flow.proto == PROTO_TCP:
         ports = to.sport + to.dport - flow.sport - flow.dport
