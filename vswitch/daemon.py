@@ -242,7 +242,10 @@ class Daemon:
     def _show(self, request: dict[str, Any]) -> Any:
         what = request.get("what")
         if what == "ports":
-            return [self._port_row(p) for p in self.ports if p is not None]
+            rows = [self._port_row(p) for p in self.ports if p is not None]
+            if self.uplink is not None:  # not a switch port, but frames go through it too
+                rows.append(self.uplink.describe() | {"macs": 0, "mac_limit": None})
+            return rows
         if what == "fdb":
             assert self.loop is not None
             return [{"mac": format_mac(mac), "port": self._name(port), "port_id": port,

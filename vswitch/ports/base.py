@@ -110,7 +110,7 @@ class Port:
                 drops[TX_FULL] += 1
                 return
             except OSError as exc:
-                drops[TX_DOWN if exc.errno in _DOWN_ERRNOS else TX_ERROR] += 1
+                drops[_TX_REASON.get(exc.errno or 0, TX_ERROR)] += 1
                 return
             self.tx_frames += 1
             self.tx_bytes += len(packet)
@@ -163,3 +163,5 @@ _DOWN_ERRNOS = {
     errno.EIO, errno.ENXIO, errno.ENODEV, errno.ENETDOWN, errno.ECONNREFUSED,
     errno.ENOTCONN, errno.EPIPE, errno.ECONNRESET, errno.ENOENT,
 }
+#: A write's errno -> the drop reason: ENOBUFS is a packet socket's full device queue.
+_TX_REASON = {**dict.fromkeys(_DOWN_ERRNOS, TX_DOWN), errno.ENOBUFS: TX_FULL}
