@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.report import save_report
 from vswitch.lab import Lab, sh, sysctl_off_ipv6, wait_for
 
 VARIANTS = ("kernel", "vswitch", "vswitch-attach")
@@ -510,15 +511,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report["medians"] = medians(report["rounds"], variants)
     report["comparison"] = compare(report["medians"])
-    report["machine"]["loadavg_end"] = os.getloadavg()
-    report["duration_s"] = round(time.monotonic() - start, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bridge.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    table = markdown(report)
-    (args.out / "bridge.md").write_text(table)
-    plot(report, args.out / "bridge.png")
-    print("\n" + table)
-    print(f"wrote {args.out}/bridge.json, bridge.md, bridge.png in {report['duration_s']:.0f} s")
+    save_report(report, args.out, "bridge", markdown, plot, start)
     return 0
 
 

@@ -64,6 +64,7 @@ from bench.bridge import (
     vswitch_bin,
 )
 from bench.bridge import Setup as BridgeSetup
+from bench.report import save_report
 from bench.services import log_problems
 from vswitch.lab import Lab, sh, wait_for
 
@@ -646,15 +647,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report["medians"] = medians(report["rounds"])
     report["comparison"] = compare(report["medians"])
-    report["machine"]["loadavg_end"] = os.getloadavg()
-    report["duration_s"] = round(time.monotonic() - start, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "nat.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    table = markdown(report)
-    (args.out / "nat.md").write_text(table)
-    plot(report, args.out / "nat.png")
-    print("\n" + table)
-    print(f"wrote {args.out}/nat.json, nat.md, nat.png in {report['duration_s']:.0f} s")
+    save_report(report, args.out, "nat", markdown, plot, start)
     return 0
 
 

@@ -60,6 +60,7 @@ from bench.bridge import (
     vm_hwm_kib,
     vswitch_bin,
 )
+from bench.report import save_report
 from vswitch.lab import Lab, sh, wait_for
 
 VARIANTS = ("dnsmasq", "vswitch")
@@ -591,17 +592,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report["medians"] = medians(report["rounds"])
     report["comparison"] = compare(report["medians"])
-    report["machine"]["loadavg_end"] = os.getloadavg()
-    report["duration_s"] = round(time.monotonic() - start, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "services.json").write_text(json.dumps(report, indent=2, ensure_ascii=False)
-                                            + "\n")
-    table = markdown(report)
-    (args.out / "services.md").write_text(table)
-    plot(report, args.out / "services.png")
-    print("\n" + table)
-    print(f"wrote {args.out}/services.json, services.md, services.png in "
-          f"{report['duration_s']:.0f} s")
+    save_report(report, args.out, "services", markdown, plot, start)
     return 0
 
 

@@ -40,7 +40,7 @@ from nat.conntrack import (
     FlowKey,
     Translation,
 )
-from nat.packets import ETH_P_IP, encode_ethernet, encode_icmp, encode_ipv4
+from nat.packets import ETH_P_IP, IPV4, encode_ethernet, encode_icmp, encode_ipv4
 from vswitch.errors import MalformedPacket
 from vswitch.gso import internet_checksum
 from vswitch.vnet import FLAG_NEEDS_CSUM, NO_OFFLOAD, VNET_HDR, VNET_HDR_LEN
@@ -48,7 +48,6 @@ from vswitch.vnet import FLAG_NEEDS_CSUM, NO_OFFLOAD, VNET_HDR, VNET_HDR_LEN
 #: Offset of the IPv4 header in a packet: virtio-net header, then an untagged Ethernet header.
 L3: Final = VNET_HDR_LEN + 14
 
-IPV4: Final = struct.Struct("!BBHHHBBH4s4s")
 PORTS: Final = struct.Struct("!HH")
 _UDP: Final = struct.Struct("!HHH")
 #: TTL, protocol, header checksum, source, destination: the IPv4 header from offset 8.
