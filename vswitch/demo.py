@@ -110,7 +110,8 @@ def demo(keep: bool = False) -> int:
 
         def ready() -> bool:
             try:
-                return len(request(sock, "show", what="ports", timeout=1)) == len(GUESTS) + 1
+                rows = request(sock, "show", what="ports", timeout=1)
+                return sum(r["type"] != "uplink" for r in rows) == len(GUESTS) + 1
             except (ControlError, OSError, ValueError):
                 return False
 
