@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.report import save_report
+from bench.report import alternate_rounds, ratio_bars, save_report
 from vswitch.lab import Lab, sh, sysctl_off_ipv6, wait_for
 
 VARIANTS = ("kernel", "vswitch", "vswitch-attach")
@@ -427,15 +427,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     keys = [k for k in METRICS if k in kernel]
     fig, ax = plt.subplots(figsize=(9, 4.8))
     width = 0.8 / len(variants)
-    for i, v in enumerate(variants):
-        xs = [j + (i - (len(variants) - 1) / 2) * width for j in range(len(keys))]
-        ys = [med.get(v, {}).get(k, 0) / kernel[k] for k in keys]
-        runs = [[rnd["results"][v][k] / kernel[k] for rnd in report["rounds"]
-                 if k in rnd["results"].get(v, {})] for k in keys]
-        err = [[y - min(r, default=y) for y, r in zip(ys, runs, strict=True)],
-               [max(r, default=y) - y for y, r in zip(ys, runs, strict=True)]]
-        bars = ax.bar(xs, ys, width, yerr=err, capsize=3, label=v)
-        ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=8, padding=2)
+    ratio_bars(ax, report, variants, keys, kernel, width)
     for j, k in enumerate(keys):
         kind, target = METRICS[k][3], METRICS[k][4]
         if target is None:
@@ -487,24 +479,9 @@ def main(argv: list[str] | None = None) -> int:
         "variants": variants, "rounds": [],
     }
     try:
-        for n in range(args.rounds):
-            order = variants[n % len(variants):] + variants[:n % len(variants)]
-            rnd: dict[str, Any] = {"round": n + 1, "order": order, "results": {}}
-            report["rounds"].append(rnd)
-            for v in order:
-                def say(msg: str, v: str = v, n: int = n) -> None:
-                    print(f"[{time.monotonic() - start:5.0f}s] round {n + 1}/{args.rounds} "
-                          f"{v:<14} {msg}", flush=True)
-                say("setting up")
-                lab = Lab("bench")
-                try:
-                    rnd["results"][v] = measure(lab, BUILDERS[v](lab), args.seconds, say)
-                except (RuntimeError, TimeoutError, ValueError, KeyError, OSError,
-                        subprocess.SubprocessError) as exc:
-                    rnd["results"][v] = {"error": f"{type(exc).__name__}: {exc}"}
-                    say(f"FAILED: {exc}")
-                finally:
-                    lab.close()
+        alternate_rounds(report, args.rounds, variants,
+                         lambda v, lab, say: measure(lab, BUILDERS[v](lab), args.seconds, say),
+                         start, "bench")
     except KeyboardInterrupt:
         print("interrupted: cleaned up, no report written", file=sys.stderr)
         return 130

@@ -64,7 +64,7 @@ from bench.bridge import (
     vswitch_bin,
 )
 from bench.bridge import Setup as BridgeSetup
-from bench.report import save_report
+from bench.report import alternate_rounds, save_report
 from bench.services import log_problems
 from vswitch.lab import Lab, sh, wait_for
 
@@ -618,23 +618,9 @@ def main(argv: list[str] | None = None) -> int:
         "variants": list(VARIANTS), "rounds": [],
     }
     try:
-        for n in range(args.rounds):
-            order = list(VARIANTS[n % 2:] + VARIANTS[:n % 2])
-            rnd: dict[str, Any] = {"round": n + 1, "order": order, "results": {}}
-            report["rounds"].append(rnd)
-            for v in order:
-                def say_v(msg: str, v: str = v, n: int = n) -> None:
-                    say(f"round {n + 1}/{args.rounds} {v:<8} {msg}")
-                say_v("setting up")
-                lab = Lab("bnat")
-                try:
-                    rnd["results"][v] = measure(lab, BUILDERS[v](lab), args.seconds, say_v)
-                except (RuntimeError, TimeoutError, ValueError, KeyError, OSError,
-                        subprocess.SubprocessError) as exc:
-                    rnd["results"][v] = {"error": f"{type(exc).__name__}: {exc}"}
-                    say_v(f"FAILED: {exc}")
-                finally:
-                    lab.close()
+        alternate_rounds(report, args.rounds, VARIANTS,
+                         lambda v, lab, say: measure(lab, BUILDERS[v](lab), args.seconds, say),
+                         start, "bnat")
         if args.ct_flows:
             try:
                 report["conntrack_memory"] = conntrack_memory(args.ct_flows, CT_BUDGET_S, say)

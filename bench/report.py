@@ -1,13 +1,17 @@
-"""Writing a benchmark's results: JSON (everything), Markdown (the table), PNG (the plot)."""
+"""What the benchmarks share: the alternating rounds, the ratio bars, and writing the results
+as JSON (everything), Markdown (the table) and PNG (the plot)."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from vswitch.lab import Lab
 
 
 def save_report(report: dict[str, Any], out: Path, name: str,
@@ -23,3 +27,52 @@ def save_report(report: dict[str, Any], out: Path, name: str,
     plot(report, out / f"{name}.png")
     print("\n" + table)
     print(f"wrote {out}/{name}.json, {name}.md, {name}.png in {report['duration_s']:.0f} s")
+
+
+Say = Callable[[str], None]
+#: What one benchmark measures for one variant in one round, given a Lab to build it in.
+Measure = Callable[[str, Lab, Say], dict[str, Any]]
+FAILURES = (RuntimeError, TimeoutError, ValueError, KeyError, OSError,
+            subprocess.SubprocessError)
+
+
+def alternate_rounds(report: dict[str, Any], rounds: int, variants: Sequence[str],
+                     measure: Measure, start: float, lab_prefix: str) -> None:
+    """The benchmark protocol (TESTING.md): ``rounds`` rounds, each variant once per round in
+    an order that rotates, each built from scratch in its own Lab and torn down after.  A
+    variant that fails is recorded as an error for that round; the others go on."""
+    for n in range(rounds):
+        k = n % len(variants)
+        order = [*variants[k:], *variants[:k]]
+        rnd: dict[str, Any] = {"round": n + 1, "order": order, "results": {}}
+        report["rounds"].append(rnd)
+        for v in order:
+            def say(msg: str, v: str = v, n: int = n) -> None:
+                print(f"[{time.monotonic() - start:5.0f}s] round {n + 1}/{rounds} {v:<14} "
+                      f"{msg}", flush=True)
+
+            say("setting up")
+            lab = Lab(lab_prefix)
+            try:
+                rnd["results"][v] = measure(v, lab, say)
+            except FAILURES as exc:
+                rnd["results"][v] = {"error": f"{type(exc).__name__}: {exc}"}
+                say(f"FAILED: {exc}")
+            finally:
+                lab.close()
+
+
+def ratio_bars(ax: Any, report: dict[str, Any], variants: Sequence[str], keys: Sequence[str],
+               base: dict[str, float], width: float) -> None:
+    """Grouped bars of each variant's medians relative to ``base``, whiskers spanning the
+    rounds, labelled with the ratio."""
+    med = report["medians"]
+    for i, v in enumerate(variants):
+        xs = [j + (i - (len(variants) - 1) / 2) * width for j in range(len(keys))]
+        ys = [med.get(v, {}).get(k, 0) / base[k] for k in keys]
+        runs = [[rnd["results"][v][k] / base[k] for rnd in report["rounds"]
+                 if k in rnd["results"].get(v, {})] for k in keys]
+        err = [[y - min(r, default=y) for y, r in zip(ys, runs, strict=True)],
+               [max(r, default=y) - y for y, r in zip(ys, runs, strict=True)]]
+        bars = ax.bar(xs, ys, width, yerr=err, capsize=3, label=v)
+        ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=8, padding=2)

@@ -60,7 +60,7 @@ from bench.bridge import (
     vm_hwm_kib,
     vswitch_bin,
 )
-from bench.report import save_report
+from bench.report import Say, alternate_rounds, ratio_bars, save_report
 from vswitch.lab import Lab, sh, wait_for
 
 VARIANTS = ("dnsmasq", "vswitch")
@@ -490,15 +490,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     keys = [k for k in METRICS if base.get(k)]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     width = 0.38
-    for i, v in enumerate(VARIANTS):
-        xs = [j + (i - 0.5) * width for j in range(len(keys))]
-        ys = [med.get(v, {}).get(k, 0) / base[k] for k in keys]
-        runs = [[rnd["results"][v][k] / base[k] for rnd in report["rounds"]
-                 if k in rnd["results"].get(v, {})] for k in keys]
-        err = [[y - min(r, default=y) for y, r in zip(ys, runs, strict=True)],
-               [max(r, default=y) - y for y, r in zip(ys, runs, strict=True)]]
-        bars = ax.bar(xs, ys, width, yerr=err, capsize=3, label=v)
-        ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=8, padding=2)
+    ratio_bars(ax, report, VARIANTS, keys, base, width)
     for j, k in enumerate(keys):
         ax.hlines(METRICS[k][2], j - 0.45, j + 0.45, colors="red", linestyles="--",
                   label="target" if j == 0 else "_nolegend_")
@@ -565,27 +557,15 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": [],
     }
     try:
-        for n in range(args.rounds):
-            order = list(VARIANTS[n % 2:] + VARIANTS[:n % 2])
-            rnd: dict[str, Any] = {"round": n + 1, "order": order, "results": {}}
-            report["rounds"].append(rnd)
-            for v in order:
-                def say(msg: str, v: str = v, n: int = n) -> None:
-                    print(f"[{time.monotonic() - start:5.0f}s] round {n + 1}/{args.rounds} "
-                          f"{v:<8} {msg}", flush=True)
-                say("setting up")
-                lab = Lab("bsvc")
-                tmp = Path(tempfile.mkdtemp(prefix=f"bsvc-{lab.tag}-"))
-                tmp.chmod(0o755)  # dnsmasq drops root privileges
-                try:
-                    rnd["results"][v] = measure(build_bed(lab, tmp), v, args, say)
-                except (RuntimeError, TimeoutError, ValueError, KeyError, OSError,
-                        subprocess.SubprocessError) as exc:
-                    rnd["results"][v] = {"error": f"{type(exc).__name__}: {exc}"}
-                    say(f"FAILED: {exc}")
-                finally:
-                    lab.close()
-                    shutil.rmtree(tmp, ignore_errors=True)
+        def run(v: str, lab: Lab, say: Say) -> dict[str, Any]:
+            tmp = Path(tempfile.mkdtemp(prefix=f"bsvc-{lab.tag}-"))
+            tmp.chmod(0o755)  # dnsmasq drops root privileges
+            try:
+                return measure(build_bed(lab, tmp), v, args, say)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+        alternate_rounds(report, args.rounds, VARIANTS, run, start, "bsvc")
     except KeyboardInterrupt:
         print("interrupted: cleaned up, no report written", file=sys.stderr)
         return 130
