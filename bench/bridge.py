@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.report import alternate_rounds, ratio_bars, save_report
+from bench.report import alternate_rounds, medians, ratio_bars, save_report
 from vswitch.lab import Lab, sh, sysctl_off_ipv6, wait_for
 
 VARIANTS = ("kernel", "vswitch", "vswitch-attach")
@@ -313,16 +313,6 @@ def cpu_note(pct: float | None) -> str:
 
 # --- summary and reports --------------------------------------------------------------------
 
-def medians(rounds: list[dict[str, Any]], variants: list[str]) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
-    for v in variants:
-        runs = [rnd["results"][v] for rnd in rounds if "error" not in rnd["results"].get(v, {
-            "error": "missing"})]
-        out[v] = {k: statistics.median(vals) for k in (*METRICS, *RESOURCES)
-                  if (vals := [run[k] for run in runs if run.get(k) is not None])}
-    return out
-
-
 def compare(med: dict[str, dict[str, float]]) -> dict[str, dict[str, dict[str, Any]]]:
     """Per vswitch variant and metric: ratio (or difference) against the kernel, and the verdict."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
@@ -486,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: cleaned up, no report written", file=sys.stderr)
         return 130
 
-    report["medians"] = medians(report["rounds"], variants)
+    report["medians"] = medians(report["rounds"], variants, (*METRICS, *RESOURCES))
     report["comparison"] = compare(report["medians"])
     save_report(report, args.out, "bridge", markdown, plot, start)
     return 0

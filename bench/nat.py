@@ -36,7 +36,6 @@ import os
 import re
 import signal
 import socket
-import statistics
 import struct
 import subprocess
 import sys
@@ -64,7 +63,7 @@ from bench.bridge import (
     vswitch_bin,
 )
 from bench.bridge import Setup as BridgeSetup
-from bench.report import alternate_rounds, save_report
+from bench.report import alternate_rounds, medians, save_report
 from bench.services import log_problems
 from vswitch.lab import Lab, sh, wait_for
 
@@ -456,16 +455,6 @@ def conntrack_memory(flows: int, budget: float, say: Callable[[str], None]) -> d
 
 # --- summary and reports --------------------------------------------------------------------
 
-def medians(rounds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
-    for v in VARIANTS:
-        runs = [rnd["results"][v] for rnd in rounds if "error" not in rnd["results"].get(v, {
-            "error": "missing"})]
-        out[v] = {k: statistics.median(vals) for k in (*METRICS, *RESOURCES)
-                  if (vals := [run[k] for run in runs if run.get(k) is not None])}
-    return out
-
-
 def compare(med: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
     """Per metric: the ratio vswitch / kernel of the medians, and the verdict (if a target)."""
     kernel, vsw = med.get("kernel", {}), med.get("vswitch", {})
@@ -631,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: cleaned up, no report written", file=sys.stderr)
         return 130
 
-    report["medians"] = medians(report["rounds"])
+    report["medians"] = medians(report["rounds"], VARIANTS, (*METRICS, *RESOURCES))
     report["comparison"] = compare(report["medians"])
     save_report(report, args.out, "nat", markdown, plot, start)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -76,3 +77,15 @@ def ratio_bars(ax: Any, report: dict[str, Any], variants: Sequence[str], keys: S
                [max(r, default=y) - y for y, r in zip(ys, runs, strict=True)]]
         bars = ax.bar(xs, ys, width, yerr=err, capsize=3, label=v)
         ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=8, padding=2)
+
+
+def medians(rounds: list[dict[str, Any]], variants: Sequence[str],
+            keys: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per variant, the median of each metric over the rounds where it did not fail."""
+    out: dict[str, dict[str, float]] = {}
+    for v in variants:
+        runs = [rnd["results"][v] for rnd in rounds
+                if "error" not in rnd["results"].get(v, {"error": "missing"})]
+        out[v] = {k: statistics.median(vals) for k in keys
+                  if (vals := [run[k] for run in runs if run.get(k) is not None])}
+    return out

@@ -41,7 +41,6 @@ import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,7 +59,7 @@ from bench.bridge import (
     vm_hwm_kib,
     vswitch_bin,
 )
-from bench.report import Say, alternate_rounds, ratio_bars, save_report
+from bench.report import Say, alternate_rounds, medians, ratio_bars, save_report
 from vswitch.lab import Lab, sh, wait_for
 
 VARIANTS = ("dnsmasq", "vswitch")
@@ -409,16 +408,6 @@ def measure(bed: Bed, variant: str, args: argparse.Namespace,
 
 # --- summary and reports --------------------------------------------------------------------
 
-def medians(rounds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
-    for v in VARIANTS:
-        runs = [rnd["results"][v] for rnd in rounds if "error" not in rnd["results"].get(
-            v, {"error": "missing"})]
-        out[v] = {k: statistics.median(vals) for k in (*METRICS, *RESOURCES)
-                  if (vals := [run[k] for run in runs if run.get(k) is not None])}
-    return out
-
-
 def compare(med: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
     """Per metric: the ratio vswitch/dnsmasq of the medians and whether it meets the target."""
     base, ours = med.get("dnsmasq", {}), med.get("vswitch", {})
@@ -570,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: cleaned up, no report written", file=sys.stderr)
         return 130
 
-    report["medians"] = medians(report["rounds"])
+    report["medians"] = medians(report["rounds"], VARIANTS, (*METRICS, *RESOURCES))
     report["comparison"] = compare(report["medians"])
     save_report(report, args.out, "services", markdown, plot, start)
     return 0
