@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import alternate_rounds, medians, ratio_bars, save_report
-from vswitch.lab import Lab, sh, sysctl_off_ipv6, wait_for
+from vswitch.lab import Lab, sh, wait_for
+from vswitch.ports.tun import disable_ipv6
 
 VARIANTS = ("kernel", "vswitch", "vswitch-attach")
 IP_A, IP_B = "10.77.0.1", "10.77.0.2"
@@ -140,7 +141,7 @@ def build_kernel(lab: Lab) -> Setup:
     br = lab.name("kbr")
     sh(["ip", "link", "add", br, "type", "bridge"])
     lab.links.append(br)
-    sysctl_off_ipv6(br)
+    disable_ipv6(br)
     for ns, outer, ip in ((a, lab.name("kva"), IP_A), (b, lab.name("kvb"), IP_B)):
         lab.veth(outer, ns)
         sh(["ip", "link", "set", outer, "master", br])

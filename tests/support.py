@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +80,6 @@ def ping(lab: Lab, ns: str, addr: str, count: int = 3, interval: float = 0.2,
             return int(line.split(",")[1].split()[0])
     return 0
 
-
-def wait_seconds(seconds: float) -> None:
-    time.sleep(seconds)
 
 
 RECEIVER = """

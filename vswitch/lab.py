@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vswitch.ports.tun import disable_ipv6
+
 
 class Lab:
     def __init__(self, prefix: str = "vsw") -> None:
@@ -42,7 +44,7 @@ class Lab:
         """A veth pair: ``outer`` stays in the root namespace, ``inner`` goes into ``inner_ns``."""
         sh(["ip", "link", "add", outer, "type", "veth", "peer", "name", inner, "netns", inner_ns])
         self.links.append(outer)
-        sysctl_off_ipv6(outer)
+        disable_ipv6(outer)
         sh(["ip", "link", "set", outer, "up"])
         return outer
 
@@ -103,12 +105,6 @@ def sh(cmd: list[str]) -> str:
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()}")
     return done.stdout
-
-
-def sysctl_off_ipv6(dev: str) -> None:
-    path = Path(f"/proc/sys/net/ipv6/conf/{dev}/disable_ipv6")
-    if path.exists():
-        path.write_text("1")
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> None:

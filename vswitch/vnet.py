@@ -65,10 +65,3 @@ def encode_header(
     csum_offset: int = 0,
 ) -> bytes:
     return VNET_HDR.pack(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
-
-
-def decode_header(packet: bytes) -> tuple[int, int, int, int, int, int]:
-    """(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset) of a packet."""
-    if len(packet) < VNET_HDR_LEN:
-        raise ValueError("packet shorter than the virtio-net header")
-    return VNET_HDR.unpack_from(packet, 0)

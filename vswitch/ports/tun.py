@@ -65,6 +65,13 @@ def delete_link(name: str) -> None:
     subprocess.run(["ip", "link", "delete", name], capture_output=True, check=False)
 
 
+def disable_ipv6(name: str) -> None:
+    """Turn IPv6 off on host interface ``name`` (no link-local address, no RS/MLD from it)."""
+    path = Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6")
+    if path.exists():
+        path.write_text("1")
+
+
 def link_setup(name: str, mtu: int, ipv6: bool, up: bool = True) -> None:
     """MTU, IPv6 and up state of a host interface vswitch made.
 
@@ -73,9 +80,7 @@ def link_setup(name: str, mtu: int, ipv6: bool, up: bool = True) -> None:
     devices (DESIGN.md, known pitfalls).
     """
     if not ipv6:
-        disable = Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6")
-        if disable.exists():
-            disable.write_text("1")
+        disable_ipv6(name)
     cmd = ["ip", "link", "set", "dev", name, "mtu", str(mtu)]
     if up:
         cmd.append("up")
