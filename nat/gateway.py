@@ -9,7 +9,9 @@ Rule 3: UDP to the gateway address, the subnet broadcast or 255.255.255.255 goes
         (RFC 1122 3.2.2).
 Rule 4: TCP to the gateway goes to the TCP service for its port (DNS 53); other ports get RST
         (RFC 793 3.4, "reset generation").
-Rule 5: what cannot be parsed is counted by reason and dropped; nothing here raises.
+Rule 5: an alias (the host uplink's host address, when it is not the gateway's own) answers
+        ARP and ping like the gateway address; its TCP and UDP are the router's.
+Rule 6: what cannot be parsed is counted by reason and dropped; nothing here raises.
 
 Sans-I/O: ``handle(frame, now)`` takes one plain Ethernet frame and returns frames to send back
 into the switch; services may also hand frames to the daemon later (DNS answers from upstream).
@@ -62,11 +64,12 @@ class Gateway:
         self.udp: dict[int, UdpService] = {}
         self.tcp: dict[int, TcpService] = {}
         self.counters: Counter[str] = Counter()
+        self.aliases: frozenset[bytes] = frozenset()  # Rule 5
         self._ident = 0
         self._dispatch = {ETH_P_ARP: self._handle_arp, ETH_P_IP: self._handle_ipv4}
 
     def handle(self, frame: bytes, now: float) -> list[bytes]:
-        """Frames to send in answer to ``frame`` (Rule 5: never raises on bad input)."""
+        """Frames to send in answer to ``frame`` (Rule 6: never raises on bad input)."""
         if len(frame) < 14:
             self.counters["runt"] += 1
             return []
@@ -86,14 +89,14 @@ class Gateway:
 
     def _handle_arp(self, frame: bytes, now: float) -> list[bytes]:
         arp = decode_arp(frame)
-        if arp.op != 1 or arp.target_ip != self.ip:
+        if arp.op != 1 or (arp.target_ip != self.ip and arp.target_ip not in self.aliases):
             return []
         if arp.sender_ip == self.ip:
             self.counters["arp-claims-gateway-ip"] += 1
             return []
         if arp.sender_mac != frame[6:12]:
             self.counters["arp-sender-mac-mismatch"] += 1  # answered to the frame's source
-        reply = Arp(2, self.mac, self.ip, arp.sender_mac, arp.sender_ip)
+        reply = Arp(2, self.mac, arp.target_ip, arp.sender_mac, arp.sender_ip)
         self.counters["arp-replies"] += 1
         return [encode_ethernet(frame[6:12], self.mac, ETH_P_ARP, encode_arp(reply))]
 
@@ -101,6 +104,8 @@ class Gateway:
 
     def _handle_ipv4(self, frame: bytes, now: float) -> list[bytes]:
         ip = decode_ipv4(frame)
+        if ip.dst in self.aliases:
+            return self._handle_icmp(frame, ip) if ip.proto == PROTO_ICMP else []
         if ip.dst not in (self.ip, self.broadcast, BROADCAST_IP):
             return []  # routing is the router's job, not the gateway stack's
         if ip.fragment & 0x3FFF:
@@ -134,14 +139,16 @@ class Gateway:
         body = frame[ip.start:ip.end]
         reply = encode_icmp(0, 0, body[4:])  # echo reply: same identifier, sequence and data
         self.counters["echo-replies"] += 1
-        return [self.ip_frame(frame[6:12], ip.src, PROTO_ICMP, reply)]
+        return [self.ip_frame(frame[6:12], ip.src, PROTO_ICMP, reply, source=ip.dst)]
 
     # -- building -----------------------------------------------------------------------------
 
-    def ip_frame(self, dst_mac: bytes, dst_ip: bytes, proto: int, payload: bytes) -> bytes:
+    def ip_frame(self, dst_mac: bytes, dst_ip: bytes, proto: int, payload: bytes,
+                 source: bytes | None = None) -> bytes:
         self._ident = (self._ident + 1) & 0xFFFF
         return encode_ethernet(dst_mac, self.mac, ETH_P_IP,
-                               encode_ipv4(self.ip, dst_ip, proto, payload, ident=self._ident))
+                               encode_ipv4(source or self.ip, dst_ip, proto, payload,
+                                           ident=self._ident))
 
     def udp_frame(self, dst_mac: bytes, dst_ip: bytes, sport: int, dport: int,
                   payload: bytes) -> bytes:

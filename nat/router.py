@@ -13,6 +13,8 @@ Rule 4: next hops are found by ARP (RFC 826) on each side: a bounded cache with 
         counted when nobody answers.
 Rule 5: the uplink address answers ARP and ping itself; everything else arriving there goes
         through the conntrack (``nat``) or is routed to the subnet (``route``/``open``).
+Rule 6: with a host uplink (``nat.egress``) there is no uplink station: routed packets go to
+        the host's sockets, and what comes back is addressed to guests by Rule 4.
 
 Sans-I/O: packets (virtio-net header + frame) in, ``Out(switch, uplink)`` packets out.
 """
@@ -22,7 +24,7 @@ from __future__ import annotations
 import struct
 from collections import Counter
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, Protocol
 
 from nat.conntrack import Conntrack, Drop
 from nat.gateway import Gateway
@@ -72,6 +74,14 @@ class Uplink:
     """Largest IP packet the uplink takes."""
 
 
+class Egress(Protocol):
+    """Where routed packets go with a host uplink (``nat.egress.HostEgress``, Rule 6)."""
+
+    host_address: bytes | None
+
+    def from_guest(self, packet: bytes, now: float) -> None: ...
+
+
 class Neighbours:
     """One side's ARP cache, with packets held while an address is resolved (Rule 4)."""
 
@@ -117,7 +127,8 @@ class Neighbours:
 
 class Router:
     def __init__(self, gateway: Gateway, mode: str, subnet: tuple[int, int],
-                 uplink: Uplink | None, conntrack: Conntrack | None) -> None:
+                 uplink: Uplink | None, conntrack: Conntrack | None,
+                 egress: Egress | None = None) -> None:
         self.gateway = gateway
         self.mode = mode
         network, prefix = subnet
@@ -125,6 +136,7 @@ class Router:
         self.network = network & self.mask
         self.uplink = uplink
         self.conntrack = conntrack
+        self.egress = egress
         self.guests = Neighbours()
         self.outside = Neighbours()
         self.counters: Counter[str] = Counter()
@@ -149,10 +161,15 @@ class Router:
         src, dst = packet[IP + 12:IP + 16], packet[IP + 16:IP + 20]
         if self.local(src):
             self.guests.learn(src, packet[ETH + 6:ETH + 12], now)
-        if self.local(dst):
+        if self.local(dst) and (self.egress is None or dst != self.egress.host_address):
             return out  # the switch delivers on-link traffic, not the router
         if self.mode == "isolated":
             return self._refuse(admin_prohibited(packet, self.gateway.ip), out, "isolated")
+        if self.egress is not None:  # Rule 6
+            if packet[IP + 8] <= 1:
+                return self._refuse(time_exceeded(packet, self.gateway.ip), out, "ttl-exceeded")
+            self.egress.from_guest(packet, now)
+            return out
         if self.uplink is None:  # no address on the uplink yet (DHCP): network unreachable
             return self._refuse(icmp_error(packet, 3, 0, self.gateway.ip), out, "no-uplink")
         if packet[IP + 8] <= 1:
@@ -211,7 +228,7 @@ class Router:
         if isinstance(result, Drop):
             self.counters[f"drop-{result.reason}"] += 1
             if result.icmp is not None:
-                source = self.uplink.ip if from_outside else self.gateway.ip
+                source = self.uplink.ip if from_outside and self.uplink else self.gateway.ip
                 error = icmp_error(packet, result.icmp[0], result.icmp[1], source)
                 if error is not None:
                     (out.uplink if from_outside else out.switch).append(error)
@@ -225,6 +242,9 @@ class Router:
             if self.local(dst):
                 side, ip, src_mac, asker = self.guests, dst, self.gateway.mac, self.gateway.ip
                 target = out.switch
+            elif self.uplink is None:
+                self.counters["drop-no-uplink"] += 1  # nowhere to send it
+                continue
             else:
                 side, ip, src_mac, asker = (self.outside, self.uplink.next_hop, self.uplink.mac,
                                             self.uplink.ip)
@@ -237,17 +257,23 @@ class Router:
             target.append(packet[:ETH] + mac + src_mac + packet[ETH + 12:])
         return out
 
+    def to_guests(self, packets: list[bytes], now: float) -> Out:
+        """Packets for guests from the host uplink (Rule 6), addressed by Rule 4."""
+        return self._send_all(packets, now, Out([], []))
+
     def _uplink_arp(self, packet: bytes, now: float, out: Out) -> Out:
+        up = self.uplink
+        assert up is not None
         arp = decode_arp(packet, IP)  # the ARP body sits where an IP header would
         if self.local(arp.sender_ip) or not any(arp.sender_ip):
             return out
         held = self.outside.learn(arp.sender_ip, arp.sender_mac, now)
-        if arp.op == 1 and arp.target_ip == self.uplink.ip:
-            reply = Arp(2, self.uplink.mac, self.uplink.ip, arp.sender_mac, arp.sender_ip)
-            out.uplink.append(NO_OFFLOAD + encode_ethernet(arp.sender_mac, self.uplink.mac,
+        if arp.op == 1 and arp.target_ip == up.ip:
+            reply = Arp(2, up.mac, up.ip, arp.sender_mac, arp.sender_ip)
+            out.uplink.append(NO_OFFLOAD + encode_ethernet(arp.sender_mac, up.mac,
                                                            ETH_P_ARP, encode_arp(reply)))
         mac = arp.sender_mac
-        out.uplink.extend(p[:ETH] + mac + self.uplink.mac + p[ETH + 12:] for p in held)
+        out.uplink.extend(p[:ETH] + mac + up.mac + p[ETH + 12:] for p in held)
         return out
 
     def guest_arp(self, frame: bytes, now: float) -> list[bytes]:
@@ -274,7 +300,7 @@ class Router:
 
     def _nat_lookup_fails(self, packet: bytes) -> bool:
         """An echo request to the uplink address that no guest's mapping answers."""
-        assert self.conntrack is not None
+        assert self.conntrack is not None and self.uplink is not None
         ihl = (packet[IP] & 0x0F) * 4
         if len(packet) < IP + ihl + 8:
             return True
@@ -283,6 +309,7 @@ class Router:
         return self.conntrack.lookup(key, True) is None
 
     def _echo_reply(self, packet: bytes) -> bytes:
+        assert self.uplink is not None
         ihl = (packet[IP] & 0x0F) * 4
         total = struct.unpack_from("!H", packet, IP + 2)[0]
         body = packet[IP + ihl:IP + total]

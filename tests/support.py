@@ -17,14 +17,18 @@ from vswitch.lab import Lab, wait_for
 class Daemon:
     """``vswitch run CONFIG`` as a child process; stopped with SIGTERM by ``stop()``."""
 
-    def __init__(self, lab: Lab, tmp: Path, body: str, ports_up: int | None = None) -> None:
+    def __init__(self, lab: Lab, tmp: Path, body: str, ports_up: int | None = None,
+                 ns: str | None = None, python: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        """``ns``: the namespace it runs in (its "host"); ``python``: the interpreter command,
+        e.g. behind setpriv to run it as another user."""
         self.socket = str(tmp / "ctl.sock")
         self.config = tmp / "vswitch.toml"
         self.config.write_text(f'[control]\nsocket = "{self.socket}"\n{body}')
         self.log = tmp / "vswitch.log"
-        self.proc = lab.spawn([sys.executable, "-m", "vswitch.cli", "run", "-v",
-                               str(self.config)], stdout=self.log.open("w"),
-                              stderr=subprocess.STDOUT)
+        self.proc = lab.spawn([*(python or [sys.executable]), "-m", "vswitch.cli", "run", "-v",
+                               str(self.config)], ns=ns, stdout=self.log.open("w"),
+                              stderr=subprocess.STDOUT, env=env)
         wait_for(self._ready, 10, f"vswitch to answer on {self.socket}")
         if ports_up is not None:
             wait_for(lambda: self.up_count() >= ports_up, 10, f"{ports_up} ports up")

@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("proto", choices=["tcp", "udp"])
     p.add_argument("port", help="external port or range, e.g. 8080 or 8080-8090")
     p.add_argument("to", nargs="?", help="guest_ip:port (for add)")
+    p.add_argument("--listen", help="host uplink: the host address to listen on, IPv4 or IPv6 "
+                   "(default 0.0.0.0)")
     p.add_argument("--socket", help="control socket")
 
     p = sub.add_parser("qemu-args", help="print the qemu flags that plug a guest into PORT")
@@ -114,7 +116,8 @@ def format_conntrack(rows: list[dict[str, Any]]) -> str:
 
 
 def format_forwards(rows: list[dict[str, Any]]) -> str:
-    return render([["PROTO", "PORT", "TO"]] + [[r["proto"], r["port"], r["to"]] for r in rows])
+    return render([["PROTO", "LISTEN", "PORT", "TO"]]
+                  + [[r["proto"], r.get("listen", "uplink"), r["port"], r["to"]] for r in rows])
 
 
 def format_leases(rows: list[dict[str, Any]]) -> str:
@@ -181,7 +184,7 @@ def cmd_forward(args: argparse.Namespace) -> int:
         raise ControlError("forward add needs the guest: vswitch forward add tcp 8080 "
                            "192.168.122.10:80")
     result = request(path, "forward", action=args.action, proto=args.proto, port=args.port,
-                     to=args.to)
+                     to=args.to, listen=args.listen)
     print(" ".join(f"{k}: {v}" for k, v in result.items()))
     return 0
 

@@ -117,18 +117,20 @@ class NetworkConfig:
 
 @dataclass(frozen=True, slots=True)
 class UplinkConfig:
-    interface: str
-    """The L2 interface the router stands on as a host of its own."""
-    address: str
-    """The router's address there, CIDR, or "dhcp" to lease one as a DHCP client."""
-    gateway: str
-    """The next hop for everything off both networks ("" with dhcp: the lease's router)."""
+    interface: str = ""
+    """raw: the L2 interface the router stands on as a host of its own."""
+    address: str = ""
+    """raw: the router's address there, CIDR, or "dhcp" to lease one as a DHCP client."""
+    gateway: str = ""
+    """raw: the next hop for everything off both networks ("" with dhcp: the lease's router)."""
     mac: str = ""
-    """The router's MAC there (default: derived from the switch name)."""
+    """raw: the router's MAC there (default: derived from the switch name)."""
     mtu: int = 1500
-    """Largest IP packet sent there; DF packets above it get ICMP 3/4."""
-    type: str = "raw"
-    """Only "raw" so far."""
+    """raw: largest IP packet sent there; DF packets above it get ICMP 3/4."""
+    type: str = "host"
+    """"host" (the default: the host's own sockets, no privileges) or "raw"."""
+    host_address: str = ""
+    """host: the guest-network address that stands for the host's loopback ("" for none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +162,8 @@ class ForwardConfig:
     """Guest address."""
     to_port: int
     """Guest port for the first external port (the rest follow in order)."""
+    listen: str = ""
+    """host uplink: the host address the forward listens on (IPv4 or IPv6; default 0.0.0.0)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,8 +259,9 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> Config:
     for section in ("dhcp", "dns", "uplink", "nat", "forward"):
         if network is None and section in data:
             raise ConfigError("network", f"missing; [{section}] needs the [network] it serves")
-    uplink = _uplink(data) if "uplink" in data else None
-    forwards = tuple(_forward(raw, i, network) for i, raw in enumerate(_array(data, "forward")))
+    uplink = _uplink(data, network) if network is not None else None
+    forwards = tuple(_forward(raw, i, network, uplink)
+                     for i, raw in enumerate(_array(data, "forward")))
     return Config(name=name, mac_aging=aging, mac_limit=mac_limit, socket=sock, ports=ports,
                   network=network, uplink=uplink, nat=_nat(data), forwards=forwards,
                   source=source)
@@ -497,14 +502,35 @@ def _server(value: Any, key: str) -> tuple[str, int]:
     return host, number
 
 
-def _uplink(data: dict[str, Any]) -> UplinkConfig:
+def _uplink(data: dict[str, Any], network: NetworkConfig) -> UplinkConfig | None:
+    """Where routed traffic leaves.  No [uplink] in nat mode means the host's own sockets, as
+    libslirp and passt do; route and open modes keep guest addresses, so they need a raw
+    uplink on a network that routes the subnet back; isolated mode sends nothing out."""
     import netaddr
 
     up = _table(data, "uplink")
+    kind = _get(up, "uplink.type", str, "raw" if "interface" in up else "host")
+    if kind not in ("host", "raw"):
+        raise ConfigError("uplink.type", f"{kind!r}: use \"host\" (the host's own sockets) or "
+                          "\"raw\" (an address of its own on an L2 interface)")
+    if kind == "host":
+        _only(up, "uplink.", {"type", "host_address"},
+              hint="a host uplink takes type and host_address")
+        if network.mode in ("route", "open") and "uplink" in data:
+            raise ConfigError("uplink.type", f"mode {network.mode!r} keeps guest addresses, "
+                              "which host sockets cannot; use type = \"raw\" or mode \"nat\"")
+        if network.mode != "nat":
+            return None
+        host = up.get("host_address", network.gateway)
+        if host != "":
+            host = _address(up, "uplink.host_address", network.gateway,
+                            netaddr.IPNetwork(network.subnet))
+            first, last = (netaddr.IPAddress(a) for a in network.dhcp_range)
+            if host != network.gateway and first <= netaddr.IPAddress(host) <= last:
+                raise ConfigError("uplink.host_address", f"{host} is in the DHCP range; pick "
+                                  "an address outside it, or the gateway (the default)")
+        return UplinkConfig(type="host", host_address=host)
     _only(up, "uplink.", {"type", "interface", "address", "gateway", "mac", "mtu"})
-    kind = _get(up, "uplink.type", str, "raw")
-    if kind != "raw":
-        raise ConfigError("uplink.type", f"{kind!r} is not available yet; use \"raw\"")
     interface = _get(up, "uplink.interface", str, None, required="the L2 interface, e.g. "
                      "interface = \"eth1\"")
     address = _get(up, "uplink.address", str, None, required="the router's own address there, "
@@ -516,14 +542,16 @@ def _uplink(data: dict[str, Any]) -> UplinkConfig:
         if "gateway" in up:
             raise ConfigError("uplink.gateway", "comes from the DHCP lease with address = "
                               "\"dhcp\"; remove it, or give a static address")
-        return UplinkConfig(interface=interface, address="dhcp", gateway="", mac=mac, mtu=mtu)
+        return UplinkConfig(interface=interface, address="dhcp", gateway="", mac=mac, mtu=mtu,
+                            type="raw")
     try:
         net = netaddr.IPNetwork(address, version=4)
     except (netaddr.AddrFormatError, ValueError):
         raise ConfigError("uplink.address", f"{address!r} is not an IPv4 address with a "
                           "prefix, like 203.0.113.2/24") from None
     gateway = _address(up, "uplink.gateway", None, net.cidr)
-    return UplinkConfig(interface=interface, address=str(net), gateway=gateway, mac=mac, mtu=mtu)
+    return UplinkConfig(interface=interface, address=str(net), gateway=gateway, mac=mac, mtu=mtu,
+                        type="raw")
 
 
 def _nat(data: dict[str, Any]) -> NatConfig:
@@ -553,11 +581,18 @@ def _nat(data: dict[str, Any]) -> NatConfig:
                                              integer=True)), **values)
 
 
-def _forward(raw: dict[str, Any], i: int, network: NetworkConfig | None) -> ForwardConfig:
+def _forward(raw: dict[str, Any], i: int, network: NetworkConfig | None,
+             uplink: UplinkConfig | None) -> ForwardConfig:
     import netaddr
 
     key = f"forward[{i}]"
-    _only(raw, key + ".", {"proto", "port", "to"})
+    _only(raw, key + ".", {"proto", "port", "to", "listen"})
+    listen = ""
+    if uplink is not None and uplink.type == "host":
+        listen = parse_listen(_get(raw, key + ".listen", str, "0.0.0.0"), key + ".listen")
+    elif "listen" in raw:
+        raise ConfigError(key + ".listen", "only a host uplink listens; a raw uplink forwards "
+                          "from its own address")
     proto = _get(raw, key + ".proto", str, None, required="\"tcp\" or \"udp\"")
     if proto not in ("tcp", "udp"):
         raise ConfigError(key + ".proto", f"{proto!r}: use \"tcp\" or \"udp\"")
@@ -573,7 +608,18 @@ def _forward(raw: dict[str, Any], i: int, network: NetworkConfig | None) -> Forw
         raise ConfigError(key + ".to", f"{to!r} must be \"guest_ip:port\"") from None
     if network is not None and addr not in netaddr.IPNetwork(network.subnet):
         raise ConfigError(key + ".to", f"{host} is not in the guest network {network.subnet}")
-    return ForwardConfig(proto, ports, str(addr), guest_port)
+    return ForwardConfig(proto, ports, str(addr), guest_port, listen)
+
+
+def parse_listen(value: str, key: str) -> str:
+    """A host address to listen on, IPv4 or IPv6 ("0.0.0.0", "::", "127.0.0.1", "::1")."""
+    import netaddr
+
+    try:
+        return str(netaddr.IPAddress(value.strip("[]")))
+    except (netaddr.AddrFormatError, ValueError):
+        raise ConfigError(key, f"{value!r} is not an IPv4 or IPv6 address, e.g. \"0.0.0.0\" "
+                          "or \"::\"") from None
 
 
 def parse_ports(value: Any, key: str) -> tuple[int, int]:

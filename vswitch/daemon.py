@@ -22,6 +22,7 @@ from dhcp.dhcp_service import DhcpService, dhcp_config, ip_text
 from dhcp.dns import DnsResponder
 from dhcp.dns_service import DnsService
 from nat.conntrack import Conntrack, Timeouts
+from nat.egress import HostEgress
 from nat.gateway import Gateway
 from nat.router import Router, Uplink
 from vswitch.config import Config, PortConfig
@@ -124,7 +125,7 @@ def build_nat(config: Config, gateway: Gateway) -> tuple[Conntrack | None, Route
     assert net is not None and up is not None
     network, subnet_prefix = net.subnet.split("/")
     subnet = (int.from_bytes(socket.inet_aton(network), "big"), int(subnet_prefix))
-    if up.address == "dhcp":
+    if up.type == "host" or up.address == "dhcp":  # host: the egress is built by run()
         return None, Router(gateway, net.mode, subnet, None, None)
     ip, prefix = up.address.split("/")
     uplink = Uplink(socket.inet_aton(ip), int(prefix), uplink_mac(config),
@@ -151,12 +152,14 @@ class Daemon:
         self.router: RouterPort | None = None
         self.uplink: RawUplink | None = None
         self.conntrack: Conntrack | None = None
+        self.egress: HostEgress | None = None
         if config.network is not None:
             self.router = build_router(config)
             self.ports[0] = self.router
             self.switch.add_port(0, up=False)
             if config.uplink is not None:
                 self.conntrack, self.router.router = build_nat(config, self.router.gateway)
+            if config.uplink is not None and config.uplink.type == "raw":
                 self.uplink = RawUplink(config.uplink.interface, self.router,
                                         uplink_mac(config))
                 if config.uplink.address == "dhcp":
@@ -235,6 +238,8 @@ class Daemon:
         self._flapping = {m: t for m, t in self._flapping.items() if t > now}
         if self.router is not None and self.router.router is not None:
             self.router.router.expire(now)
+        if self.egress is not None:
+            self.egress.expire(now)
         self.loop.call_later(TICK, self._tick)
 
     # -- control ---------------------------------------------------------------------------
@@ -254,8 +259,16 @@ class Daemon:
         if what == "leases":
             return self.dhcp.rows() if self.dhcp is not None else []
         if what == "conntrack":
+            if self.egress is not None:
+                assert self.loop is not None
+                return self.egress.rows(self.loop.time())
             return [] if self.conntrack is None else self._conntrack_rows()
         if what == "forwards":
+            if self.egress is not None:
+                return [{"proto": {6: "tcp", 17: "udp"}[f.proto], "port": str(f.port),
+                         "listen": f.listen,
+                         "to": f"{socket.inet_ntoa(f.guest_ip)}:{f.guest_port}"}
+                        for f in self.egress.forwards()]
             return [] if self.conntrack is None else [
                 {"proto": {6: "tcp", 17: "udp"}[f.proto],
                  "port": f"{f.ext_ports[0]}" + (f"-{f.ext_ports[-1]}" if len(f.ext_ports) > 1
@@ -264,6 +277,13 @@ class Daemon:
                 for f in self.conntrack.forwards()]
         if what == "router":
             router = self.router.router if self.router is not None else None
+            if router is not None and self.egress is not None:
+                return dict(router.counters) | dict(self.egress.counters) | {
+                    "uplink": "host", "ping": self.egress.ping_mode,
+                    "host_address": "none" if self.egress.host_address is None
+                    else socket.inet_ntoa(self.egress.host_address),
+                    "flows": len(self.egress), "max_flows": self.egress.max_flows,
+                    "arp_guests": len(router.guests.cache), "held_dropped": router.guests.dropped}
             return {} if router is None else dict(router.counters) | {
                 "uplink_address": "none" if router.uplink is None
                 else f"{socket.inet_ntoa(router.uplink.ip)}/{router.uplink.prefix}",
@@ -327,18 +347,22 @@ class Daemon:
 
     def _forward(self, request: dict[str, Any]) -> Any:
         """`vswitch forward add|del`: DNAT forwards at run time; open flows are kept."""
-        from vswitch.config import ConfigError, parse_ports
+        from vswitch.config import ConfigError, parse_listen, parse_ports
 
-        if self.conntrack is None:
-            raise ControlError("forwards need [network] mode = \"nat\" with an [uplink]")
+        if self.conntrack is None and self.egress is None:
+            raise ControlError("forwards need [network] mode = \"nat\"")
         proto = PROTOS.get(str(request.get("proto")))
         if proto is None:
             raise ControlError("proto must be tcp or udp")
         try:
             first, last = parse_ports(request.get("port"), "port")
+            listen = parse_listen(str(request.get("listen") or "0.0.0.0"), "listen")
         except ConfigError as exc:
             raise ControlError(str(exc)) from None
         ports = range(first, last + 1)
+        if self.egress is not None:
+            return self._host_forward(request, proto, ports, listen)
+        assert self.conntrack is not None
         try:
             if request.get("action") == "add":
                 host, _, port = str(request.get("to", "")).rpartition(":")
@@ -352,6 +376,27 @@ class Daemon:
                 self.conntrack.remove_forward(proto, ports)
                 log.info("forward %s %s removed", request["proto"], request["port"])
                 return {"removed": f"{request['proto']} {request['port']}"}
+        except (KeyError, ValueError, OSError) as exc:
+            raise ControlError(f"forward {request.get('action')}: {exc}") from None
+        raise ControlError("action must be add or del")
+
+    def _host_forward(self, request: dict[str, Any], proto: int, ports: range,
+                      listen: str) -> Any:
+        """`vswitch forward add|del` with the host uplink: listening sockets come and go;
+        connections already carried go on."""
+        assert self.egress is not None
+        what = f"{request['proto']} {listen} {request['port']}"
+        try:
+            if request.get("action") == "add":
+                host, _, port = str(request.get("to", "")).rpartition(":")
+                opened = self.egress.add_forward(proto, ports, listen, socket.inet_aton(host),
+                                                 int(port))
+                log.info("forward %s added to %s", what, request.get("to"))
+                return {"added": f"{what} -> {request.get('to')}", "ports": len(opened)}
+            if request.get("action") == "del":
+                self.egress.remove_forward(proto, ports, listen)
+                log.info("forward %s removed", what)
+                return {"removed": what}
         except (KeyError, ValueError, OSError) as exc:
             raise ControlError(f"forward {request.get('action')}: {exc}") from None
         raise ControlError("action must be add or del")
@@ -383,6 +428,7 @@ class Daemon:
                 opened.append(port)
                 log.info("port %s (%s) opened: %s", port.name, port.kind, port.detail())
             self._start_services()
+            self._start_host_egress()
             if self.uplink is not None:
                 try:
                     self.uplink.start(self.loop)
@@ -403,11 +449,46 @@ class Daemon:
             log.info("shutting down")
         finally:
             self.control.close()
+            if self.egress is not None:
+                self.egress.close()
             for service in (self.dns, self.dhcp):
                 if service is not None:
                     service.close()
             for port in reversed(opened):
                 port.close()
+
+    def _start_host_egress(self) -> None:
+        """The host uplink (nat.egress): built once the loop runs; forwards start listening."""
+        config, net, up = self.config, self.config.network, self.config.uplink
+        if up is None or up.type != "host" or self.router is None or self.loop is None:
+            return
+        router = self.router.router
+        assert router is not None and net is not None
+        loop, port = self.loop, self.router
+
+        def emit(packets: list[bytes]) -> None:
+            port.dispatch(router.to_guests(packets, loop.time()))
+
+        host = socket.inet_aton(up.host_address) if up.host_address else None
+        n = config.nat
+        self.egress = HostEgress(
+            loop, emit, self.router.gateway.ip, host, mtu=port.mtu, max_flows=n.max_entries,
+            endpoint_independent=n.filtering == "endpoint-independent", udp_timeout=n.udp,
+            icmp_timeout=n.icmp, tcp_established=n.tcp_established,
+            tcp_transitory=n.tcp_transitory)
+        router.egress = self.egress
+        if host is not None and host != self.router.gateway.ip:
+            self.router.gateway.aliases = frozenset({host})
+        for f in config.forwards:
+            try:
+                self.egress.add_forward(PROTOS[f.proto], range(f.ports[0], f.ports[1] + 1),
+                                        f.listen, socket.inet_aton(f.to_ip), f.to_port)
+            except OSError as exc:
+                raise SystemExit(f"vswitch: forward {f.proto} {f.listen} port {f.ports[0]}: "
+                                 f"{exc.strerror or exc}") from exc
+        log.info("host uplink: guests reach the outside through this host's sockets; host "
+                 "address %s (its loopback), ping %s, %d forwards", up.host_address or "none",
+                 self.egress.ping_mode, len(config.forwards))
 
     def _start_services(self) -> None:
         """DHCP and DNS on the gateway address (in every mode, isolated included)."""

@@ -63,11 +63,25 @@ class RouterPort(Port):
             self.dispatch(Out(router.guest_arp(packet[10:], now), []))
             return False
         if (ethertype != b"\x08\x00" or packet[10:16] != self.gateway.mac
-                or len(packet) < 44 or packet[40:44] == self.gateway.ip
-                or packet[40:44] == self.gateway.broadcast):
+                or len(packet) < 44 or packet[40:44] == self.gateway.broadcast):
+            return False
+        dst = packet[40:44]
+        if (dst == self.gateway.ip or dst in self.gateway.aliases) and not self._to_host(packet):
             return False
         self.dispatch(router.from_guest(packet, now))
         return True
+
+    def _to_host(self, packet: bytes) -> bool:
+        """TCP or UDP to the host address that no gateway service takes (nat.egress Rule 4)."""
+        egress = self.router.egress if self.router is not None else None
+        if egress is None or packet[40:44] != egress.host_address:
+            return False
+        proto, l4 = packet[33], 24 + (packet[24] & 0x0F) * 4
+        if proto not in (6, 17) or len(packet) < l4 + 4 or packet[30:32] not in (b"\x00\x00",
+                                                                                 b"\x40\x00"):
+            return False  # not TCP/UDP, or a fragment: the gateway stack's business
+        services = self.gateway.tcp if proto == 6 else self.gateway.udp
+        return int.from_bytes(packet[l4 + 2:l4 + 4], "big") not in services
 
     def dispatch(self, out: Out) -> None:
         """Router output: packets into the switch from this port, and out of the uplink."""

@@ -1,0 +1,803 @@
+"""The host uplink (``[uplink] type = "host"``, the default): guests reach the outside through
+the host's own sockets, with no privileges, no iptables rule and no ``ip_forward``.
+
+This is the I/O adapter; the TCP logic is the sans-I/O ``nat.tcp_splice``.  Packets from guests
+come from the router (``Router.from_guest``); what goes back to guests is handed to ``emit``,
+which addresses it by the router's ARP cache.
+
+Rule 1: UDP.  Each guest endpoint (address, port) is one host UDP socket, so the mapping is
+        endpoint-independent (RFC 4787 REQ-1) because the socket's port is; the guest's port is
+        kept when the host has it free and it is >= 1024 (REQ-3 allows either).  Filtering is
+        address-dependent by default (REQ-8, ``[nat] filtering``): a datagram from a host the
+        guest never sent to is dropped.  A mapping lives ``[nat] udp`` seconds after its last
+        datagram (REQ-5).  Datagrams larger than the guest link's MTU are fragmented (RFC 791);
+        fragments from guests are dropped and counted (a socket sends whole datagrams only).
+Rule 2: ICMP echo.  An unprivileged ping socket (SOCK_DGRAM, IPPROTO_ICMP) per guest (address,
+        identifier) where ``net.ipv4.ping_group_range`` allows; else one raw ICMP socket shared by
+        all, with an identifier of ours per guest echo flow (needs CAP_NET_RAW); else echo
+        requests get ICMP 3/13 and one warning is logged at start.
+Rule 3: TCP.  A guest SYN starts a non-blocking connect; ``nat.tcp_splice.Splice`` carries the
+        connection: SYN-ACK only once connected, RST when refused, ICMP unreachable otherwise;
+        flow control both ways (the adapter reads the host socket only while ``room()`` > 0 and
+        writes what the socket takes).
+Rule 4: the host address (default: the gateway's, as libslirp and passt do) stands for the
+        host's loopback: TCP and UDP to it go to 127.0.0.1; what comes from loopback or from an
+        IPv6 peer appears to guests to come from it.  Destinations the router must never forward
+        (0/8, 127/8, multicast, class E: RFC 1812 5.3.7) are dropped and counted.
+Rule 5: forwards.  Each ``[[forward]]`` port is a listening host socket (IPv4 or IPv6 address).
+        An accepted TCP connection becomes a splice opened toward the guest; a UDP datagram is
+        sent to the guest from its real source, and the guest's answers leave by the listening
+        socket (a session, timed out like a UDP mapping).
+Rule 6: limits.  At most ``max_flows`` host sockets (the conntrack size, and the process's file
+        limit); beyond it new flows are dropped, counted and answered with ICMP 3/13 (RFC 5508
+        REQ-8), existing flows go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import resource
+import socket
+import struct
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from nat.packets import (
+    ETH_P_IP,
+    PROTO_ICMP,
+    PROTO_TCP,
+    PROTO_UDP,
+    Ipv4,
+    decode_ipv4,
+    encode_icmp,
+    encode_ipv4,
+    encode_udp,
+)
+from nat.tcp_server import reset_for
+from nat.tcp_splice import Splice
+from nat.translate import admin_prohibited, icmp_error
+from vswitch.errors import MalformedPacket
+from vswitch.gso import internet_checksum
+from vswitch.vnet import NO_OFFLOAD, VNET_HDR_LEN
+
+log = logging.getLogger("vswitch.egress")
+
+IP: Final = VNET_HDR_LEN + 14
+ZERO_MACS: Final = bytes(12)  # the router fills in the guest's MAC (Router.to_guests)
+BATCH: Final = 64
+READ_CHUNK: Final = 256 * 1024
+LOOPBACK: Final = "127.0.0.1"
+PEERS_PER_MAPPING: Final = 256
+UNREACHABLE_CODE: Final = {errno.ENETUNREACH: 0, errno.EHOSTUNREACH: 1, errno.ETIMEDOUT: 1,
+                           errno.EACCES: 13, errno.EPERM: 13}
+U16: Final = struct.Struct("!H")
+
+Emit = Callable[[list[bytes]], None]
+
+
+def ip_packet(src: bytes, dst: bytes, proto: int, payload: bytes, ident: int = 0) -> bytes:
+    """A packet to a guest: no offloads, MACs left for the router, DF set."""
+    return (NO_OFFLOAD + ZERO_MACS + U16.pack(ETH_P_IP)
+            + encode_ipv4(src, dst, proto, payload, ident=ident))
+
+
+def fragments(src: bytes, dst: bytes, proto: int, payload: bytes, ident: int,
+              mtu: int) -> list[bytes]:
+    """``payload`` as IPv4 fragments that fit ``mtu`` (RFC 791 3.2: offsets in 8-byte units,
+    MF on all but the last)."""
+    if 20 + len(payload) <= mtu:
+        return [ip_packet(src, dst, proto, payload, ident)]
+    step = (mtu - 20) // 8 * 8
+    out = []
+    for offset in range(0, len(payload), step):
+        piece = payload[offset:offset + step]
+        more = 0x2000 if offset + step < len(payload) else 0
+        header = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(piece), ident,
+                                       more | offset // 8, 64, proto, 0, src, dst))
+        U16.pack_into(header, 10, internet_checksum(header))
+        out.append(NO_OFFLOAD + ZERO_MACS + U16.pack(ETH_P_IP) + bytes(header) + piece)
+    return out
+
+
+def route_source(peer: str) -> str:
+    """The host's source address toward ``peer`` (a UDP connect sends nothing)."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect((peer, 9))
+        return str(probe.getsockname()[0])
+    finally:
+        probe.close()
+
+
+def forwardable(address: bytes) -> bool:
+    """RFC 1812 5.3.7: never forward to 0/8, 127/8, multicast or class E."""
+    return address[0] not in (0, 127) and address[0] < 224
+
+
+@dataclass(eq=False, slots=True)
+class UdpFlow:
+    sock: socket.socket
+    guest_ip: bytes
+    guest_port: int
+    expires: float
+    peers: set[bytes] = field(default_factory=set)
+    last_peer: tuple[bytes, int] = (bytes(4), 0)
+    packets: list[int] = field(default_factory=lambda: [0, 0])
+    bytes: list[int] = field(default_factory=lambda: [0, 0])
+
+
+@dataclass(eq=False, slots=True)
+class EchoFlow:
+    guest_ip: bytes
+    guest_ident: int
+    host_ident: int
+    sock: socket.socket | None  # the ping socket; None with the shared raw socket
+    expires: float
+    last_peer: bytes = bytes(4)
+    packets: list[int] = field(default_factory=lambda: [0, 0])
+    bytes: list[int] = field(default_factory=lambda: [0, 0])
+
+
+@dataclass(eq=False, slots=True)
+class TcpFlow:
+    key: tuple[bytes, int, bytes, int]
+    splice: Splice
+    sock: socket.socket
+    connecting: bool
+    inbound: bool = False
+    reading: bool = False
+    writing: bool = False
+    host_eof: bool = False
+    timer: asyncio.TimerHandle | None = None
+    deadline: float | None = None
+
+
+@dataclass(eq=False, slots=True)
+class Listener:
+    proto: int
+    listen: str
+    port: int
+    guest_ip: bytes
+    guest_port: int
+    sock: socket.socket
+
+
+@dataclass(eq=False, slots=True)
+class UdpSession:
+    """A remote peer talking to a guest through a UDP forward (Rule 5)."""
+
+    listener: Listener
+    remote: tuple[Any, ...]
+    expires: float
+    packets: list[int] = field(default_factory=lambda: [0, 0])
+    bytes: list[int] = field(default_factory=lambda: [0, 0])
+
+
+class HostEgress:
+    def __init__(self, loop: asyncio.AbstractEventLoop, emit: Emit, gateway_ip: bytes,
+                 host_address: bytes | None, mtu: int = 1500, max_flows: int = 262144,
+                 endpoint_independent: bool = False, udp_timeout: float = 300.0,
+                 icmp_timeout: float = 60.0, tcp_established: float = 7440.0,
+                 tcp_transitory: float = 240.0) -> None:
+        self.loop = loop
+        self.emit = emit
+        self.gateway_ip = gateway_ip
+        self.host_address = host_address
+        self.mtu = mtu
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:  # one socket per flow: take what the hard limit allows
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        self.max_flows = max(16, min(max_flows, soft - 256))
+        self.endpoint_independent = endpoint_independent
+        self.udp_timeout = udp_timeout
+        self.icmp_timeout = icmp_timeout
+        self.tcp_timeouts = {"established_timeout": tcp_established,
+                             "transitory_timeout": tcp_transitory}
+        self.udp: dict[tuple[bytes, int], UdpFlow] = {}
+        self.sessions: dict[tuple[bytes, int, bytes, int], UdpSession] = {}
+        self.echo: dict[tuple[bytes, int], EchoFlow] = {}
+        self.echo_by_ident: dict[int, EchoFlow] = {}
+        self.tcp: dict[tuple[bytes, int, bytes, int], TcpFlow] = {}
+        self.listeners: dict[tuple[int, str, int], Listener] = {}
+        self.counters: Counter[str] = Counter()
+        self._ident = 0
+        self._next_echo_ident = 1
+        self.ping_mode, self._raw = self._open_ping()
+        if self.ping_mode == "off":
+            log.warning("ping to the outside is off: this user may not open ping sockets and "
+                        "has no CAP_NET_RAW.  Allow it with sysctl net.ipv4.ping_group_range="
+                        "\"0 2147483647\" (or include this user's group)")
+
+    # -- the guest side ------------------------------------------------------------------------
+
+    def from_guest(self, packet: bytes, now: float) -> None:
+        """A guest's packet routed out (Router Rule 1); answers come through ``emit``."""
+        try:
+            ip = decode_ipv4(packet, IP)
+        except MalformedPacket:
+            self.counters["malformed"] += 1
+            return
+        if ip.fragment & 0x3FFF:
+            self.counters["drop-fragment"] += 1  # Rule 1
+            return
+        dst = ip.dst
+        if not forwardable(dst):
+            self.counters["drop-martian"] += 1  # Rule 4
+            return
+        try:
+            if ip.proto == PROTO_TCP:
+                self._tcp_from_guest(packet, ip, now)
+            elif ip.proto == PROTO_UDP:
+                self._udp_from_guest(packet, ip, now)
+            elif ip.proto == PROTO_ICMP:
+                self._echo_from_guest(packet, ip, now)
+            else:
+                self.counters["drop-protocol"] += 1
+                self._icmp(icmp_error(packet, 3, 2, dst))  # protocol unreachable
+        except MalformedPacket:
+            self.counters["malformed"] += 1
+
+    def _real(self, dst: bytes) -> str:
+        """Where a guest's destination is on the host (Rule 4)."""
+        return LOOPBACK if dst == self.host_address else socket.inet_ntoa(dst)
+
+    def _seen(self, host: str) -> bytes:
+        """How a host peer's address appears to guests (Rule 4)."""
+        if host.startswith("::ffff:") and "." in host:
+            host = host[7:]
+        if ":" in host or host.startswith("127."):
+            return self.host_address or self.gateway_ip
+        return socket.inet_aton(host)
+
+    def _full(self, packet: bytes) -> bool:
+        """Rule 6: no room for another host socket."""
+        if len(self.udp) + len(self.echo) + len(self.tcp) < self.max_flows:
+            return False
+        self.counters["drop-table-full"] += 1
+        self._icmp(admin_prohibited(packet, self.gateway_ip))
+        return True
+
+    def _icmp(self, error: bytes | None) -> None:
+        if error is not None:
+            self.emit([NO_OFFLOAD + ZERO_MACS + error[VNET_HDR_LEN + 12:]])
+
+    # -- UDP (Rules 1 and 5) -------------------------------------------------------------------
+
+    def _udp_from_guest(self, packet: bytes, ip: Ipv4, now: float) -> None:
+        if ip.end - ip.start < 8:
+            raise MalformedPacket("UDP header truncated")
+        sport, dport, length, _ = struct.unpack_from("!HHHH", packet, ip.start)
+        if length < 8 or ip.start + length > ip.end:
+            raise MalformedPacket("UDP length < 8 or beyond the IP payload")
+        payload = packet[ip.start + 8:ip.start + length]
+        session = self.sessions.get((ip.src, sport, ip.dst, dport))
+        if session is not None:  # an answer to a forward's peer (Rule 5)
+            self._send_udp(session.listener.sock, payload, session.remote, packet)
+            session.expires = now + self.udp_timeout
+            session.packets[1] += 1
+            session.bytes[1] += len(payload)
+            return
+        flow = self.udp.get((ip.src, sport))
+        if flow is None:
+            if self._full(packet):
+                return
+            flow = self._new_udp(ip.src, sport, now)
+        flow.expires = now + self.udp_timeout
+        if len(flow.peers) < PEERS_PER_MAPPING:
+            flow.peers.add(ip.dst)
+        flow.last_peer = (ip.dst, dport)
+        flow.packets[0] += 1
+        flow.bytes[0] += len(payload)
+        self._send_udp(flow.sock, payload, (self._real(ip.dst), dport), packet)
+
+    def _send_udp(self, sock: socket.socket, payload: bytes, to: tuple[Any, ...],
+                  packet: bytes) -> None:
+        try:
+            sock.sendto(payload, to)
+        except BlockingIOError:
+            self.counters["drop-udp-host-busy"] += 1
+        except OSError as exc:
+            self.counters[f"udp-send-{errno.errorcode.get(exc.errno or 0, 'error')}"] += 1
+            code = UNREACHABLE_CODE.get(exc.errno or 0)
+            if code is not None:
+                self._icmp(icmp_error(packet, 3, code, self.gateway_ip))
+
+    def _new_udp(self, guest_ip: bytes, guest_port: int, now: float) -> UdpFlow:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        try:
+            if guest_port < 1024:
+                raise OSError
+            sock.bind(("0.0.0.0", guest_port))  # Rule 1: keep the guest's port if free
+        except OSError:
+            sock.bind(("0.0.0.0", 0))
+        flow = UdpFlow(sock, guest_ip, guest_port, now + self.udp_timeout)
+        self.udp[(guest_ip, guest_port)] = flow
+        self.loop.add_reader(sock.fileno(), self._udp_readable, flow)
+        self.counters["udp-mappings"] += 1
+        return flow
+
+    def _udp_readable(self, flow: UdpFlow) -> None:
+        out: list[bytes] = []
+        for _ in range(BATCH):
+            try:
+                data, (host, port) = flow.sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue  # an ICMP error reported on the socket: nothing to deliver
+            src = self._seen(host)
+            if not self.endpoint_independent and src not in flow.peers:
+                self.counters["drop-udp-filtered"] += 1
+                continue
+            flow.packets[1] += 1
+            flow.bytes[1] += len(data)
+            out.extend(self._udp_to_guest(src, port, flow.guest_ip, flow.guest_port, data))
+        if out:
+            flow.expires = self.loop.time() + self.udp_timeout
+            self.emit(out)
+
+    def _udp_to_guest(self, src: bytes, sport: int, dst: bytes, dport: int,
+                      data: bytes) -> list[bytes]:
+        self._ident = (self._ident + 1) & 0xFFFF
+        return fragments(src, dst, PROTO_UDP, encode_udp(src, dst, sport, dport, data),
+                         self._ident, self.mtu)
+
+    # -- ICMP echo (Rule 2) --------------------------------------------------------------------
+
+    def _open_ping(self) -> tuple[str, socket.socket | None]:
+        try:
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP).close()
+            return "ping-socket", None
+        except OSError:
+            pass
+        try:
+            raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        except OSError:
+            return "off", None
+        raw.setblocking(False)
+        self.loop.add_reader(raw.fileno(), self._raw_readable)
+        return "raw", raw
+
+    def _echo_from_guest(self, packet: bytes, ip: Ipv4, now: float) -> None:
+        if ip.end - ip.start < 8:
+            raise MalformedPacket("ICMP header truncated")
+        if packet[ip.start] != 8:
+            self.counters["drop-icmp-not-echo"] += 1  # errors about host flows are the host's
+            return
+        ident, seq = struct.unpack_from("!HH", packet, ip.start + 4)
+        data = packet[ip.start + 8:ip.end]
+        if self.ping_mode == "off":
+            self.counters["drop-ping-unavailable"] += 1
+            self._icmp(admin_prohibited(packet, self.gateway_ip))
+            return
+        flow = self.echo.get((ip.src, ident))
+        if flow is None:
+            if self._full(packet):
+                return
+            flow = self._new_echo(ip.src, ident, now)
+        flow.expires = now + self.icmp_timeout
+        flow.last_peer = ip.dst
+        flow.packets[0] += 1
+        flow.bytes[0] += len(data)
+        request = encode_icmp(8, 0, struct.pack("!HH", flow.host_ident, seq) + data)
+        try:
+            (flow.sock or self._raw).sendto(request, (self._real(ip.dst), 0))  # type: ignore[union-attr]
+        except OSError as exc:
+            self.counters[f"ping-send-{errno.errorcode.get(exc.errno or 0, 'error')}"] += 1
+
+    def _new_echo(self, guest_ip: bytes, ident: int, now: float) -> EchoFlow:
+        sock = None
+        host_ident = 0
+        if self.ping_mode == "ping-socket":
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+            sock.setblocking(False)
+            host_ident = sock.getsockname()[1]  # the kernel's identifier for this socket
+        else:
+            while self._next_echo_ident in self.echo_by_ident:
+                self._next_echo_ident = self._next_echo_ident % 0xFFFF + 1
+            host_ident = self._next_echo_ident
+            self._next_echo_ident = self._next_echo_ident % 0xFFFF + 1
+        flow = EchoFlow(guest_ip, ident, host_ident, sock, now + self.icmp_timeout)
+        self.echo[(guest_ip, ident)] = flow
+        self.echo_by_ident[host_ident] = flow
+        if sock is not None:
+            self.loop.add_reader(sock.fileno(), self._ping_readable, flow)
+        return flow
+
+    def _ping_readable(self, flow: EchoFlow) -> None:
+        assert flow.sock is not None
+        out: list[bytes] = []
+        for _ in range(BATCH):
+            try:
+                message, (host, _) = flow.sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            out.extend(self._echo_reply(flow, self._seen(host), message))
+        if out:
+            self.emit(out)
+
+    def _raw_readable(self) -> None:
+        assert self._raw is not None
+        out: list[bytes] = []
+        for _ in range(BATCH):
+            try:
+                datagram, (host, _) = self._raw.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            ihl = (datagram[0] & 0x0F) * 4 if datagram else 0
+            message = datagram[ihl:]
+            if len(message) < 8 or message[0] != 0:
+                continue
+            flow = self.echo_by_ident.get(U16.unpack_from(message, 4)[0])
+            if flow is not None:
+                out.extend(self._echo_reply(flow, self._seen(host), message))
+        if out:
+            self.emit(out)
+
+    def _echo_reply(self, flow: EchoFlow, src: bytes, message: bytes) -> list[bytes]:
+        if len(message) < 8 or message[0] != 0:
+            return []
+        flow.packets[1] += 1
+        flow.bytes[1] += len(message) - 8
+        reply = encode_icmp(0, 0, U16.pack(flow.guest_ident) + message[6:])
+        self._ident = (self._ident + 1) & 0xFFFF
+        return fragments(src, flow.guest_ip, PROTO_ICMP, reply, self._ident, self.mtu)
+
+    # -- TCP (Rule 3) --------------------------------------------------------------------------
+
+    def _tcp_from_guest(self, packet: bytes, ip: Ipv4, now: float) -> None:
+        if ip.end - ip.start < 20:
+            raise MalformedPacket("TCP header truncated")
+        sport, dport = struct.unpack_from("!HH", packet, ip.start)
+        key = (ip.src, sport, ip.dst, dport)
+        flow = self.tcp.get(key)
+        if flow is not None:
+            flow.splice.from_guest(packet, now)
+            self._sync(flow)
+            return
+        flags = packet[ip.start + 13]
+        if flags & 0x12 != 0x02:  # not a SYN: nobody here (RFC 9293 3.10.7.1)
+            reset = reset_for(ip.dst, packet, ip)
+            if reset is not None:
+                self.counters["tcp-resets"] += 1
+                self.emit([ip_packet(ip.dst, ip.src, PROTO_TCP, reset)])
+            return
+        if self._full(packet):
+            return
+        splice = Splice.outbound(packet, now, mss=self.mtu - 40, **self.tcp_timeouts)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        flow = TcpFlow(key, splice, sock, connecting=True)
+        self.tcp[key] = flow
+        self.counters["tcp-connects"] += 1
+        err = sock.connect_ex((self._real(ip.dst), dport))
+        if err in (0, errno.EINPROGRESS):
+            self.loop.add_writer(sock.fileno(), self._tcp_connected, flow)
+            flow.writing = True
+        else:
+            self._connect_result(flow, err)
+        self._sync(flow)
+
+    def _tcp_connected(self, flow: TcpFlow) -> None:
+        self.loop.remove_writer(flow.sock.fileno())
+        flow.writing = False
+        self._connect_result(flow, flow.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+        self._sync(flow)
+
+    def _connect_result(self, flow: TcpFlow, err: int) -> None:
+        now = self.loop.time()
+        flow.connecting = False
+        if err == 0:
+            flow.splice.host_connected(now)
+        elif err == errno.ECONNREFUSED:
+            self.counters["tcp-refused"] += 1
+            flow.splice.host_refused(now)
+        else:
+            self.counters[f"tcp-connect-{errno.errorcode.get(err, 'error')}"] += 1
+            flow.splice.host_unreachable(UNREACHABLE_CODE.get(err, 1), now)
+
+    def _tcp_readable(self, flow: TcpFlow) -> None:
+        splice = flow.splice
+        now = self.loop.time()
+        for _ in range(4):
+            room = splice.room()
+            if room <= 0 or splice.closed:
+                break
+            try:
+                data = flow.sock.recv(min(room, READ_CHUNK))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                splice.host_reset(now)
+                break
+            if not data:
+                flow.host_eof = True
+                splice.host_eof(now)
+                break
+            splice.host_data(data, now)
+            if len(data) < min(room, READ_CHUNK):
+                break
+        self._sync(flow)
+
+    def _tcp_writable(self, flow: TcpFlow) -> None:
+        self.loop.remove_writer(flow.sock.fileno())
+        flow.writing = False
+        self._sync(flow)
+
+    def _tcp_timer(self, flow: TcpFlow) -> None:
+        flow.timer = None
+        flow.deadline = None
+        flow.splice.expire(self.loop.time())
+        self._sync(flow)
+
+    def _sync(self, flow: TcpFlow) -> None:
+        """Do what the splice wants done on the host socket, and send what it has for the guest."""
+        splice, sock = flow.splice, flow.sock
+        now = self.loop.time()
+        if splice.to_host and not flow.connecting and not flow.writing and not splice.closed:
+            try:
+                sent = sock.send(splice.to_host)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = -1
+                splice.host_reset(now)
+            if sent >= 0:
+                if sent:
+                    splice.host_sent(sent, now)
+                if splice.to_host:  # the socket is full: wait until it takes more
+                    self.loop.add_writer(sock.fileno(), self._tcp_writable, flow)
+                    flow.writing = True
+        if splice.shutdown_host:
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            splice.host_shutdown_done()
+        packets = splice.drain()
+        if packets:
+            self.emit(packets)
+        if splice.closed:
+            if splice.icmp_unreachable is not None and splice.syn_packet is not None:
+                self._icmp(icmp_error(splice.syn_packet, 3, splice.icmp_unreachable,
+                                      flow.key[2]))
+            self._close_tcp(flow, abort=splice.abort_host)
+            return
+        want_read = not flow.connecting and not flow.host_eof and splice.room() > 0
+        if want_read != flow.reading:
+            if want_read:
+                self.loop.add_reader(sock.fileno(), self._tcp_readable, flow)
+            else:
+                self.loop.remove_reader(sock.fileno())
+            flow.reading = want_read
+        deadline = splice.next_deadline()
+        if deadline != flow.deadline:
+            if flow.timer is not None:
+                flow.timer.cancel()
+            flow.timer = None if deadline is None else self.loop.call_at(
+                deadline, self._tcp_timer, flow)
+            flow.deadline = deadline
+
+    def _close_tcp(self, flow: TcpFlow, abort: bool) -> None:
+        if self.tcp.get(flow.key) is flow:
+            del self.tcp[flow.key]
+        if flow.timer is not None:
+            flow.timer.cancel()
+        fd = flow.sock.fileno()
+        if fd >= 0:
+            if flow.reading:
+                self.loop.remove_reader(fd)
+            if flow.writing:
+                self.loop.remove_writer(fd)
+            if abort:  # SO_LINGER 0: close() sends RST (RFC 9293 3.10.4 ABORT)
+                flow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                     struct.pack("ii", 1, 0))
+        flow.sock.close()
+
+    # -- forwards (Rule 5) ---------------------------------------------------------------------
+
+    def add_forward(self, proto: int, ports: range, listen: str, guest_ip: bytes,
+                    guest_port: int) -> list[Listener]:
+        """Listen on every port of ``ports``; all or nothing (OSError names the failure)."""
+        opened: list[Listener] = []
+        try:
+            for offset, port in enumerate(ports):
+                if (proto, listen, port) in self.listeners:
+                    raise OSError(errno.EADDRINUSE, f"{listen} port {port} is already forwarded")
+                family = socket.AF_INET6 if ":" in listen else socket.AF_INET
+                kind = socket.SOCK_STREAM if proto == PROTO_TCP else socket.SOCK_DGRAM
+                sock = socket.socket(family, kind)
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    sock.bind((listen, port))
+                    if kind == socket.SOCK_STREAM:
+                        sock.listen(128)
+                except OSError as exc:
+                    sock.close()
+                    raise OSError(exc.errno, f"cannot listen on {listen} port {port}: "
+                                  f"{exc.strerror}") from None
+                sock.setblocking(False)
+                opened.append(Listener(proto, listen, port, guest_ip, guest_port + offset, sock))
+        except OSError:
+            for listener in opened:
+                listener.sock.close()
+            raise
+        for listener in opened:
+            self.listeners[(proto, listen, listener.port)] = listener
+            handler = self._accept if proto == PROTO_TCP else self._forward_datagrams
+            self.loop.add_reader(listener.sock.fileno(), handler, listener)
+        return opened
+
+    def remove_forward(self, proto: int, ports: range, listen: str) -> None:
+        """Stop listening; connections and sessions already open go on."""
+        missing = [p for p in ports if (proto, listen, p) not in self.listeners]
+        if missing:
+            raise KeyError(f"no forward on {listen} port {missing[0]}")
+        for port in ports:
+            listener = self.listeners.pop((proto, listen, port))
+            self.loop.remove_reader(listener.sock.fileno())
+            if proto == PROTO_TCP:
+                listener.sock.close()  # UDP sessions still answer through it; closed at expiry
+
+    def _accept(self, listener: Listener) -> None:
+        now = self.loop.time()
+        for _ in range(BATCH):
+            try:
+                sock, peer = listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.counters["accept-errors"] += 1
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            key = (listener.guest_ip, listener.guest_port, self._seen(peer[0]), peer[1])
+            if key in self.tcp or len(self.udp) + len(self.echo) + len(self.tcp) >= self.max_flows:
+                self.counters["drop-forward-busy"] += 1
+                sock.close()
+                continue
+            splice = Splice.inbound(key[0], key[1], key[2], key[3], now, mss=self.mtu - 40,
+                                    **self.tcp_timeouts)
+            flow = TcpFlow(key, splice, sock, connecting=False, inbound=True)
+            self.tcp[key] = flow
+            self.counters["tcp-forwarded"] += 1
+            self._sync(flow)
+
+    def _forward_datagrams(self, listener: Listener) -> None:
+        now = self.loop.time()
+        out: list[bytes] = []
+        for _ in range(BATCH):
+            try:
+                data, peer = listener.sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            src = self._seen(peer[0])
+            key = (listener.guest_ip, listener.guest_port, src, peer[1])
+            session = self.sessions.get(key)
+            if session is None:
+                if len(self.sessions) >= self.max_flows:
+                    self.counters["drop-forward-busy"] += 1
+                    continue
+                session = self.sessions[key] = UdpSession(listener, peer, 0.0)
+            session.expires = now + self.udp_timeout
+            session.packets[0] += 1
+            session.bytes[0] += len(data)
+            out.extend(self._udp_to_guest(src, peer[1], listener.guest_ip, listener.guest_port,
+                                          data))
+        if out:
+            self.emit(out)
+
+    def forwards(self) -> list[Listener]:
+        return list(self.listeners.values())
+
+    # -- timers, listing, shutdown -------------------------------------------------------------
+
+    def expire(self, now: float) -> None:
+        """UDP mappings, echo flows and forward sessions past their timeouts (TCP times itself)."""
+        for key, flow in list(self.udp.items()):
+            if flow.expires <= now:
+                del self.udp[key]
+                self.loop.remove_reader(flow.sock.fileno())
+                flow.sock.close()
+        for ident, echo in list(self.echo.items()):
+            if echo.expires <= now:
+                del self.echo[ident]
+                self.echo_by_ident.pop(echo.host_ident, None)
+                if echo.sock is not None:
+                    self.loop.remove_reader(echo.sock.fileno())
+                    echo.sock.close()
+        for peer, session in list(self.sessions.items()):
+            if session.expires <= now:
+                del self.sessions[peer]
+                listener = session.listener
+                if (listener.sock.fileno() >= 0 and self.listeners.get(
+                        (listener.proto, listener.listen, listener.port)) is not listener
+                        and not any(s.listener is listener for s in self.sessions.values())):
+                    listener.sock.close()
+
+    def __len__(self) -> int:
+        return len(self.udp) + len(self.echo) + len(self.tcp) + len(self.sessions)
+
+    def rows(self, now: float) -> list[dict[str, Any]]:
+        """``show conntrack``: the guest's tuple, and the host socket's as the translated side."""
+        def ep(address: bytes, port: int) -> str:
+            return f"{socket.inet_ntoa(address)}:{port}"
+
+        def local(sock: socket.socket, peer: str | None = None) -> str:
+            try:
+                host, port = sock.getsockname()[:2]
+                if host in ("0.0.0.0", "::") and peer is not None:
+                    host = route_source(peer)  # what the host sends from, toward that peer
+            except OSError:
+                return "?"
+            return f"{host}:{port}"
+
+        rows: list[dict[str, Any]] = []
+        for (gip, gport, rip, rport), flow in self.tcp.items():
+            sp = flow.splice
+            half = "+guest-fin" if sp.guest_fin else ""
+            half += "+host-fin" if sp.host_fin else ""
+            rows.append({"proto": "tcp", "kind": "host-forward" if flow.inbound else "host",
+                         "state": sp.state + half,
+                         "original": f"{ep(gip, gport)} -> {ep(rip, rport)}",
+                         "reply": f"{ep(rip, rport)} -> {local(flow.sock)}",
+                         "seconds_left": round(sp.expires_at(now) - now),
+                         "packets": [sp.packets_from_guest, sp.packets_to_guest],
+                         "bytes": [sp.bytes_from_guest, sp.bytes_to_guest]})
+        for (gip, gport), u in self.udp.items():
+            rows.append({"proto": "udp", "kind": "host", "state": "mapped",
+                         "original": f"{ep(gip, gport)} -> {ep(*u.last_peer)}",
+                         "reply": f"{ep(*u.last_peer)} -> "
+                                  f"{local(u.sock, self._real(u.last_peer[0]))}",
+                         "seconds_left": round(u.expires - now), "packets": list(u.packets),
+                         "bytes": list(u.bytes)})
+        for (gip, gport, rip, rport), s in self.sessions.items():
+            rows.append({"proto": "udp", "kind": "host-forward", "state": "mapped",
+                         "original": f"{s.remote[0]}:{s.remote[1]} -> {local(s.listener.sock)}",
+                         "reply": f"{ep(gip, gport)} -> {ep(rip, rport)}",
+                         "seconds_left": round(s.expires - now), "packets": list(s.packets),
+                         "bytes": list(s.bytes)})
+        for (gip, ident), e in self.echo.items():
+            rows.append({"proto": "icmp", "kind": "host", "state": self.ping_mode,
+                         "original": f"{socket.inet_ntoa(gip)} id {ident} -> "
+                                     f"{socket.inet_ntoa(e.last_peer)}",
+                         "reply": f"{socket.inet_ntoa(e.last_peer)} -> host id {e.host_ident}",
+                         "seconds_left": round(e.expires - now), "packets": list(e.packets),
+                         "bytes": list(e.bytes)})
+        return rows
+
+    def close(self) -> None:
+        for flow in list(self.tcp.values()):
+            self._close_tcp(flow, abort=True)
+        for mapping in list(self.udp.values()):
+            self.loop.remove_reader(mapping.sock.fileno())
+            mapping.sock.close()
+        self.udp.clear()
+        for echo in self.echo.values():
+            if echo.sock is not None:
+                self.loop.remove_reader(echo.sock.fileno())
+                echo.sock.close()
+        self.echo.clear()
+        for listener in self.listeners.values():
+            self.loop.remove_reader(listener.sock.fileno())
+            listener.sock.close()
+        self.listeners.clear()
+        for session in self.sessions.values():
+            session.listener.sock.close()
+        self.sessions.clear()
+        if self._raw is not None:
+            self.loop.remove_reader(self._raw.fileno())
+            self._raw.close()

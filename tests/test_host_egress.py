@@ -1,0 +1,237 @@
+"""The host uplink (the default): guests reach an "internet" namespace through the sockets of
+the namespace vswitch runs in, its "host" (nat.egress).
+
+  guests (namespaces on internal ports, 10.96.0.0/24) -- vswitch, running in namespace H
+  H: eth0 10.95.0.2/24 -- veth -- internet namespace I: eth0 10.95.0.1/24 (the servers)
+
+H has no route to the guests and no ip_forward: whatever reaches I was sent by vswitch's own
+sockets, so I sees only H's address.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import Daemon, ping, tcp_transfer
+from vswitch.control import request
+from vswitch.lab import wait_for
+
+pytestmark = pytest.mark.privileged
+
+INET, HOST = "10.95.0.1", "10.95.0.2"
+GW, G1, G2 = "10.96.0.1", "10.96.0.11", "10.96.0.12"
+
+UDP_ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("listening", flush=True)
+while True:
+    data, peer = s.recvfrom(65535)
+    s.sendto(data + f" from {peer[0]}".encode(), peer)
+"""
+
+UDP_ASK = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+for _ in range(5):
+    s.sendto(sys.argv[3].encode(), (sys.argv[1], int(sys.argv[2])))
+    try:
+        print(s.recv(65535).decode())
+        break
+    except socket.timeout:
+        pass
+"""
+
+CONNECT = """
+import socket, sys, time
+start = time.monotonic()
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+    print("connected")
+except ConnectionRefusedError:
+    print(f"refused {time.monotonic() - start:.3f}")
+except OSError as exc:
+    print(f"error {exc}")
+"""
+
+HALF_CLOSE = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+s.sendall(b"first half\\n")
+s.shutdown(socket.SHUT_WR)
+data = b""
+while chunk := s.recv(4096):
+    data += chunk
+print(repr(data))
+"""
+
+BANNER = """
+import socket, sys
+srv = socket.create_server((sys.argv[1], int(sys.argv[2])))
+print("listening", flush=True)
+while True:
+    conn, peer = srv.accept()
+    conn.sendall(f"{sys.argv[3]} sees {peer[0]}\\n".encode())
+    conn.close()
+"""
+
+
+def serve(lab, ns: str, script: str, *args: str) -> None:
+    proc = lab.spawn([sys.executable, "-c", script, *args], ns=ns, stdout=subprocess.PIPE,
+                     text=True)
+    assert proc.stdout.readline().strip() == "listening"
+
+
+def internet(lab, host: str) -> str:
+    """The internet namespace behind a veth from ``host``, with its servers."""
+    inet = lab.netns("ei")
+    outer = lab.name("ev")
+    lab.veth(outer, inet, "eth0")
+    subprocess.run(["ip", "link", "set", outer, "netns", host, "name", "eth0"], check=True)
+    lab.links.remove(outer)  # it lives (and dies) with the host namespace now
+    lab.addr(host, "eth0", f"{HOST}/24")
+    lab.addr(inet, "eth0", f"{INET}/24")
+    return inet
+
+
+def guest_body(lab, tmp: Path, guests: dict[str, str], extra: str = "") -> str:
+    ports = "".join(f'[[port]]\nname = "{lab.name(g)}"\ntype = "internal"\nnetns = "{ns}"\n'
+                    for g, ns in guests.items())
+    return f"""
+[switch]
+name = "e{lab.tag}"
+[network]
+subnet = "10.96.0.0/24"
+[dhcp]
+lease_file = "{tmp}/leases"
+[dns]
+forwarders = []
+{extra}
+{ports}"""
+
+
+def address_guests(lab, guests: dict[str, str], addresses: dict[str, str]) -> None:
+    for g, ns in guests.items():
+        lab.addr(ns, lab.name(g), f"{addresses[g]}/24")
+        lab.run(ns, ["ip", "route", "add", "default", "via", GW])
+
+
+@pytest.fixture
+def egress_lab(lab, tmp_path):
+    host = lab.netns("eh")
+    inet = internet(lab, host)
+    guests = {g: lab.netns(g) for g in ("e1", "e2")}
+    extra = f"""
+[[forward]]
+proto = "tcp"
+port = 8022
+to = "{G1}:22"
+[[forward]]
+proto = "udp"
+port = 8053
+to = "{G1}:53"
+"""
+    daemon = Daemon(lab, tmp_path, guest_body(lab, tmp_path, guests, extra), ports_up=3,
+                    ns=host)
+    address_guests(lab, guests, {"e1": G1, "e2": G2})
+    return daemon, host, inet, guests
+
+
+def test_guests_reach_the_internet_through_host_sockets(lab, egress_lab, tmp_path):
+    """HTTP, ping, UDP echo and iperf3 both ways; the internet sees only the host's address."""
+    daemon, host, inet, guests = egress_lab
+    g1, g2 = guests["e1"], guests["e2"]
+    www = tmp_path / "www"
+    www.mkdir()
+    page = hashlib.sha256(b"page").hexdigest() * 1000
+    (www / "index.html").write_text(page)
+    lab.spawn([sys.executable, "-m", "http.server", "-b", INET, "-d", str(www), "8000"],
+              ns=inet, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    serve(lab, inet, UDP_ECHO, INET, "7")
+    lab.spawn(["iperf3", "-s", "-B", INET], ns=inet, stdout=subprocess.DEVNULL)
+    capture = tmp_path / "inet.pcap"
+    dump = lab.spawn(["tcpdump", "-i", "eth0", "-n", "-U", "-w", str(capture), "ip"], ns=inet,
+                     stderr=subprocess.PIPE)
+    wait_for(lambda: capture.exists(), 5, "tcpdump to start")
+    time.sleep(0.5)
+
+    wait_for(lambda: lab.run(g1, ["curl", "-sf", "-m", "3", f"http://{INET}:8000/"],
+                             check=False).returncode == 0, 15, "the web server")
+    fetched = lab.run(g1, ["curl", "-sf", "-m", "10", f"http://{INET}:8000/index.html"])
+    assert fetched.stdout == page, "the page arrived whole"
+    assert ping(lab, g2, INET, count=3) == 3
+    echoed = lab.run(g2, [sys.executable, "-c", UDP_ASK, INET, "7", "hello"]).stdout.strip()
+    assert echoed == f"hello from {HOST}", "the echo server saw the host's address"
+    for direction in ([], ["-R"]):
+        done = lab.run(g1, ["iperf3", "-c", INET, "-t", "2", "-J", *direction], timeout=60)
+        result = json.loads(done.stdout)
+        assert result["end"]["sum_received"]["bytes"] > 10_000_000, direction
+
+    rows = daemon.show("conntrack")
+    assert any(r["proto"] == "udp" and r["original"].startswith(f"{G2}:")
+               and f"-> {HOST}:" in r["reply"] for r in rows), rows
+    dump.terminate()
+    dump.wait(5)
+    sources = lab.run(inet, ["tcpdump", "-n", "-r", str(capture), "src", "not", INET]).stdout
+    assert sources and HOST in sources
+    assert "10.96.0." not in sources, "no guest address ever reaches the internet"
+
+
+def test_refused_port_half_close_and_a_gigabyte(lab, egress_lab):
+    daemon, host, inet, guests = egress_lab
+    g1 = guests["e1"]
+    refused = lab.run(g1, [sys.executable, "-c", CONNECT, INET, "9"]).stdout.split()
+    assert refused[0] == "refused", refused  # a RST, not a timeout or an ICMP error
+    # socat's child reads until our FIN, then answers and closes: data after a half-close
+    lab.spawn(["socat", f"TCP-LISTEN:7001,bind={INET},reuseaddr",
+               "SYSTEM:'cat; echo after-eof'"], ns=inet)
+    wait_for(lambda: lab.run(inet, ["ss", "-ltn", "sport = :7001"]).stdout.count("LISTEN"),
+             5, "socat to listen")
+    answer = lab.run(g1, [sys.executable, "-c", HALF_CLOSE, INET, "7001"]).stdout.strip()
+    assert answer == repr(b"first half\nafter-eof\n")
+    # 1 GiB each way: from the guest, and to it through a forward (GSO frames toward it)
+    sent, received = tcp_transfer(lab, g1, inet, INET, 1 << 30, port=5601)
+    assert sent == received and sent.startswith(f"{1 << 30} "), (sent, received)
+    request(daemon.socket, "forward", action="add", proto="tcp", port="5602", to=f"{G1}:5602")
+    sent, received = tcp_transfer(lab, inet, g1, G1, 1 << 30, port=5602, dial=HOST)
+    assert sent == received and sent.startswith(f"{1 << 30} "), (sent, received)
+
+
+def test_forwards_reach_guest_services_and_change_at_run_time(lab, egress_lab):
+    daemon, host, inet, guests = egress_lab
+    g1 = guests["e1"]
+    serve(lab, g1, BANNER, G1, "22", "ssh")
+    serve(lab, g1, UDP_ECHO, G1, "53")
+    banner = lab.run(inet, ["socat", "-T", "5", "-", f"TCP:{HOST}:8022"]).stdout.strip()
+    assert banner == f"ssh sees {INET}", "the guest sees the real client address"
+    echoed = lab.run(inet, [sys.executable, "-c", UDP_ASK, HOST, "8053", "q"]).stdout.strip()
+    assert echoed == f"q from {INET}"
+    # at run time: add a forward, use it, remove it
+    serve(lab, g1, BANNER, G1, "80", "web")
+    request(daemon.socket, "forward", action="add", proto="tcp", port="8080", to=f"{G1}:80")
+    assert {"proto": "tcp", "port": "8080", "listen": "0.0.0.0", "to": f"{G1}:80"} in \
+        daemon.show("forwards")
+    assert lab.run(inet, ["socat", "-T", "5", "-", f"TCP:{HOST}:8080"]).stdout.startswith("web")
+    request(daemon.socket, "forward", action="del", proto="tcp", port="8080")
+    gone = lab.run(inet, ["socat", "-T", "5", "-", f"TCP:{HOST}:8080"], check=False)
+    assert gone.returncode != 0 and "refused" in gone.stderr.lower()
+
+
+def test_the_host_address_is_the_hosts_loopback(lab, egress_lab):
+    daemon, host, inet, guests = egress_lab
+    serve(lab, host, BANNER, "127.0.0.1", "9100", "host")
+    seen = lab.run(guests["e2"], ["socat", "-T", "5", "-", f"TCP:{GW}:9100"]).stdout.strip()
+    assert seen == "host sees 127.0.0.1"
+    # the gateway's own services still answer there: DNS on 53 is vswitch's, not the host's
+    assert ping(lab, guests["e2"], GW, count=1) == 1
+    assert lab.run(guests["e2"], ["socat", "-T", "5", "-", f"TCP:{GW}:9"],
+                   check=False).returncode != 0

@@ -1,0 +1,180 @@
+"""The host uplink with no privileges: vswitch runs as ``nobody`` in its "host" namespace, with
+a stream port for a qemu guest (qemu also as ``nobody``) and one for a namespace guest (relayed
+by ``tests.peers.socket_peer``, which is root's business, as qemu is the guest's).
+
+Root only builds the lab: the namespaces, the veth to the internet, and
+``net.ipv4.ping_group_range`` in the host namespace so ``nobody`` may open ping sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.guest.image import boot_kernel, build_initramfs
+from tests.guest.qemu import QemuGuest, markers
+from tests.support import Daemon, ping
+from tests.test_host_egress import HOST, INET, UDP_ASK, UDP_ECHO, internet, serve
+from vswitch.cli import qemu_args
+from vswitch.config import load_config
+from vswitch.lab import wait_for
+
+pytestmark = pytest.mark.privileged
+
+REPO = Path(__file__).resolve().parents[1]
+NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+GUEST = "10.97.0.11"
+
+
+def public_copy(root: Path) -> tuple[list[str], dict[str, str]]:
+    """vswitch and its runtime libraries where ``nobody`` can read them (the checkout may sit
+    in root's home); the interpreter and the environment that run it from there."""
+    import netaddr
+    import pytun
+    import uvloop
+
+    for package in ("vswitch", "nat", "dhcp"):
+        shutil.copytree(REPO / package, root / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for module in (uvloop, netaddr):
+        shutil.copytree(Path(module.__file__).parent, root / module.__name__,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(pytun.__file__, root)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return [os.path.realpath(sys.executable)], {"PYTHONPATH": str(root),
+                                                "PATH": os.environ["PATH"]}
+
+
+def iperf3_files() -> dict[str, bytes]:
+    """iperf3 and the libraries it links, for the guest's initramfs (same kernel ABI)."""
+    out = subprocess.run(["ldd", "/usr/bin/iperf3"], capture_output=True, text=True,
+                         check=True).stdout
+    files = {"/bin/iperf3": Path("/usr/bin/iperf3").read_bytes()}
+    for line in out.splitlines():
+        path = line.split("=>")[-1].split("(")[0].strip()
+        if path.startswith("/"):
+            files[path] = Path(path).read_bytes()
+    return files
+
+
+GUEST_SCRIPT = f"""
+udhcpc -i eth0 -n -q -t 5 -T 3
+if wget -q -O /tmp/page http://{INET}:8000/page.txt && grep -q vswitch-page /tmp/page; then
+  echo "MARK http-ok"; fi
+if ping -c 3 -W 3 {INET}; then echo "MARK ping-ok"; fi
+# busybox's nc here has no -u: a DNS question to a server in the internet is the UDP
+# request and answer
+if nslookup www.example.test {INET} | grep -q 203.0.113.7; then echo "MARK udp-ok"; fi
+for dir in up down; do
+  flag=""; [ $dir = down ] && flag=-R
+  bytes=$(iperf3 -c {INET} -t 2 $flag 2>&1 | sed -n 's/.* \\([0-9.]*\\) [MG]Bytes .*receiver/\\1/p')
+  [ -n "$bytes" ] && echo "MARK iperf-$dir $bytes"
+done
+"""
+
+
+@pytest.fixture
+def rootless_lab(lab):
+    public = Path(tempfile.mkdtemp(prefix="vswitch-rootless-"))
+    try:
+        public.chmod(0o755)
+        state = public / "state"
+        state.mkdir()
+        shutil.chown(state, "nobody", "nogroup")
+        python, env = public_copy(public / "lib")
+        host = lab.netns("rh")
+        inet = internet(lab, host)
+        lab.run(host, ["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"])
+        guest = lab.netns("rg")
+        body = f"""
+[switch]
+name = "n{lab.tag}"
+[network]
+subnet = "10.97.0.0/24"
+[dhcp]
+lease_file = "{state}/leases"
+[dns]
+forwarders = []
+[[forward]]
+proto = "tcp"
+port = 2222
+to = "{GUEST}:22"
+[[port]]
+name = "ns"
+type = "stream"
+path = "{state}/ns.sock"
+[[port]]
+name = "qs"
+type = "stream"
+path = "{state}/qs.sock"
+"""
+        daemon = Daemon(lab, state, body, ns=host, python=NOBODY + python, env=env)
+        yield daemon, host, inet, guest, public
+    finally:
+        shutil.rmtree(public, ignore_errors=True)
+
+
+def test_unprivileged_vswitch_carries_a_namespace_and_a_qemu_guest(lab, rootless_lab):
+    daemon, host, inet, guest, public = rootless_lab
+    status = Path(f"/proc/{daemon.proc.pid}/status").read_text()
+    # the daemon is `ip netns exec` -> setpriv -> python, each exec'ing the next: one PID
+    uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
+    assert int(uid) == 65534, "vswitch runs as nobody"
+    assert "CapEff:\t0000000000000000" in status, "with no capability at all"
+
+    page = public / "www"
+    page.mkdir()
+    (page / "page.txt").write_text("vswitch-page\n")
+    lab.spawn([sys.executable, "-m", "http.server", "-b", INET, "-d", str(page), "8000"],
+              ns=inet, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    serve(lab, inet, UDP_ECHO, INET, "7")
+    lab.spawn(["iperf3", "-s", "-B", INET], ns=inet, stdout=subprocess.DEVNULL)
+    lab.spawn([sys.executable, "-m", "tests.peers.dns_upstream", INET], ns=inet,
+              stdout=subprocess.DEVNULL, cwd=REPO)
+
+    # the namespace guest: a TAP relayed to the stream port
+    tap = lab.name("rtap")
+    lab.spawn([sys.executable, "-m", "tests.peers.socket_peer", "stream",
+               f"{public}/state/ns.sock", tap, guest], stdout=subprocess.DEVNULL, cwd=REPO)
+    wait_for(lambda: lab.run(guest, ["ip", "link", "show", tap], check=False).returncode == 0,
+             10, "the relayed TAP")
+    lab.addr(guest, tap, f"{GUEST}/24")
+    lab.run(guest, ["ip", "route", "add", "default", "via", "10.97.0.1"])
+    fetched = lab.run(guest, ["curl", "-sf", "-m", "10", f"http://{INET}:8000/page.txt"],
+                      check=False)
+    assert fetched.stdout == "vswitch-page\n", daemon.log.read_text()
+    assert ping(lab, guest, INET, count=2) == 2, "ping through nobody's ping sockets"
+    echoed = lab.run(guest, [sys.executable, "-c", UDP_ASK, INET, "7", "hi"]).stdout.strip()
+    assert echoed == f"hi from {HOST}"
+    assert daemon.show("router")["ping"] == "ping-socket"
+    # a forward listening as nobody (port >= 1024) reaches the guest's "ssh"
+    serve(lab, guest, "import socket,sys\nsrv=socket.create_server((sys.argv[1],22))\n"
+          "print('listening',flush=True)\nc,p=srv.accept()\nc.sendall(b'SSH-2.0-test\\n')\n",
+          GUEST)
+    banner = lab.run(inet, ["socat", "-T", "5", "-", f"TCP:{HOST}:2222"]).stdout
+    assert banner == "SSH-2.0-test\n"
+
+    # the qemu guest, qemu as nobody too
+    kernel = public / "vmlinux"
+    shutil.copyfile(boot_kernel(), kernel)
+    kernel.chmod(0o644)
+    image = build_initramfs(GUEST_SCRIPT, public / "img", extra_files=iperf3_files())
+    for path in (image.parent, image):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    config = load_config(daemon.config)
+    netdev = qemu_args(config, "qs", "52:54:00:97:00:02").split()[1]
+    with QemuGuest(image, netdev, "52:54:00:97:00:02", kernel=kernel, prefix=NOBODY,
+                   log_path=public / "qemu.log") as vm:
+        marks = markers(vm.wait(timeout=240))
+    for mark in ("http-ok", "ping-ok", "udp-ok"):
+        assert mark in marks, (mark, marks)
+    for direction in ("up", "down"):
+        moved = [m for m in marks if m.startswith(f"iperf-{direction} ")]
+        assert moved and float(moved[0].split()[1]) > 0, (direction, marks)
