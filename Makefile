@@ -9,6 +9,7 @@ DEMO_DEBS := iproute2 iputils-ping udhcpc curl tcpdump
 DEBS := $(DEMO_DEBS) tcpdump iperf3 socat procps kmod \
         qemu-system-x86 linux-image-amd64 busybox-static \
         isc-dhcp-client dhcpcd-base dnsutils dnsmasq-base kea-admin dnsperf nftables
+BENCH_DEBS := $(DEBS) slirp4netns
 
 .PHONY: demo test venv debs bench lint clean
 
@@ -39,10 +40,12 @@ test: venv debs
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -ra
 
-bench: venv debs
+bench: venv
+	@$(MAKE) --no-print-directory debs PKGS="$(BENCH_DEBS)"
 	$(PY) -m bench.bridge
 	$(PY) -m bench.services
 	$(PY) -m bench.nat
+	$(PY) -m bench.egress
 
 lint: venv
 	$(VENV)/bin/ruff check .
