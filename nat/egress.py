@@ -68,10 +68,14 @@ log = logging.getLogger("vswitch.egress")
 
 IP: Final = VNET_HDR_LEN + 14
 ZERO_MACS: Final = bytes(12)  # the router fills in the guest's MAC (Router.to_guests)
+#: A TCP flow whose guest's MAC is not known yet (an inbound one, until the guest answers):
+#: a multicast destination never used, so the check is one byte; the router replaces it.
+UNKNOWN_MACS: Final = b"\xff" * 12
 BATCH: Final = 64
 READ_CHUNK: Final = 256 * 1024
 LOOPBACK: Final = "127.0.0.1"
 PEERS_PER_MAPPING: Final = 256
+RECENT, LINGER = 1024, 30.0  # closed TCP flows still listed, and for how long
 UNREACHABLE_CODE: Final = {errno.ENETUNREACH: 0, errno.EHOSTUNREACH: 1, errno.ETIMEDOUT: 1,
                            errno.EACCES: 13, errno.EPERM: 13}
 U16: Final = struct.Struct("!H")
@@ -178,13 +182,15 @@ class UdpSession:
 
 
 class HostEgress:
-    def __init__(self, loop: asyncio.AbstractEventLoop, emit: Emit, gateway_ip: bytes,
-                 host_address: bytes | None, mtu: int = 1500, max_flows: int = 262144,
+    def __init__(self, loop: asyncio.AbstractEventLoop, emit: Emit, deliver: Emit,
+                 gateway_ip: bytes, host_address: bytes | None, mtu: int = 1500,
+                 max_flows: int = 262144,
                  endpoint_independent: bool = False, udp_timeout: float = 300.0,
                  icmp_timeout: float = 60.0, tcp_established: float = 7440.0,
                  tcp_transitory: float = 240.0) -> None:
         self.loop = loop
-        self.emit = emit
+        self.emit = emit  # to guests, addressed by the router's ARP cache
+        self.deliver = deliver  # to guests, already addressed (a TCP flow knows its guest's MAC)
         self.gateway_ip = gateway_ip
         self.host_address = host_address
         self.mtu = mtu
@@ -204,6 +210,7 @@ class HostEgress:
         self.echo_by_ident: dict[int, EchoFlow] = {}
         self.tcp: dict[tuple[bytes, int, bytes, int], TcpFlow] = {}
         self.listeners: dict[tuple[int, str, int], Listener] = {}
+        self.recent: dict[tuple[bytes, int, bytes, int], tuple[dict[str, Any], float]] = {}
         self.counters: Counter[str] = Counter()
         self._ident = 0
         self._next_echo_ident = 1
@@ -462,6 +469,8 @@ class HostEgress:
         key = (ip.src, sport, ip.dst, dport)
         flow = self.tcp.get(key)
         if flow is not None:
+            if flow.splice.macs[0] == 0xFF:  # an inbound flow hears its guest the first time
+                flow.splice.macs = packet[16:22] + packet[10:16]
             flow.splice.from_guest(packet, now)
             self._sync(flow)
             return
@@ -475,6 +484,7 @@ class HostEgress:
         if self._full(packet):
             return
         splice = Splice.outbound(packet, now, mss=self.mtu - 40, **self.tcp_timeouts)
+        splice.macs = packet[16:22] + packet[10:16]  # to the guest, from the gateway
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -567,7 +577,7 @@ class HostEgress:
             splice.host_shutdown_done()
         packets = splice.drain()
         if packets:
-            self.emit(packets)
+            (self.emit if splice.macs[0] == 0xFF else self.deliver)(packets)
         if splice.closed:
             if splice.icmp_unreachable is not None and splice.syn_packet is not None:
                 self._icmp(icmp_error(splice.syn_packet, 3, splice.icmp_unreachable,
@@ -592,6 +602,12 @@ class HostEgress:
     def _close_tcp(self, flow: TcpFlow, abort: bool) -> None:
         if self.tcp.get(flow.key) is flow:
             del self.tcp[flow.key]
+            # listed a little longer, as conntrack -L shows TIME_WAIT: a teaching aid only
+            if len(self.recent) >= RECENT:
+                self.recent.pop(next(iter(self.recent)))
+            row = self._tcp_row(flow, self.loop.time())
+            row["state"] = "closed" + (" (reset)" if abort or flow.splice.failed else "")
+            self.recent[flow.key] = (row, self.loop.time() + LINGER)
         if flow.timer is not None:
             flow.timer.cancel()
         fd = flow.sock.fileno()
@@ -669,6 +685,7 @@ class HostEgress:
                 continue
             splice = Splice.inbound(key[0], key[1], key[2], key[3], now, mss=self.mtu - 40,
                                     **self.tcp_timeouts)
+            splice.macs = UNKNOWN_MACS
             flow = TcpFlow(key, splice, sock, connecting=False, inbound=True)
             self.tcp[key] = flow
             self.counters["tcp-forwarded"] += 1
@@ -707,6 +724,7 @@ class HostEgress:
 
     def expire(self, now: float) -> None:
         """UDP mappings, echo flows and forward sessions past their timeouts (TCP times itself)."""
+        self.recent = {k: v for k, v in self.recent.items() if v[1] > now}
         for key, flow in list(self.udp.items()):
             if flow.expires <= now:
                 del self.udp[key]
@@ -731,6 +749,23 @@ class HostEgress:
     def __len__(self) -> int:
         return len(self.udp) + len(self.echo) + len(self.tcp) + len(self.sessions)
 
+    def _tcp_row(self, flow: TcpFlow, now: float) -> dict[str, Any]:
+        sp, (gip, gport, rip, rport) = flow.splice, flow.key
+        half = "+guest-fin" if sp.guest_fin else ""
+        half += "+host-fin" if sp.host_fin else ""
+        try:
+            host, port = flow.sock.getsockname()[:2]
+            local = f"{host}:{port}"
+        except OSError:
+            local = "?"
+        return {"proto": "tcp", "kind": "host-forward" if flow.inbound else "host",
+                "state": sp.state + half,
+                "original": f"{socket.inet_ntoa(gip)}:{gport} -> {socket.inet_ntoa(rip)}:{rport}",
+                "reply": f"{socket.inet_ntoa(rip)}:{rport} -> {local}",
+                "seconds_left": round(sp.expires_at(now) - now),
+                "packets": [sp.packets_from_guest, sp.packets_to_guest],
+                "bytes": [sp.bytes_from_guest, sp.bytes_to_guest]}
+
     def rows(self, now: float) -> list[dict[str, Any]]:
         """``show conntrack``: the guest's tuple, and the host socket's as the translated side."""
         def ep(address: bytes, port: int) -> str:
@@ -745,18 +780,9 @@ class HostEgress:
                 return "?"
             return f"{host}:{port}"
 
-        rows: list[dict[str, Any]] = []
-        for (gip, gport, rip, rport), flow in self.tcp.items():
-            sp = flow.splice
-            half = "+guest-fin" if sp.guest_fin else ""
-            half += "+host-fin" if sp.host_fin else ""
-            rows.append({"proto": "tcp", "kind": "host-forward" if flow.inbound else "host",
-                         "state": sp.state + half,
-                         "original": f"{ep(gip, gport)} -> {ep(rip, rport)}",
-                         "reply": f"{ep(rip, rport)} -> {local(flow.sock)}",
-                         "seconds_left": round(sp.expires_at(now) - now),
-                         "packets": [sp.packets_from_guest, sp.packets_to_guest],
-                         "bytes": [sp.bytes_from_guest, sp.bytes_to_guest]})
+        rows = [self._tcp_row(flow, now) for flow in self.tcp.values()]
+        rows += [row | {"seconds_left": round(until - now)}
+                 for row, until in self.recent.values()]
         for (gip, gport), u in self.udp.items():
             rows.append({"proto": "udp", "kind": "host", "state": "mapped",
                          "original": f"{ep(gip, gport)} -> {ep(*u.last_peer)}",

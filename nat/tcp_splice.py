@@ -48,10 +48,11 @@ from __future__ import annotations
 
 import secrets
 import struct
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
-from nat.packets import ETH, ETH_P_IP, IPV4, PROTO_TCP, pseudo_header_sum
+from nat.packets import ETH_P_IP, IPV4, PROTO_TCP, pseudo_header_sum
 from vswitch.errors import MalformedPacket
 from vswitch.gso import internet_checksum
 from vswitch.vnet import FLAG_NEEDS_CSUM, GSO_TCPV4, VNET_HDR, VNET_HDR_LEN
@@ -184,7 +185,10 @@ class Splice:
         self.send_mss = DEFAULT_MSS
         self.gso_chunk = MAX_GSO_PAYLOAD // DEFAULT_MSS * DEFAULT_MSS
         self.fin_sent = False
-        self._unacked = bytearray()  # data from SND.UNA on
+        #: Ethernet destination and source of packets to the guest: zeros until the adapter
+        #: knows them (the router then addresses the packets by its ARP cache).
+        self.macs = ZERO_MAC + ZERO_MAC
+        self._unacked = Unacked()  # data from SND.UNA on
         # Receive sequence space.
         self.irs = self.rcv_nxt = self.rcv_shift = 0
         self._rcv_edge = 0  # RCV.NXT + the window last advertised: the right edge never shrinks
@@ -360,7 +364,7 @@ class Splice:
                                                                           self.rcv_nxt)
 
     def _acked(self, ack: int, now: float) -> None:
-        del self._unacked[:seq_sub(ack, self.snd_una)]  # one more than the data if FIN acked
+        self._unacked.drop(seq_sub(ack, self.snd_una))  # one more than the data if FIN acked
         self.snd_una = ack
         self.rto, self._timeouts, self._dupacks = MIN_RTO, 0, 0
         self._rtx_at = now + self.rto if self.snd_nxt != self.snd_una else None  # RFC 6298 5.3
@@ -373,7 +377,7 @@ class Splice:
             window = seq_sub(self._rcv_edge, self.rcv_nxt)
             free = self.buffer - len(self.to_host)
             take = min(length - skip, free, window if window < 1 << 31 else 0)
-            self.to_host += packet[payload_at + skip:payload_at + skip + take]
+            self.to_host += memoryview(packet)[payload_at + skip:payload_at + skip + take]
             self.rcv_nxt = seq_add(self.rcv_nxt, take)
             if fin and take == length - skip:
                 self.rcv_nxt = seq_add(self.rcv_nxt, 1)
@@ -394,8 +398,8 @@ class Splice:
         take = min(len(data), self.room())
         if take <= 0:
             return
-        piece = bytes(data[:take])
-        self._unacked += piece
+        piece = data if take == len(data) else data[:take]
+        self._unacked.append(piece)
         self._send_data(self.snd_nxt, piece)
         self.snd_nxt = seq_add(self.snd_nxt, take)
         self._last_activity = now
@@ -484,7 +488,7 @@ class Splice:
         """Resend up to ``limit`` bytes from SND.UNA, and our FIN if it is in flight too."""
         n = min(len(self._unacked), limit)
         if n:
-            self._send_data(self.snd_una, bytes(self._unacked[:n]))
+            self._send_data(self.snd_una, self._unacked.first(n))
         if self.fin_sent and self.snd_una != self.snd_nxt and n == len(self._unacked):
             self._emit(seq_sub(self.snd_nxt, 1), FIN | ACK)
 
@@ -547,13 +551,14 @@ class Splice:
 
     def _send_data(self, seq: int, data: bytes) -> None:
         """Rule 4: ``data`` from ``seq`` as GSO chunks of at most ``gso_chunk``; PSH at the end."""
+        view = memoryview(data)  # slices without copies: _emit copies each payload once
         for start in range(0, len(data), self.gso_chunk):
             last = start + self.gso_chunk >= len(data)
             self._emit(seq_add(seq, start), ACK | PSH if last else ACK,
-                       data[start:start + self.gso_chunk])
+                       view[start:start + self.gso_chunk])
 
-    def _emit(self, seq: int, flags: int, payload: bytes = b"", options: bytes = b"",
-              window: int | None = None) -> None:
+    def _emit(self, seq: int, flags: int, payload: bytes | memoryview = b"",
+              options: bytes = b"", window: int | None = None) -> None:
         """Append one packet for the guest: plain with a full checksum, or a GSO super-frame."""
         hlen = 20 + len(options)
         tcp_len = hlen + len(payload)
@@ -562,7 +567,8 @@ class Splice:
         if gso:
             VNET_HDR.pack_into(packet, 0, FLAG_NEEDS_CSUM, GSO_TCPV4, CSUM_START + hlen,
                                self.send_mss, CSUM_START, 16)
-        ETH.pack_into(packet, VNET_HDR_LEN, ZERO_MAC, ZERO_MAC, ETH_P_IP)
+        packet[VNET_HDR_LEN:VNET_HDR_LEN + 12] = self.macs
+        U16.pack_into(packet, VNET_HDR_LEN + 12, ETH_P_IP)
         IPV4.pack_into(packet, IP_AT, 0x45, 0, 20 + tcp_len, 0, 0x4000, 64, PROTO_TCP, 0,
                        self.remote_ip, self.guest_ip)
         U16.pack_into(packet, IP_AT + 10, internet_checksum(packet[IP_AT:TCP_AT]))
@@ -570,16 +576,61 @@ class Splice:
                       self.rcv_nxt if flags & ACK else 0, hlen << 2, flags,
                       self._advertise() if window is None else window, 0, 0)
         packet[TCP_AT + 20:] = options
-        packet += payload
         pseudo = self._pseudo + tcp_len
         if gso:  # CHECKSUM_PARTIAL: the folded pseudo header sum, not complemented
-            csum = pseudo % 0xFFFF or 0xFFFF
+            U16.pack_into(packet, TCP_AT + 16, pseudo % 0xFFFF or 0xFFFF)
+            self.to_guest.append(b"".join((packet, payload)))  # the one copy of the payload
         else:
-            csum = internet_checksum(memoryview(packet)[TCP_AT:], pseudo)
-        U16.pack_into(packet, TCP_AT + 16, csum)
-        self.to_guest.append(bytes(packet))
+            packet += payload
+            U16.pack_into(packet, TCP_AT + 16,
+                          internet_checksum(memoryview(packet)[TCP_AT:], pseudo))
+            self.to_guest.append(bytes(packet))
         self.packets_to_guest += 1
         self.bytes_to_guest += len(payload)
+
+
+class Unacked:
+    """Bytes sent and not yet acknowledged, kept as the chunks the host gave (no copying: a
+    bytearray would move a megabyte on every append after an ACK)."""
+
+    __slots__ = ("chunks", "head", "size")
+
+    def __init__(self) -> None:
+        self.chunks: deque[bytes] = deque()
+        self.head = 0  # bytes of chunks[0] already acknowledged
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def append(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.size += len(data)
+
+    def drop(self, n: int) -> None:
+        """Forget the first ``n`` bytes (all of them if ``n`` is larger)."""
+        n = min(n, self.size)
+        self.size -= n
+        while n:
+            left = len(self.chunks[0]) - self.head
+            if n < left:
+                self.head += n
+                return
+            self.chunks.popleft()
+            self.head = 0
+            n -= left
+
+    def first(self, n: int) -> bytes:
+        """The first ``n`` bytes (for a retransmission)."""
+        pieces, need, head = [], min(n, self.size), self.head
+        for chunk in self.chunks:
+            if need <= 0:
+                break
+            piece = memoryview(chunk)[head:head + need]
+            pieces.append(piece)
+            need -= len(piece)
+            head = 0
+        return b"".join(pieces)
 
 
 _HANDLERS: Final[dict[str, Callable[[Splice, bytes, Segment, float], None]]] = {

@@ -18,5 +18,5 @@ def test_demo_shows_guests_talking_and_the_mac_table():
     assert "3 entries" in done.stdout  # both guests' MACs and the gateway's learned
     assert "HTTP 200" in done.stdout and done.stdout.count("HTTP 200") == 2, "NAT and forward"
     assert "tcpdump in the internet: 10.200.0.2." in done.stdout, "only the external address"
-    assert "tcp    snat" in done.stdout and "tcp    dnat" in done.stdout
+    assert "tcp    host   " in done.stdout and "tcp    host-forward" in done.stdout
     assert "demo done" in done.stdout

@@ -24,7 +24,7 @@ from dhcp.dns_service import DnsService
 from nat.conntrack import Conntrack, Timeouts
 from nat.egress import HostEgress
 from nat.gateway import Gateway
-from nat.router import Router, Uplink
+from nat.router import Out, Router, Uplink
 from vswitch.config import Config, PortConfig
 from vswitch.control import ControlError, ControlServer
 from vswitch.events import MacAged, MacEvicted, MacFlapping, MacMoved
@@ -469,10 +469,14 @@ class Daemon:
         def emit(packets: list[bytes]) -> None:
             port.dispatch(router.to_guests(packets, loop.time()))
 
+        def deliver(packets: list[bytes]) -> None:
+            port.dispatch(Out(packets, []))
+
         host = socket.inet_aton(up.host_address) if up.host_address else None
         n = config.nat
         self.egress = HostEgress(
-            loop, emit, self.router.gateway.ip, host, mtu=port.mtu, max_flows=n.max_entries,
+            loop, emit, deliver, self.router.gateway.ip, host, mtu=port.mtu,
+            max_flows=n.max_entries,
             endpoint_independent=n.filtering == "endpoint-independent", udp_timeout=n.udp,
             icmp_timeout=n.icmp, tcp_established=n.tcp_established,
             tcp_transitory=n.tcp_transitory)

@@ -1,6 +1,9 @@
 """`vswitch demo`: two namespace guests on a switch take DHCP leases, find each other by name,
-reach an "internet" namespace through NAT and are reached through a port forward; then what
-the switch learned, leased and translated.
+reach an "internet" namespace through the host uplink (the host's own sockets, the default)
+and are reached through a port forward; then what the switch learned, leased and translated.
+
+vswitch runs in a "host" namespace of its own, so the demo never touches this machine's real
+network: that namespace's route to the internet namespace is the "host's route".
 
 Needs root (it builds network namespaces) and udhcpc.  Everything it creates is removed at the
 end (namespaces, their /etc/netns files, the switch and its TAPs).
@@ -83,10 +86,14 @@ def demo(keep: bool = False) -> int:
             lab.files.append(etc / "resolv.conf")
             lab.dirs.append(etc)
             (etc / "resolv.conf").write_text(f"nameserver {GATEWAY}\nsearch {DOMAIN}\n")
-        inet = lab.netns("inet")
+        inet, host = lab.netns("inet"), lab.netns("host")
         uplink = lab.veth(lab.name("up"), inet, "eth0")
+        subprocess.run(["ip", "link", "set", uplink, "netns", host, "name", "eth0"], check=True)
+        lab.links.remove(uplink)  # it goes with the host namespace
+        lab.addr(host, "eth0", f"{EXTERNAL}/24")
         lab.addr(inet, "eth0", f"{INTERNET}/24")
-        print(f"   guests alpha, beta; internet {inet} at {INTERNET}, reached by {uplink}")
+        print(f"   guests alpha, beta; internet {inet} at {INTERNET}; vswitch's host {host} "
+              f"at {EXTERNAL}")
         sock = str(Path(tmp) / "ctl.sock")
         config = Path(tmp) / "demo.toml"
         ports = "".join(
@@ -99,14 +106,12 @@ def demo(keep: bool = False) -> int:
             f'lease_file = "{tmp}/demo.leases"\n'
             f'[[dhcp.host]]\nmac = "{BETA_MAC}"\nip = "{BETA}"\nname = "beta"\n'
             f'[dns]\ndomain = "{DOMAIN}"\nforwarders = []\n'
-            f'[uplink]\ntype = "raw"\ninterface = "{uplink}"\naddress = "{EXTERNAL}/24"\n'
-            f'gateway = "{INTERNET}"\n'
             f'[[forward]]\nproto = "tcp"\nport = 8080\nto = "{BETA}:8000"\n{ports}')
         print(config.read_text())
-        say(f"2. vswitch run {config}")
+        say(f"2. vswitch run {config}   (no [uplink]: the host's own sockets)")
         log = open(Path(tmp) / "vswitch.log", "w")  # the child holds it; closed at exit
-        lab.spawn([sys.executable, "-m", "vswitch.cli", "run", str(config)], stdout=log,
-                  stderr=subprocess.STDOUT)
+        lab.spawn([sys.executable, "-m", "vswitch.cli", "run", str(config)], ns=host,
+                  stdout=log, stderr=subprocess.STDOUT)
 
         def ready() -> bool:
             try:
@@ -134,7 +139,7 @@ def demo(keep: bool = False) -> int:
         done = lab.run(ns["alpha"], ["ping", "-c", "3", "-i", "0.2", "beta"], check=False)
         print(done.stdout.strip() or done.stderr.strip())
         ok = done.returncode == 0
-        say("6. alpha fetches a page from the internet: SNAT to the uplink address")
+        say("6. alpha fetches a page from the internet: vswitch connects from the host's socket")
         web = [sys.executable, "-m", "http.server", "--bind"]
         lab.spawn(web + [INTERNET, "80"], ns=inet, stdout=subprocess.DEVNULL,
                   stderr=subprocess.DEVNULL)
@@ -156,7 +161,7 @@ def demo(keep: bool = False) -> int:
         print(f"   tcpdump in the internet: {syn_line(outside)}")
         print(f"   tcpdump in beta:         {syn_line(inside)}")
         ok = ok and got == "200"
-        say("8. vswitch show conntrack: both flows, before and after translation")
+        say("8. vswitch show conntrack: both flows, the guest's side and the host socket's")
         show(sock, "conntrack")
         say("9. vswitch show fdb: each guest's MAC on its own port, the gateway on port 0")
         show(sock, "fdb")
@@ -168,6 +173,7 @@ def demo(keep: bool = False) -> int:
         say("11. cleaning up: vswitch stops and removes its TAPs; namespaces deleted")
         time.sleep(0.2)
     print("demo " + ("done: the guests leased addresses, found each other by name, reached "
-                     "the internet through NAT and were reached through a forward"
+                     "the internet through the host's sockets and were reached through a "
+                     "forward"
                      if ok else "FAILED"))
     return 0 if ok else 1
