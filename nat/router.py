@@ -1,7 +1,9 @@
 """The router: between the guest network (the switch's router port) and the uplink.
 
 Rule 1: a guest frame sent to the gateway's MAC with an IPv4 destination outside the subnet is
-        routed; one for the gateway itself is the gateway stack's (``nat.gateway``).
+        routed; one for the gateway itself is the gateway stack's (``nat.gateway``).  A source
+        outside the subnet is dropped and counted (ingress filtering, BCP 38 / RFC 2827), as
+        libvirt's FORWARD rules reject it.
 Rule 2: modes, as libvirt's: ``nat`` translates through the conntrack (SNAT, DNAT forwards);
         ``route`` and ``open`` forward without translation (the far side routes the subnet to
         the uplink address); ``isolated`` forwards nothing (guests get ICMP 3/13).
@@ -159,8 +161,10 @@ class Router:
             self.counters["runt"] += 1
             return out
         src, dst = packet[IP + 12:IP + 16], packet[IP + 16:IP + 20]
-        if self.local(src):
-            self.guests.learn(src, packet[ETH + 6:ETH + 12], now)
+        if not self.local(src):  # BCP 38 (RFC 2827): only the guest network's own sources
+            self.counters["drop-source-not-in-subnet"] += 1
+            return out
+        self.guests.learn(src, packet[ETH + 6:ETH + 12], now)
         if self.local(dst) and (self.egress is None or dst != self.egress.host_address):
             return out  # the switch delivers on-link traffic, not the router
         if self.mode == "isolated":

@@ -93,7 +93,42 @@ BAD = [
     ({"network": {}, "dns": {"forwarders": ["8.8.8.8:99999"]}}, "dns.forwarders[0]", "port"),
     ({"network": {}, "dns": {"host": [{"name": "under_score", "ip": "10.0.0.1"}]}},
      "dns.host[0].name", "one DNS label"),
+    ({"switch": {"busy_poll": -1}}, "switch.busy_poll", "out of range"),
+    ({"network": {}, "uplink": {"type": "slirp"}}, "uplink.type", "use \"host\""),
+    ({"network": {}, "uplink": {"type": "host", "interface": "eth0"}}, "uplink.interface",
+     "a host uplink takes"),
+    ({"network": {"mode": "route"}, "uplink": {"type": "host"}}, "uplink.type",
+     "keeps guest addresses"),
+    ({"network": {}, "uplink": {"host_address": "10.0.0.1"}}, "uplink.host_address",
+     "not a host address"),
+    ({"network": {}, "uplink": {"host_address": "192.168.122.50"}}, "uplink.host_address",
+     "DHCP range"),
+    ({"network": {}, "forward": [{"proto": "tcp", "port": 80, "to": "192.168.122.9:80",
+                                  "listen": "nowhere"}]}, "forward[0].listen", "IPv4 or IPv6"),
+    ({"network": {}, "uplink": {"type": "raw", "interface": "e", "address": "10.9.0.2/24",
+                                "gateway": "10.9.0.1"},
+      "forward": [{"proto": "tcp", "port": 80, "to": "192.168.122.9:80", "listen": "::"}]},
+     "forward[0].listen", "only a host uplink"),
 ]
+
+
+def test_the_host_uplink_is_the_default_in_nat_mode():
+    """No [uplink]: the host's sockets, with the gateway standing for the host's loopback;
+    isolated mode sends nothing out; a forward listens on 0.0.0.0 unless told otherwise."""
+    config = parse_config({"network": {}, "forward": [{"proto": "tcp", "port": 2222,
+                                                       "to": "192.168.122.10:22"}]})
+    assert config.uplink is not None and config.uplink.type == "host"
+    assert config.uplink.host_address == "192.168.122.1"
+    assert config.forwards[0].listen == "0.0.0.0"
+    assert parse_config({"network": {"mode": "isolated"}}).uplink is None
+    off = parse_config({"network": {}, "uplink": {"host_address": ""}})
+    assert off.uplink is not None and off.uplink.host_address == ""
+    v6 = parse_config({"network": {}, "forward": [{"proto": "udp", "port": 53, "listen": "[::1]",
+                                                   "to": "192.168.122.10:53"}]})
+    assert v6.forwards[0].listen == "::1"
+    raw = parse_config({"network": {}, "uplink": {"interface": "e", "address": "10.9.0.2/24",
+                                                  "gateway": "10.9.0.1"}})
+    assert raw.uplink is not None and raw.uplink.type == "raw", "an interface means raw"
 
 
 @pytest.mark.parametrize("data,key,words", BAD, ids=[b[1] + ":" + b[2] for b in BAD])

@@ -235,3 +235,23 @@ def test_the_host_address_is_the_hosts_loopback(lab, egress_lab):
     assert ping(lab, guests["e2"], GW, count=1) == 1
     assert lab.run(guests["e2"], ["socat", "-T", "5", "-", f"TCP:{GW}:9"],
                    check=False).returncode != 0
+
+
+def test_malformed_traffic_toward_the_host_uplink_is_counted_and_survived(lab, egress_lab):
+    """TESTING.md's IPv4, TCP, UDP, ICMP and fragment lists, 20k frames from a guest toward
+    the internet: the daemon lives, counts them, and the guests still get out."""
+    from tests.test_router import JUNK
+
+    daemon, host, inet, guests = egress_lab
+    ns, dev = guests["e2"], lab.name("e2")
+    assert ping(lab, ns, INET, count=1) == 1
+    gw_mac = next(r["mac"] for r in daemon.show("fdb") if r["port"] == "gateway")
+    lab.run(ns, [sys.executable, "-c", JUNK, dev, gw_mac, INET, G2], timeout=300)
+    assert daemon.alive()
+    assert ping(lab, ns, INET, count=2) == 2
+    refused = lab.run(ns, [sys.executable, "-c", CONNECT, INET, "9"]).stdout.split()
+    assert refused[0] == "refused"
+    counters = daemon.show("router")
+    dropped = sum(v for k, v in counters.items() if k.startswith(("drop-", "malformed")))
+    assert dropped > 5000, counters
+    assert counters["flows"] < 2000, "junk made few flows, and they expire"

@@ -1,6 +1,8 @@
 """The host uplink with no privileges: vswitch runs as ``nobody`` in its "host" namespace, with
 a stream port for a qemu guest (qemu also as ``nobody``) and one for a namespace guest (relayed
-by ``tests.peers.socket_peer``, which is root's business, as qemu is the guest's).
+by ``tests.peers.socket_peer``, which is root's business, as qemu is the guest's).  Then a tap
+port: root creates the TAP once with an owner; vswitch, as ``nobody`` with only CAP_NET_RAW
+(its packet socket on the TAP's host side), and qemu, as ``nobody``, use it.
 
 Root only builds the lab: the namespaces, the veth to the internet, and
 ``net.ipv4.ping_group_range`` in the host namespace so ``nobody`` may open ping sockets.
@@ -81,19 +83,55 @@ done
 
 
 @pytest.fixture
-def rootless_lab(lab):
+def public(lab):
+    """A directory ``nobody`` can read, with a state directory it can write, and the lab:
+    the host namespace (ping sockets allowed) and the internet behind it."""
     public = Path(tempfile.mkdtemp(prefix="vswitch-rootless-"))
     try:
         public.chmod(0o755)
         state = public / "state"
         state.mkdir()
         shutil.chown(state, "nobody", "nogroup")
-        python, env = public_copy(public / "lib")
         host = lab.netns("rh")
         inet = internet(lab, host)
         lab.run(host, ["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"])
-        guest = lab.netns("rg")
-        body = f"""
+        page = public / "www"
+        page.mkdir()
+        (page / "page.txt").write_text("vswitch-page\n")
+        lab.spawn([sys.executable, "-m", "http.server", "-b", INET, "-d", str(page), "8000"],
+                  ns=inet, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        serve(lab, inet, UDP_ECHO, INET, "7")
+        lab.spawn(["iperf3", "-s", "-B", INET], ns=inet, stdout=subprocess.DEVNULL)
+        lab.spawn([sys.executable, "-m", "tests.peers.dns_upstream", INET], ns=inet,
+                  stdout=subprocess.DEVNULL, cwd=REPO)
+        kernel = public / "vmlinux"
+        shutil.copyfile(boot_kernel(), kernel)
+        kernel.chmod(0o644)
+        yield public, host, inet
+    finally:
+        shutil.rmtree(public, ignore_errors=True)
+
+
+def boot_as_nobody(public: Path, config_path: Path, port: str, mac: str, host: str | None = None,
+                   script: str = "") -> list[str]:
+    image = build_initramfs(script or GUEST_SCRIPT, public / f"img-{port}",
+                            extra_files=iperf3_files())
+    for path in (image.parent, image):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    netdev = qemu_args(load_config(config_path), port, mac).split()[1]
+    prefix = (["ip", "netns", "exec", host] if host else []) + NOBODY
+    with QemuGuest(image, netdev, mac, kernel=public / "vmlinux", prefix=prefix,
+                   log_path=public / f"qemu-{port}.log") as vm:
+        return markers(vm.wait(timeout=240))
+
+
+@pytest.fixture
+def rootless_lab(lab, public):
+    public, host, inet = public
+    state = public / "state"
+    python, env = public_copy(public / "lib")
+    guest = lab.netns("rg")
+    body = f"""
 [switch]
 name = "n{lab.tag}"
 [network]
@@ -115,10 +153,8 @@ name = "qs"
 type = "stream"
 path = "{state}/qs.sock"
 """
-        daemon = Daemon(lab, state, body, ns=host, python=NOBODY + python, env=env)
-        yield daemon, host, inet, guest, public
-    finally:
-        shutil.rmtree(public, ignore_errors=True)
+    daemon = Daemon(lab, state, body, ns=host, python=NOBODY + python, env=env)
+    return daemon, host, inet, guest, public
 
 
 def test_unprivileged_vswitch_carries_a_namespace_and_a_qemu_guest(lab, rootless_lab):
@@ -128,16 +164,6 @@ def test_unprivileged_vswitch_carries_a_namespace_and_a_qemu_guest(lab, rootless
     uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
     assert int(uid) == 65534, "vswitch runs as nobody"
     assert "CapEff:\t0000000000000000" in status, "with no capability at all"
-
-    page = public / "www"
-    page.mkdir()
-    (page / "page.txt").write_text("vswitch-page\n")
-    lab.spawn([sys.executable, "-m", "http.server", "-b", INET, "-d", str(page), "8000"],
-              ns=inet, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    serve(lab, inet, UDP_ECHO, INET, "7")
-    lab.spawn(["iperf3", "-s", "-B", INET], ns=inet, stdout=subprocess.DEVNULL)
-    lab.spawn([sys.executable, "-m", "tests.peers.dns_upstream", INET], ns=inet,
-              stdout=subprocess.DEVNULL, cwd=REPO)
 
     # the namespace guest: a TAP relayed to the stream port
     tap = lab.name("rtap")
@@ -162,19 +188,42 @@ def test_unprivileged_vswitch_carries_a_namespace_and_a_qemu_guest(lab, rootless
     assert banner == "SSH-2.0-test\n"
 
     # the qemu guest, qemu as nobody too
-    kernel = public / "vmlinux"
-    shutil.copyfile(boot_kernel(), kernel)
-    kernel.chmod(0o644)
-    image = build_initramfs(GUEST_SCRIPT, public / "img", extra_files=iperf3_files())
-    for path in (image.parent, image):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    config = load_config(daemon.config)
-    netdev = qemu_args(config, "qs", "52:54:00:97:00:02").split()[1]
-    with QemuGuest(image, netdev, "52:54:00:97:00:02", kernel=kernel, prefix=NOBODY,
-                   log_path=public / "qemu.log") as vm:
-        marks = markers(vm.wait(timeout=240))
+    marks = boot_as_nobody(public, daemon.config, "qs", "52:54:00:97:00:02")
     for mark in ("http-ok", "ping-ok", "udp-ok"):
         assert mark in marks, (mark, marks)
     for direction in ("up", "down"):
         moved = [m for m in marks if m.startswith(f"iperf-{direction} ")]
         assert moved and float(moved[0].split()[1]) > 0, (direction, marks)
+
+
+def test_a_tap_port_root_created_once_with_only_cap_net_raw(lab, public):
+    """The tap port's setup without root: the TAP exists, owned by nobody, and is up; vswitch
+    gets CAP_NET_RAW alone (an ambient capability) for the packet socket on its host side."""
+    public, host, inet = public
+    python, env = public_copy(public / "lib")
+    tap = lab.name("rtap")
+    lab.run(host, ["ip", "tuntap", "add", tap, "mode", "tap", "user", "nobody", "group",
+                   "nogroup", "vnet_hdr"])
+    lab.run(host, ["sysctl", "-qw", f"net.ipv6.conf.{tap}.disable_ipv6=1"])
+    lab.run(host, ["ip", "link", "set", tap, "up"])
+    body = f"""
+[switch]
+name = "t{lab.tag}"
+[network]
+subnet = "10.97.0.0/24"
+[dhcp]
+lease_file = "{public}/state/leases"
+[dns]
+forwarders = []
+[[port]]
+name = "{tap}"
+type = "tap"
+"""
+    raw_only = NOBODY + ["--inh-caps=+net_raw", "--ambient-caps=+net_raw"]
+    daemon = Daemon(lab, public / "state", body, ns=host, python=raw_only + python, env=env)
+    status = Path(f"/proc/{daemon.proc.pid}/status").read_text()
+    assert "Uid:\t65534" in status and "CapEff:\t0000000000002000" in status  # CAP_NET_RAW
+    marks = boot_as_nobody(public, daemon.config, tap, "52:54:00:97:00:03", host=host,
+                           script=GUEST_SCRIPT.split("for dir in")[0])
+    for mark in ("http-ok", "ping-ok", "udp-ok"):
+        assert mark in marks, (mark, marks, daemon.log.read_text()[-2000:])

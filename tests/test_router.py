@@ -226,12 +226,13 @@ import random, socket, struct, sys
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 dev, gw_mac, dst = sys.argv[1], sys.argv[2], sys.argv[3]
+src = sys.argv[4] if len(sys.argv) > 4 else "10.70.0.99"
 rng = random.Random(4)
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 s.bind((dev, 0))
 eth = bytes(Ether(dst=gw_mac, src=s.getsockname()[4].hex(":"), type=0x0800))
 def ip(**kw):
-    return IP(src="10.70.0.99", dst=dst, **kw)
+    return IP(src=src, dst=dst, **kw)
 templates = [
     lambda: bytes(ip(ihl=3) / UDP()),                                   # IHL < 5
     lambda: bytes(ip(len=rng.choice([10, 19, 2000])) / UDP()),          # total length wrong
@@ -245,7 +246,7 @@ templates = [
     lambda: bytes(ip() / TCP(flags=0, sport=rng.randrange(1024, 65535))),
     lambda: bytes(ip() / UDP(len=rng.choice([0, 7, 500]), sport=rng.randrange(1024, 65535))),
     lambda: bytes(ip() / ICMP(type=3, code=3) / bytes(rng.randrange(0, 20))),  # truncated quote
-    lambda: bytes(ip() / ICMP(type=11) / IP(dst="10.70.0.99") / ICMP(type=3) / bytes(8)),
+    lambda: bytes(ip() / ICMP(type=11) / IP(dst=src) / ICMP(type=3) / bytes(8)),
     lambda: rng.randbytes(rng.randrange(0, 80)),
 ]
 for i in range(20000):

@@ -89,3 +89,45 @@ def test_the_uplink_address_answers_arp_and_ping():
                       / ICMP(type=8, id=9, seq=1)))
     pong = Ether(r.from_uplink(ping, now=0.0).uplink[0][10:])
     assert pong[ICMP].type == 0 and pong[IP].src == "10.254.0.2" and pong[ICMP].id == 9
+
+
+def test_a_source_outside_the_guest_network_is_dropped():
+    """BCP 38: a guest cannot send as someone else's address, in any mode."""
+    spoofed = wrap(bytes(Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src="192.0.2.9", dst="10.254.0.1")
+                         / UDP(sport=4000, dport=53)))
+    for mode in ("nat", "route"):
+        r = router(mode)
+        assert r.from_guest(spoofed, now=0.0) == ([], [])
+        assert r.counters["drop-source-not-in-subnet"] == 1
+
+
+class FakeEgress:
+    """Stands in for nat.egress.HostEgress: records what the router hands it."""
+
+    def __init__(self, host_address: bytes | None) -> None:
+        self.host_address = host_address
+        self.got: list[bytes] = []
+
+    def from_guest(self, packet: bytes, now: float) -> None:
+        self.got.append(packet)
+
+
+def test_with_a_host_uplink_routed_packets_and_the_host_address_go_to_the_egress():
+    gateway = Gateway(mac(GW_MAC), bytes([10, 70, 0, 1]), 24)
+    egress = FakeEgress(bytes([10, 70, 0, 1]))
+    r = Router(gateway, "nat", (0x0A460000, 24), None, None, egress)
+    assert r.from_guest(from_guest(), now=0.0) == ([], []) and len(egress.got) == 1
+    to_host = wrap(bytes(Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src="10.70.0.5", dst="10.70.0.1")
+                         / UDP(sport=4000, dport=9)))
+    r.from_guest(to_host, now=0.0)
+    assert egress.got[-1] == to_host, "the host address (the gateway's) is the host's loopback"
+    other_guest = wrap(bytes(Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src="10.70.0.5",
+                                                                   dst="10.70.0.6") / UDP()))
+    r.from_guest(other_guest, now=0.0)
+    assert len(egress.got) == 2, "on-link traffic is the switch's"
+    expired = r.from_guest(from_guest(ttl=1), now=0.0)
+    assert Ether(expired.switch[0][10:])[ICMP].type == 11 and len(egress.got) == 2
+    back = r.to_guests([wrap(bytes(Ether(src="00:00:00:00:00:00", dst="00:00:00:00:00:00")
+                                   / IP(src="10.254.0.1", dst="10.70.0.5") / UDP()))], now=0.0)
+    sent = Ether(back.switch[0][10:])
+    assert sent.dst == GUEST_MAC and sent.src == GW_MAC, "addressed by the ARP cache"

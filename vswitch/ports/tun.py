@@ -61,6 +61,10 @@ def make_persistent_tap(name: str, owner: int | None, group: int | None) -> bool
     return not existed
 
 
+def link_exists(name: str) -> bool:
+    return Path("/sys/class/net", name).exists()
+
+
 def delete_link(name: str) -> None:
     subprocess.run(["ip", "link", "delete", name], capture_output=True, check=False)
 
