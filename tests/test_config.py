@@ -93,7 +93,6 @@ BAD = [
     ({"network": {}, "dns": {"forwarders": ["8.8.8.8:99999"]}}, "dns.forwarders[0]", "port"),
     ({"network": {}, "dns": {"host": [{"name": "under_score", "ip": "10.0.0.1"}]}},
      "dns.host[0].name", "one DNS label"),
-    ({"switch": {"busy_poll": -1}}, "switch.busy_poll", "out of range"),
     ({"network": {}, "uplink": {"type": "slirp"}}, "uplink.type", "use \"host\""),
     ({"network": {}, "uplink": {"type": "host", "interface": "eth0"}}, "uplink.interface",
      "a host uplink takes"),

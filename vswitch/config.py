@@ -174,8 +174,6 @@ class Config:
     """Seconds an unrefreshed FDB entry lives."""
     mac_limit: int = 8192
     """Most FDB entries in the whole switch."""
-    busy_poll: int = 0
-    """Microseconds to keep polling after a packet before sleeping (0: off)."""
     socket: str = ""
     """Control socket path."""
     ports: tuple[PortConfig, ...] = field(default_factory=tuple)
@@ -234,13 +232,12 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> Config:
     _only(data, "", {"switch", "control", "port", "network", "dhcp", "dns", "uplink", "nat",
                      "forward"})
     switch = _table(data, "switch")
-    _only(switch, "switch.", {"name", "mac_aging", "mac_limit", "busy_poll"})
+    _only(switch, "switch.", {"name", "mac_aging", "mac_limit"})
     name = _get(switch, "switch.name", str, "vsw0")
     if not IFNAME.match(name):
         raise ConfigError("switch.name", f"{name!r} must be 1-15 letters, digits, '.', '_' or '-'")
     aging = _number(switch, "switch.mac_aging", 300.0, 1.0, 1e6)
     mac_limit = int(_number(switch, "switch.mac_limit", 8192, 1, 10_000_000, integer=True))
-    busy_poll = int(_number(switch, "switch.busy_poll", 0, 0, 100_000, integer=True))
     control = _table(data, "control")
     _only(control, "control.", {"socket"})
     sock = _get(control, "control.socket", str, default_socket(name))
@@ -265,7 +262,7 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> Config:
     uplink = _uplink(data, network) if network is not None else None
     forwards = tuple(_forward(raw, i, network, uplink)
                      for i, raw in enumerate(_array(data, "forward")))
-    return Config(name=name, mac_aging=aging, mac_limit=mac_limit, busy_poll=busy_poll,
+    return Config(name=name, mac_aging=aging, mac_limit=mac_limit,
                   socket=sock, ports=ports,
                   network=network, uplink=uplink, nat=_nat(data), forwards=forwards,
                   source=source)

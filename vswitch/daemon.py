@@ -192,32 +192,7 @@ class Daemon:
             for out in receive(packet, port_id, now):
                 ports[out].send(packet)  # type: ignore[union-attr]
 
-        if not self.config.busy_poll:
-            return deliver
-        # Busy polling, as Linux's net.core.busy_poll: for busy_poll µs after a packet the loop
-        # keeps polling (a callback that re-queues itself makes each loop iteration an
-        # epoll_wait with timeout 0) instead of sleeping.  An answer arriving in that window is
-        # read at once, without waking a sleeping process: in a VM that wake-up dominates the
-        # round-trip time.  It costs CPU for the window after every burst of traffic.
-        loop, window = self.loop, self.config.busy_poll / 1e6
-        assert loop is not None
-        until, spinning = [0.0], [False]
-
-        def spin() -> None:
-            if loop.time() < until[0]:
-                loop.call_soon(spin)
-            else:
-                spinning[0] = False
-
-        def deliver_and_poll(packet: bytes, port_id: int, now: float) -> None:
-            until[0] = now + window
-            if not spinning[0]:
-                spinning[0] = True
-                loop.call_soon(spin)
-            for out in receive(packet, port_id, now):
-                ports[out].send(packet)  # type: ignore[union-attr]
-
-        return deliver_and_poll
+        return deliver
 
     # -- events (one log line each, never per frame) ---------------------------------------
 
