@@ -224,6 +224,16 @@ def test_forwards_reach_guest_services_and_change_at_run_time(lab, egress_lab):
     request(daemon.socket, "forward", action="del", proto="tcp", port="8080")
     gone = lab.run(inet, ["socat", "-T", "5", "-", f"TCP:{HOST}:8080"], check=False)
     assert gone.returncode != 0 and "refused" in gone.stderr.lower()
+    # IPv6 listen addresses: an IPv6 client appears to the guest as the host address
+    lab.run(host, ["sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=0"])
+    request(daemon.socket, "forward", action="add", proto="tcp", port="8081", to=f"{G1}:80",
+            listen="::1")
+    request(daemon.socket, "forward", action="add", proto="udp", port="8054", to=f"{G1}:53",
+            listen="::1")
+    v6 = lab.run(host, ["socat", "-T", "5", "-", "TCP6:[::1]:8081"]).stdout.strip()
+    assert v6 == f"web sees {GW}", "the guest sees an IPv6 peer as the host address"
+    asked = lab.run(host, ["socat", "-T", "3", "-", "UDP6:[::1]:8054"], input="q6")
+    assert asked.stdout == f"q6 from {GW}"
 
 
 def test_the_host_address_is_the_hosts_loopback(lab, egress_lab):

@@ -62,10 +62,10 @@ class Lab:
         return proc
 
     def run(self, ns: str, cmd: str | list[str], check: bool = True,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+            timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess[str]:
         argv = shlex.split(cmd) if isinstance(cmd, str) else cmd
         return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True,
-                              text=True, check=check, timeout=timeout)
+                              text=True, check=check, timeout=timeout, input=input)
 
     def close(self) -> None:
         for proc in reversed(self.procs):
