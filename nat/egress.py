@@ -19,7 +19,8 @@ Rule 2: ICMP echo.  An unprivileged ping socket (SOCK_DGRAM, IPPROTO_ICMP) per g
 Rule 3: TCP.  A guest SYN starts a non-blocking connect; ``nat.tcp_splice.Splice`` carries the
         connection: SYN-ACK only once connected, RST when refused, ICMP unreachable otherwise;
         flow control both ways (the adapter reads the host socket only while ``room()`` > 0 and
-        writes what the socket takes).
+        writes what the socket takes).  Segments from a guest are synced once per batch read
+        (a ``call_soon`` after the port's read callback): one send to the host, one ACK back.
 Rule 4: the host address (default: the gateway's, as libslirp and passt do) stands for the
         host's loopback: TCP and UDP to it go to 127.0.0.1; what comes from loopback or from an
         IPv6 peer appears to guests to come from it.  Destinations the router must never forward
@@ -153,6 +154,7 @@ class TcpFlow:
     sock: socket.socket
     connecting: bool
     inbound: bool = False
+    dirty: bool = False
     reading: bool = False
     writing: bool = False
     host_eof: bool = False
@@ -209,6 +211,7 @@ class HostEgress:
         self.echo: dict[tuple[bytes, int], EchoFlow] = {}
         self.echo_by_ident: dict[int, EchoFlow] = {}
         self.tcp: dict[tuple[bytes, int, bytes, int], TcpFlow] = {}
+        self._dirty: list[TcpFlow] = []  # flows with guest segments not yet synced (Rule 3)
         self.listeners: dict[tuple[int, str, int], Listener] = {}
         self.recent: dict[tuple[bytes, int, bytes, int], tuple[dict[str, Any], float]] = {}
         self.counters: Counter[str] = Counter()
@@ -472,7 +475,11 @@ class HostEgress:
             if flow.splice.macs[0] == 0xFF:  # an inbound flow hears its guest the first time
                 flow.splice.macs = packet[16:22] + packet[10:16]
             flow.splice.from_guest(packet, now)
-            self._sync(flow)
+            if not flow.dirty:  # synced once after the batch being read (Rule 3)
+                flow.dirty = True
+                if not self._dirty:
+                    self.loop.call_soon(self._flush)
+                self._dirty.append(flow)
             return
         flags = packet[ip.start + 13]
         if flags & 0x12 != 0x02:  # not a SYN: nobody here (RFC 9293 3.10.7.1)
@@ -498,6 +505,15 @@ class HostEgress:
         else:
             self._connect_result(flow, err)
         self._sync(flow)
+
+    def _flush(self) -> None:
+        """Sync the flows guest segments arrived for in the last batch: their bytes go to the
+        host in one send, and each guest gets one ACK carrying the window after it."""
+        flows, self._dirty = self._dirty, []
+        for flow in flows:
+            flow.dirty = False
+            if flow.sock.fileno() >= 0:
+                self._sync(flow)
 
     def _tcp_connected(self, flow: TcpFlow) -> None:
         self.loop.remove_writer(flow.sock.fileno())

@@ -18,9 +18,11 @@ Rule 2: handshake.  Outbound: the guest's SYN gives its ISN, MSS (536 if absent,
         and the window of a SYN is never scaled.
 Rule 3: receiving (RFC 9293 3.10.7.4, simplified): in-order data only; the part of a segment
         before RCV.NXT is trimmed, out-of-order data is dropped and answered with a duplicate ACK,
-        anything beyond the window we advertised is cut off.  Every segment with data or FIN is
-        ACKed at once (no delayed ACKs).  Our window is the free buffer >> our shift and never
-        shrinks (RFC 9293 3.8.6.2.2); after the host drains a small window, a window update.
+        anything beyond the window we advertised is cut off.  In-order data and FIN are ACKed
+        once per ``drain()`` (the adapter drains after each batch it reads, as GRO makes one
+        ACK per batch); duplicates and out-of-order segments are ACKed at once.  Our window
+        is the free buffer >> our shift and never shrinks (RFC 9293 3.8.6.2.2); after the host
+        drains a small window, a window update.
 Rule 4: sending: ``room()`` = the guest's window and our buffer less what is in flight.  Host
         bytes go out at once, in MSS-sized plain segments or GSO super-frames (PSH on the last),
         and stay in the retransmission buffer until acknowledged.
@@ -191,6 +193,7 @@ class Splice:
         self._unacked = Unacked()  # data from SND.UNA on
         # Receive sequence space.
         self.irs = self.rcv_nxt = self.rcv_shift = 0
+        self._ack_due = False  # in-order data or a window update awaits an ACK (Rule 3)
         self._rcv_edge = 0  # RCV.NXT + the window last advertised: the right edge never shrinks
         self._last_window = 0  # the window last advertised, in bytes
         self._offer_wscale = False
@@ -382,7 +385,11 @@ class Splice:
             if fin and take == length - skip:
                 self.rcv_nxt = seq_add(self.rcv_nxt, 1)
                 self.guest_fin = True
-        self._emit(self.snd_nxt, ACK)
+                take += 1
+            if take:  # Rule 3: in order: one ACK for all that arrives before the next drain()
+                self._ack_due = True
+                return
+        self._emit(self.snd_nxt, ACK)  # a duplicate, out of order, or no room: ACK at once
 
     # --- the host socket ----------------------------------------------------------------------
 
@@ -417,7 +424,7 @@ class Splice:
             after = min(0xFFFF, free >> self.rcv_shift) << self.rcv_shift
             if (before < quarter or before == 0) and after > before and (
                     after >= quarter or after - before >= 2 * self.mss):
-                self._emit(self.snd_nxt, ACK)
+                self._ack_due = True  # the window update goes out with the next drain()
         self._settle(now)
 
     def host_eof(self, now: float) -> None:
@@ -536,7 +543,11 @@ class Splice:
     # --- output -------------------------------------------------------------------------------
 
     def drain(self) -> list[bytes]:
-        """The packets for the guest produced so far (the list is cleared)."""
+        """The packets for the guest produced so far (the list is cleared), ending with the ACK
+        still due (Rule 3): an adapter that drains once per batch of guest segments sends one
+        ACK for the batch, with the window as it is after the host took what it could."""
+        if self._ack_due and not self.closed:
+            self._emit(self.snd_nxt, ACK)
         out, self.to_guest = self.to_guest, []
         return out
 
@@ -560,6 +571,7 @@ class Splice:
     def _emit(self, seq: int, flags: int, payload: bytes | memoryview = b"",
               options: bytes = b"", window: int | None = None) -> None:
         """Append one packet for the guest: plain with a full checksum, or a GSO super-frame."""
+        self._ack_due = False  # every segment we send acknowledges all received
         hlen = 20 + len(options)
         tcp_len = hlen + len(payload)
         packet = bytearray(TCP_AT + hlen)
