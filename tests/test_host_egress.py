@@ -191,6 +191,10 @@ def test_refused_port_half_close_and_a_gigabyte(lab, egress_lab):
     g1 = guests["e1"]
     refused = lab.run(g1, [sys.executable, "-c", CONNECT, INET, "9"]).stdout.split()
     assert refused[0] == "refused", refused  # a RST, not a timeout or an ICMP error
+    # nobody at 10.95.0.99: the host's connect fails (no ARP answer), the guest gets ICMP
+    # host unreachable, which its kernel reports as EHOSTUNREACH
+    lost = lab.run(g1, [sys.executable, "-c", CONNECT, "10.95.0.99", "80"], timeout=30).stdout
+    assert lost.strip() == "error [Errno 113] No route to host", lost
     # socat's child reads until our FIN, then answers and closes: data after a half-close
     lab.spawn(["socat", f"TCP-LISTEN:7001,bind={INET},reuseaddr",
                "SYSTEM:'cat; echo after-eof'"], ns=inet)
@@ -265,3 +269,39 @@ def test_malformed_traffic_toward_the_host_uplink_is_counted_and_survived(lab, e
     dropped = sum(v for k, v in counters.items() if k.startswith(("drop-", "malformed")))
     assert dropped > 5000, counters
     assert counters["flows"] < 2000, "junk made few flows, and they expire"
+
+
+FLOWS = """
+import errno, socket, sys
+socks = []
+for i in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect((sys.argv[1], 7))
+    s.settimeout(2)
+    s.send(b"x")
+    try:
+        s.recv(100)
+        print("answered")
+    except socket.timeout:
+        print("timeout")
+    except OSError as exc:  # ICMP 3/13 (filtered) is EHOSTUNREACH to the socket (RFC 1122)
+        print(errno.errorcode[exc.errno])
+    socks.append(s)
+"""
+
+
+def test_a_full_flow_table_refuses_new_flows_and_keeps_the_old(lab, tmp_path):
+    """[nat] max_entries bounds the host sockets: beyond it new flows get ICMP 3/13."""
+    host = lab.netns("eh")
+    inet = internet(lab, host)
+    guests = {"e1": lab.netns("e1")}
+    daemon = Daemon(lab, tmp_path, guest_body(lab, tmp_path, guests, "[nat]\nmax_entries = 16"),
+                    ports_up=2, ns=host)
+    address_guests(lab, guests, {"e1": G1})
+    serve(lab, inet, UDP_ECHO, INET, "7")
+    results = lab.run(guests["e1"], [sys.executable, "-c", FLOWS, INET, "24"],
+                      timeout=120).stdout.split()
+    assert results[:16] == ["answered"] * 16 and set(results[16:]) == {"EHOSTUNREACH"}, results
+    counters = daemon.show("router")
+    assert counters["drop-table-full"] == 8 and counters["flows"] == 16
+    assert ping(lab, guests["e1"], INET, count=1) == 0, "a new echo flow is refused too"

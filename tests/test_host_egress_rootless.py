@@ -227,3 +227,29 @@ type = "tap"
                            script=GUEST_SCRIPT.split("for dir in")[0])
     for mark in ("http-ok", "ping-ok", "udp-ok"):
         assert mark in marks, (mark, marks, daemon.log.read_text()[-2000:])
+
+
+def test_without_ping_sockets_or_cap_net_raw_one_warning_says_how(lab):
+    public = Path(tempfile.mkdtemp(prefix="vswitch-rootless-"))
+    try:
+        public.chmod(0o755)
+        state = public / "state"
+        state.mkdir()
+        shutil.chown(state, "nobody", "nogroup")
+        python, env = public_copy(public / "lib")
+        host = lab.netns("rp")  # a fresh namespace: ping_group_range is "1 0", nobody's out
+        body = f"""
+[switch]
+name = "p{lab.tag}"
+[network]
+subnet = "10.98.0.0/24"
+[dhcp]
+lease_file = "{state}/leases"
+"""
+        daemon = Daemon(lab, state, body, ns=host, python=NOBODY + python, env=env)
+        assert daemon.show("router")["ping"] == "off"
+        log = daemon.log.read_text()
+        assert log.count("ping to the outside is off") == 1
+        assert "net.ipv4.ping_group_range" in log
+    finally:
+        shutil.rmtree(public, ignore_errors=True)
