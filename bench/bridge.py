@@ -21,7 +21,6 @@ The parsers (``iperf_tcp_bps``, ``iperf_udp_pps``, ``ping_rtts_ms``, ``percentil
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import platform
@@ -37,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.report import alternate_rounds, medians, ratio_bars, save_report
+from bench.report import alternate_rounds, medians, new_report, ratio_bars, save_report
 from vswitch.lab import Lab, sh, wait_for
 from vswitch.ports.tun import disable_ipv6
 
@@ -463,12 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupt)  # clean up on kill as on Ctrl-C
 
     start = time.monotonic()
-    report: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, "-m", "bench.bridge", *sys.argv[1:]]),
-        "machine": machine_info(), "rounds_requested": args.rounds, "seconds": args.seconds,
-        "variants": variants, "rounds": [],
-    }
+    report = new_report("bench.bridge", sys.argv[1:], machine_info(), args.rounds,
+                        args.seconds, variants=variants)
     try:
         alternate_rounds(report, args.rounds, variants,
                          lambda v, lab, say: measure(lab, BUILDERS[v](lab), args.seconds, say),

@@ -38,7 +38,6 @@ and the plot style come from ``bench.bridge`` and ``bench.report``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import re
@@ -69,7 +68,7 @@ from bench.bridge import (
     vm_hwm_kib,
 )
 from bench.bridge import Setup as BridgeSetup
-from bench.report import alternate_rounds, medians, ratio_bars, save_report
+from bench.report import alternate_rounds, medians, new_report, ratio_bars, save_report
 from bench.services import log_problems
 from vswitch.lab import Lab, sh, wait_for
 
@@ -596,12 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     machine = machine_info()
     machine["slirp4netns"] = slirp_version()
-    report: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, "-m", "bench.egress", *argv]),
-        "machine": machine, "rounds_requested": args.rounds, "seconds": args.seconds,
-        "variants": list(variants), "rounds": [],
-    }
+    report = new_report("bench.egress", argv, machine, args.rounds, args.seconds,
+                        variants=list(variants))
     try:
         alternate_rounds(report, args.rounds, variants,
                          lambda v, lab, say: measure(lab, BUILDERS[v](lab), args.seconds, say),

@@ -29,7 +29,6 @@ unit tests; the other parsers, the CPU sampling and the plot style come from ``b
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
 import json
 import os
@@ -63,7 +62,7 @@ from bench.bridge import (
     vswitch_bin,
 )
 from bench.bridge import Setup as BridgeSetup
-from bench.report import alternate_rounds, medians, save_report
+from bench.report import alternate_rounds, medians, new_report, save_report
 from bench.services import log_problems
 from vswitch.lab import Lab, sh, wait_for
 
@@ -600,12 +599,8 @@ def main(argv: list[str] | None = None) -> int:
     def say(msg: str) -> None:
         print(f"[{time.monotonic() - start:5.0f}s] {msg}", flush=True)
 
-    report: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, "-m", "bench.nat", *argv]),
-        "machine": machine_info(), "rounds_requested": args.rounds, "seconds": args.seconds,
-        "variants": list(VARIANTS), "rounds": [],
-    }
+    report = new_report("bench.nat", argv, machine_info(), args.rounds, args.seconds,
+                        variants=list(VARIANTS))
     try:
         alternate_rounds(report, args.rounds, VARIANTS,
                          lambda v, lab, say: measure(lab, BUILDERS[v](lab), args.seconds, say),

@@ -15,6 +15,18 @@ from typing import Any
 from vswitch.lab import Lab
 
 
+def new_report(module: str, argv: Sequence[str], machine: dict[str, Any], rounds: int,
+               seconds: float, **extra: Any) -> dict[str, Any]:
+    """The skeleton every benchmark's JSON starts from: when, how it was run, on what."""
+    import datetime as dt
+    import sys
+
+    return {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "command": " ".join([Path(sys.executable).name, "-m", module, *argv]),
+            "machine": machine, "rounds_requested": rounds, "seconds": seconds, **extra,
+            "rounds": []}
+
+
 def save_report(report: dict[str, Any], out: Path, name: str,
                 markdown: Callable[[dict[str, Any]], str],
                 plot: Callable[[dict[str, Any], Path], None], start: float) -> None:

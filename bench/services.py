@@ -34,7 +34,6 @@ The parsers (``perfdhcp_summary``, ``dnsperf_summary``, ``upstream_queries``, ``
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import ipaddress
 import json
 import os
@@ -59,7 +58,7 @@ from bench.bridge import (
     vm_hwm_kib,
     vswitch_bin,
 )
-from bench.report import Say, alternate_rounds, medians, ratio_bars, save_report
+from bench.report import Say, alternate_rounds, medians, new_report, ratio_bars, save_report
 from vswitch.lab import Lab, sh, wait_for
 
 VARIANTS = ("dnsmasq", "vswitch")
@@ -538,13 +537,8 @@ def main(argv: list[str] | None = None) -> int:
                           "--porcelain", "--untracked-files=no"], capture_output=True,
                          text=True, check=False, timeout=10)
     machine["vswitch_uncommitted_changes"] = git.stdout.splitlines()
-    report: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, "-m", "bench.services", *sys.argv[1:]]),
-        "machine": machine, "tools": tool_versions(), "rounds_requested": args.rounds,
-        "seconds": args.seconds, "dhcp_rate": args.dhcp_rate, "clients": args.clients,
-        "rounds": [],
-    }
+    report = new_report("bench.services", sys.argv[1:], machine, args.rounds, args.seconds,
+                        tools=tool_versions(), dhcp_rate=args.dhcp_rate, clients=args.clients)
     try:
         def run(v: str, lab: Lab, say: Say) -> dict[str, Any]:
             tmp = Path(tempfile.mkdtemp(prefix=f"bsvc-{lab.tag}-"))

@@ -83,33 +83,42 @@ done
 
 
 @pytest.fixture
-def public(lab):
-    """A directory ``nobody`` can read, with a state directory it can write, and the lab:
-    the host namespace (ping sockets allowed) and the internet behind it."""
+def nobody_dir():
+    """A directory ``nobody`` can read, with a state directory it can write, and a copy of
+    vswitch it can run: (directory, interpreter command, environment)."""
     public = Path(tempfile.mkdtemp(prefix="vswitch-rootless-"))
     try:
         public.chmod(0o755)
         state = public / "state"
         state.mkdir()
         shutil.chown(state, "nobody", "nogroup")
-        host = lab.netns("rh")
-        inet = internet(lab, host)
-        lab.run(host, ["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"])
-        page = public / "www"
-        page.mkdir()
-        (page / "page.txt").write_text("vswitch-page\n")
-        lab.spawn([sys.executable, "-m", "http.server", "-b", INET, "-d", str(page), "8000"],
-                  ns=inet, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        serve(lab, inet, UDP_ECHO, INET, "7")
-        lab.spawn(["iperf3", "-s", "-B", INET], ns=inet, stdout=subprocess.DEVNULL)
-        lab.spawn([sys.executable, "-m", "tests.peers.dns_upstream", INET], ns=inet,
-                  stdout=subprocess.DEVNULL, cwd=REPO)
-        kernel = public / "vmlinux"
-        shutil.copyfile(boot_kernel(), kernel)
-        kernel.chmod(0o644)
-        yield public, host, inet
+        python, env = public_copy(public / "lib")
+        yield public, python, env
     finally:
         shutil.rmtree(public, ignore_errors=True)
+
+
+@pytest.fixture
+def public(lab, nobody_dir):
+    """The lab: the host namespace (ping sockets allowed) and the internet behind it, with
+    its servers, and the guest kernel where qemu as nobody can read it."""
+    public, python, env = nobody_dir
+    host = lab.netns("rh")
+    inet = internet(lab, host)
+    lab.run(host, ["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"])
+    page = public / "www"
+    page.mkdir()
+    (page / "page.txt").write_text("vswitch-page\n")
+    lab.spawn([sys.executable, "-m", "http.server", "-b", INET, "-d", str(page), "8000"],
+              ns=inet, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    serve(lab, inet, UDP_ECHO, INET, "7")
+    lab.spawn(["iperf3", "-s", "-B", INET], ns=inet, stdout=subprocess.DEVNULL)
+    lab.spawn([sys.executable, "-m", "tests.peers.dns_upstream", INET], ns=inet,
+              stdout=subprocess.DEVNULL, cwd=REPO)
+    kernel = public / "vmlinux"
+    shutil.copyfile(boot_kernel(), kernel)
+    kernel.chmod(0o644)
+    return public, host, inet, python, env
 
 
 def boot_as_nobody(public: Path, config_path: Path, port: str, mac: str, host: str | None = None,
@@ -127,9 +136,8 @@ def boot_as_nobody(public: Path, config_path: Path, port: str, mac: str, host: s
 
 @pytest.fixture
 def rootless_lab(lab, public):
-    public, host, inet = public
+    public, host, inet, python, env = public
     state = public / "state"
-    python, env = public_copy(public / "lib")
     guest = lab.netns("rg")
     body = f"""
 [switch]
@@ -199,8 +207,7 @@ def test_unprivileged_vswitch_carries_a_namespace_and_a_qemu_guest(lab, rootless
 def test_a_tap_port_root_created_once_with_only_cap_net_raw(lab, public):
     """The tap port's setup without root: the TAP exists, owned by nobody, and is up; vswitch
     gets CAP_NET_RAW alone (an ambient capability) for the packet socket on its host side."""
-    public, host, inet = public
-    python, env = public_copy(public / "lib")
+    public, host, inet, python, env = public
     tap = lab.name("rtap")
     lab.run(host, ["ip", "tuntap", "add", tap, "mode", "tap", "user", "nobody", "group",
                    "nogroup", "vnet_hdr"])
@@ -229,27 +236,19 @@ type = "tap"
         assert mark in marks, (mark, marks, daemon.log.read_text()[-2000:])
 
 
-def test_without_ping_sockets_or_cap_net_raw_one_warning_says_how(lab):
-    public = Path(tempfile.mkdtemp(prefix="vswitch-rootless-"))
-    try:
-        public.chmod(0o755)
-        state = public / "state"
-        state.mkdir()
-        shutil.chown(state, "nobody", "nogroup")
-        python, env = public_copy(public / "lib")
-        host = lab.netns("rp")  # a fresh namespace: ping_group_range is "1 0", nobody's out
-        body = f"""
+def test_without_ping_sockets_or_cap_net_raw_one_warning_says_how(lab, nobody_dir):
+    public, python, env = nobody_dir
+    host = lab.netns("rp")  # a fresh namespace: ping_group_range is "1 0", nobody's out
+    body = f"""
 [switch]
 name = "p{lab.tag}"
 [network]
 subnet = "10.98.0.0/24"
 [dhcp]
-lease_file = "{state}/leases"
+lease_file = "{public}/state/leases"
 """
-        daemon = Daemon(lab, state, body, ns=host, python=NOBODY + python, env=env)
-        assert daemon.show("router")["ping"] == "off"
-        log = daemon.log.read_text()
-        assert log.count("ping to the outside is off") == 1
-        assert "net.ipv4.ping_group_range" in log
-    finally:
-        shutil.rmtree(public, ignore_errors=True)
+    daemon = Daemon(lab, public / "state", body, ns=host, python=NOBODY + python, env=env)
+    assert daemon.show("router")["ping"] == "off"
+    log = daemon.log.read_text()
+    assert log.count("ping to the outside is off") == 1
+    assert "net.ipv4.ping_group_range" in log
