@@ -12,6 +12,7 @@ Rule 1: UDP.  Each guest endpoint (address, port) is one host UDP socket, so the
         guest never sent to is dropped.  A mapping lives ``[nat] udp`` seconds after its last
         datagram (REQ-5).  Datagrams larger than the guest link's MTU are fragmented (RFC 791);
         fragments from guests are dropped and counted (a socket sends whole datagrams only).
+        ICMP errors the host receives for a guest's datagrams (IP_RECVERR) go on to the guest.
 Rule 2: ICMP echo.  An unprivileged ping socket (SOCK_DGRAM, IPPROTO_ICMP) per guest (address,
         identifier) where ``net.ipv4.ping_group_range`` allows; else one raw ICMP socket shared by
         all, with an identifier of ours per guest echo flow (needs CAP_NET_RAW); else echo
@@ -80,6 +81,10 @@ RECENT, LINGER = 1024, 30.0  # closed TCP flows still listed, and for how long
 UNREACHABLE_CODE: Final = {errno.ENETUNREACH: 0, errno.EHOSTUNREACH: 1, errno.ETIMEDOUT: 1,
                            errno.EACCES: 13, errno.EPERM: 13}
 U16: Final = struct.Struct("!H")
+IP_RECVERR: Final = 11  # <linux/in.h>
+SO_EE_ORIGIN_ICMP: Final = 2  # <linux/errqueue.h>
+#: struct sock_extended_err: errno, origin, type, code, pad, info, data; the offender follows
+EXT_ERR: Final = struct.Struct("=IBBBBII")
 
 Emit = Callable[[list[bytes]], None]
 
@@ -320,6 +325,7 @@ class HostEgress:
     def _new_udp(self, guest_ip: bytes, guest_port: int, now: float) -> UdpFlow:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)
+        sock.setsockopt(socket.SOL_IP, IP_RECVERR, 1)  # Rule 1: ICMP errors, to pass on
         try:
             if guest_port < 1024:
                 raise OSError
@@ -339,8 +345,9 @@ class HostEgress:
                 data, (host, port) = flow.sock.recvfrom(65535)
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError:
-                continue  # an ICMP error reported on the socket: nothing to deliver
+            except OSError:  # an ICMP error came back for one of the guest's datagrams
+                out.extend(self._udp_error(flow))
+                continue
             src = self._seen(host)
             if not self.endpoint_independent and src not in flow.peers:
                 self.counters["drop-udp-filtered"] += 1
@@ -351,6 +358,31 @@ class HostEgress:
         if out:
             flow.expires = self.loop.time() + self.udp_timeout
             self.emit(out)
+
+    def _udp_error(self, flow: UdpFlow) -> list[bytes]:
+        """Rule 1: an ICMP error the host got for a guest's datagram (IP_RECVERR), passed on
+        as the guest's own router would: from the reporting router, quoting the datagram as the
+        guest sent it (RFC 792; RFC 1812 4.3.2.3)."""
+        try:
+            data, ancillary, _, dest = flow.sock.recvmsg(576, 512, socket.MSG_ERRQUEUE)
+        except OSError:
+            return []
+        for level, kind, value in ancillary:
+            if level != socket.SOL_IP or kind != IP_RECVERR or len(value) < EXT_ERR.size + 8:
+                continue
+            _, origin, icmp_type, code, _, info, _ = EXT_ERR.unpack_from(value)
+            if origin != SO_EE_ORIGIN_ICMP:
+                continue
+            reporter = socket.inet_ntoa(value[EXT_ERR.size + 4:EXT_ERR.size + 8])
+            dst = self._seen(dest[0])
+            quoted = encode_ipv4(flow.guest_ip, dst, PROTO_UDP,
+                                 encode_udp(flow.guest_ip, dst, flow.guest_port, dest[1], data))
+            rest = struct.pack("!HH", 0, info & 0xFFFF) if (icmp_type, code) == (3, 4) \
+                else bytes(4)  # frag needed carries the next-hop MTU (RFC 1191)
+            self.counters[f"icmp-{icmp_type}/{code}-to-guest"] += 1
+            error = encode_icmp(icmp_type, code, rest + quoted[:548])
+            return [ip_packet(self._seen(reporter), flow.guest_ip, PROTO_ICMP, error)]
+        return []
 
     def _udp_to_guest(self, src: bytes, sport: int, dst: bytes, dport: int,
                       data: bytes) -> list[bytes]:

@@ -51,6 +51,21 @@ for _ in range(5):
         pass
 """
 
+UDP_CLOSED = """
+import errno, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.settimeout(3)
+s.send(b"anyone?")
+try:
+    s.recv(100)
+    print("answered")
+except socket.timeout:
+    print("timeout")
+except OSError as exc:
+    print(errno.errorcode[exc.errno])
+"""
+
 CONNECT = """
 import socket, sys, time
 start = time.monotonic()
@@ -171,6 +186,8 @@ def test_guests_reach_the_internet_through_host_sockets(lab, egress_lab, tmp_pat
     assert ping(lab, g2, INET, count=3) == 3
     echoed = lab.run(g2, [sys.executable, "-c", UDP_ASK, INET, "7", "hello"]).stdout.strip()
     assert echoed == f"hello from {HOST}", "the echo server saw the host's address"
+    closed = lab.run(g2, [sys.executable, "-c", UDP_CLOSED, INET, "9"]).stdout.strip()
+    assert closed == "ECONNREFUSED", "the port unreachable the host got reached the guest"
     for direction in ([], ["-R"]):
         done = lab.run(g1, ["iperf3", "-c", INET, "-t", "2", "-J", *direction], timeout=60)
         result = json.loads(done.stdout)
