@@ -50,8 +50,12 @@ def public_copy(root: Path) -> tuple[list[str], dict[str, str]]:
     shutil.copy(pytun.__file__, root)
     for path in [root, *root.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
-    return [os.path.realpath(sys.executable)], {"PYTHONPATH": str(root),
-                                                "PATH": os.environ["PATH"]}
+    # the system's interpreter of the same version, which any user may run (this one may
+    # live in root's home); the copied extensions are built for its ABI
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    python = shutil.which(version, path="/usr/bin:/usr/local/bin") or os.path.realpath(
+        sys.executable)
+    return [python], {"PYTHONPATH": str(root), "PATH": os.environ["PATH"]}
 
 
 def iperf3_files() -> dict[str, bytes]:
