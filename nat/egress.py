@@ -63,7 +63,7 @@ from nat.tcp_server import reset_for
 from nat.tcp_splice import Splice
 from nat.translate import admin_prohibited, icmp_error
 from vswitch.errors import MalformedPacket
-from vswitch.gso import internet_checksum
+from vswitch.gso import internet_checksum, to_plain_frames
 from vswitch.vnet import NO_OFFLOAD, VNET_HDR_LEN
 
 log = logging.getLogger("vswitch.egress")
@@ -239,6 +239,15 @@ class HostEgress:
             return
         if ip.fragment & 0x3FFF:
             self.counters["drop-fragment"] += 1  # Rule 1
+            return
+        if packet[1] & 0x7F and ip.proto != PROTO_TCP:  # UDP GSO: the datagrams it stands for
+            try:
+                frames = to_plain_frames(packet)
+            except MalformedPacket:
+                self.counters["malformed"] += 1
+                return
+            for frame in frames:
+                self.from_guest(NO_OFFLOAD + frame, now)
             return
         dst = ip.dst
         if not forwardable(dst):
@@ -439,7 +448,8 @@ class HostEgress:
         if self.ping_mode == "ping-socket":
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
             sock.setblocking(False)
-            host_ident = sock.getsockname()[1]  # the kernel's identifier for this socket
+            sock.bind(("0.0.0.0", 0))
+            host_ident = sock.getsockname()[1]  # the identifier the kernel gave this socket
         else:
             while self._next_echo_ident in self.echo_by_ident:
                 self._next_echo_ident = self._next_echo_ident % 0xFFFF + 1
