@@ -322,3 +322,62 @@ def test_a_full_flow_table_refuses_new_flows_and_keeps_the_old(lab, tmp_path):
     counters = daemon.show("router")
     assert counters["drop-table-full"] == 8 and counters["flows"] == 16
     assert ping(lab, guests["e1"], INET, count=1) == 0, "a new echo flow is refused too"
+
+
+UDP_GSO_SEND = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_UDP, 103, 1000)  # UDP_SEGMENT: the kernel may hand on one GSO frame
+s.sendto(bytes(5000), (sys.argv[1], int(sys.argv[2])))
+"""
+
+UDP_SIZES = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(5)
+print("listening", flush=True)
+sizes = []
+try:
+    while len(sizes) < 5:
+        sizes.append(len(s.recv(65535)))
+except socket.timeout:
+    pass
+print(sizes, flush=True)
+"""
+
+
+def test_udp_gso_from_a_veth_guest_leaves_as_separate_datagrams(lab, tmp_path):
+    """A guest behind an attach port (veth, packet socket with virtio-net headers) may send
+    one UDP GSO frame for several datagrams (UDP_SEGMENT): the host sends each one."""
+    host = lab.netns("eh")
+    inet = internet(lab, host)
+    guest = lab.netns("eg")
+    outer = lab.name("eva")
+    lab.veth(outer, guest, "eth0")
+    subprocess.run(["ip", "link", "set", outer, "netns", host], check=True)
+    lab.links.remove(outer)
+    lab.run(host, ["ip", "link", "set", outer, "up"])
+    body = f"""
+[switch]
+name = "g{lab.tag}"
+[network]
+subnet = "10.96.0.0/24"
+[dhcp]
+lease_file = "{tmp_path}/leases"
+[dns]
+forwarders = []
+[[port]]
+name = "va"
+type = "attach"
+interface = "{outer}"
+"""
+    lab.addr(guest, "eth0", f"{G1}/24")  # up first: the attach port is up with its carrier
+    lab.run(guest, ["ip", "route", "add", "default", "via", GW])
+    Daemon(lab, tmp_path, body, ports_up=2, ns=host)
+    receiver = lab.spawn([sys.executable, "-c", UDP_SIZES, INET, "9999"], ns=inet,
+                         stdout=subprocess.PIPE, text=True)
+    assert receiver.stdout.readline().strip() == "listening"
+    assert ping(lab, guest, INET, count=1) == 1  # ARP for the gateway done
+    lab.run(guest, [sys.executable, "-c", UDP_GSO_SEND, INET, "9999"])
+    assert receiver.stdout.readline().strip() == "[1000, 1000, 1000, 1000, 1000]"
