@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import Daemon, ping, tcp_transfer
-from vswitch.control import request
+from vswitch.control import ControlError, request
 from vswitch.lab import wait_for
 
 pytestmark = pytest.mark.privileged
@@ -242,6 +242,9 @@ def test_forwards_reach_guest_services_and_change_at_run_time(lab, egress_lab):
     assert {"proto": "tcp", "port": "8080", "listen": "0.0.0.0", "to": f"{G1}:80"} in \
         daemon.show("forwards")
     assert lab.run(inet, ["socat", "-T", "5", "-", f"TCP:{HOST}:8080"]).stdout.startswith("web")
+    with pytest.raises(ControlError, match="not guest_ip:port in the guest network"):
+        request(daemon.socket, "forward", action="add", proto="tcp", port="8090",
+                to="10.95.0.1:80")
     request(daemon.socket, "forward", action="del", proto="tcp", port="8080")
     gone = lab.run(inet, ["socat", "-T", "5", "-", f"TCP:{HOST}:8080"], check=False)
     assert gone.returncode != 0 and "refused" in gone.stderr.lower()

@@ -389,8 +389,13 @@ class Daemon:
         try:
             if request.get("action") == "add":
                 host, _, port = str(request.get("to", "")).rpartition(":")
-                opened = self.egress.add_forward(proto, ports, listen, socket.inet_aton(host),
-                                                 int(port))
+                guest = socket.inet_aton(host)
+                router = self.router.router if self.router is not None else None
+                if (router is None or not router.local(guest)
+                        or not 0 < int(port) <= 65536 - len(ports)):
+                    raise ValueError(f"{request.get('to')!r} is not guest_ip:port in the guest "
+                                     "network")
+                opened = self.egress.add_forward(proto, ports, listen, guest, int(port))
                 log.info("forward %s added to %s", what, request.get("to"))
                 return {"added": f"{what} -> {request.get('to')}", "ports": len(opened)}
             if request.get("action") == "del":
