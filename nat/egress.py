@@ -699,8 +699,11 @@ class HostEgress:
                         sock.listen(128)
                 except OSError as exc:
                     sock.close()
+                    hint = ("; ports below 1024 need CAP_NET_BIND_SERVICE, or sysctl "
+                            "net.ipv4.ip_unprivileged_port_start" if exc.errno == errno.EACCES
+                            else "")
                     raise OSError(exc.errno, f"cannot listen on {listen} port {port}: "
-                                  f"{exc.strerror}") from None
+                                  f"{exc.strerror}{hint}") from None
                 sock.setblocking(False)
                 opened.append(Listener(proto, listen, port, guest_ip, guest_port + offset, sock))
         except OSError:

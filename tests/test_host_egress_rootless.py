@@ -256,3 +256,26 @@ lease_file = "{public}/state/leases"
     log = daemon.log.read_text()
     assert log.count("ping to the outside is off") == 1
     assert "net.ipv4.ping_group_range" in log
+
+
+def test_a_forward_nobody_may_not_listen_on_stops_startup_saying_why(lab, nobody_dir):
+    public, python, env = nobody_dir
+    host = lab.netns("rf")
+    body = f"""
+[network]
+subnet = "10.98.0.0/24"
+[dhcp]
+lease_file = "{public}/state/leases"
+[[forward]]
+proto = "tcp"
+port = 22
+to = "10.98.0.10:22"
+"""
+    config = public / "state" / "f.toml"
+    config.write_text(body)
+    done = subprocess.run(["ip", "netns", "exec", host, *NOBODY, *python, "-m", "vswitch.cli",
+                           "run", str(config)], capture_output=True, text=True, env=env,
+                          timeout=30)
+    assert done.returncode != 0
+    assert "forward tcp 0.0.0.0 port 22" in done.stderr
+    assert "CAP_NET_BIND_SERVICE" in done.stderr, done.stderr
