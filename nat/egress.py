@@ -32,7 +32,9 @@ Rule 5: forwards.  Each ``[[forward]]`` port is a listening host socket (IPv4 or
         socket (a session, timed out like a UDP mapping).
 Rule 6: limits.  At most ``max_flows`` host sockets (the conntrack size, and the process's file
         limit); beyond it new flows are dropped, counted and answered with ICMP 3/13 (RFC 5508
-        REQ-8), existing flows go on.
+        REQ-8), existing flows go on.  TCP flows hold at most FLOW_BUFFER bytes each way, and
+        all together about ``buffer_budget``: over it, every flow that syncs gets MIN_BUFFER
+        (its windows narrow), until the total falls below it again.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ READ_CHUNK: Final = 256 * 1024
 LOOPBACK: Final = "127.0.0.1"
 PEERS_PER_MAPPING: Final = 256
 RECENT, LINGER = 1024, 30.0  # closed TCP flows still listed, and for how long
+FLOW_BUFFER, MIN_BUFFER = 1 << 20, 64 << 10  # bytes a TCP flow may hold each way (Rule 6)
 UNREACHABLE_CODE: Final = {errno.ENETUNREACH: 0, errno.EHOSTUNREACH: 1, errno.ETIMEDOUT: 1,
                            errno.EACCES: 13, errno.EPERM: 13}
 U16: Final = struct.Struct("!H")
@@ -160,6 +163,7 @@ class TcpFlow:
     connecting: bool
     inbound: bool = False
     dirty: bool = False
+    held: int = 0  # bytes the splice held at the last sync (Rule 6)
     reading: bool = False
     writing: bool = False
     host_eof: bool = False
@@ -194,7 +198,7 @@ class HostEgress:
                  max_flows: int = 262144,
                  endpoint_independent: bool = False, udp_timeout: float = 300.0,
                  icmp_timeout: float = 60.0, tcp_established: float = 7440.0,
-                 tcp_transitory: float = 240.0) -> None:
+                 tcp_transitory: float = 240.0, buffer_budget: int = 256 << 20) -> None:
         self.loop = loop
         self.emit = emit  # to guests, addressed by the router's ARP cache
         self.deliver = deliver  # to guests, already addressed (a TCP flow knows its guest's MAC)
@@ -211,6 +215,8 @@ class HostEgress:
         self.icmp_timeout = icmp_timeout
         self.tcp_timeouts = {"established_timeout": tcp_established,
                              "transitory_timeout": tcp_transitory}
+        self.buffer_budget = buffer_budget
+        self.buffered = 0  # bytes all TCP flows hold (Rule 6)
         self.udp: dict[tuple[bytes, int], UdpFlow] = {}
         self.sessions: dict[tuple[bytes, int, bytes, int], UdpSession] = {}
         self.echo: dict[tuple[bytes, int], EchoFlow] = {}
@@ -532,7 +538,8 @@ class HostEgress:
             return
         if self._full(packet):
             return
-        splice = Splice.outbound(packet, now, mss=self.mtu - 40, **self.tcp_timeouts)
+        splice = Splice.outbound(packet, now, mss=self.mtu - 40, buffer=self._flow_buffer(),
+                                 **self.tcp_timeouts)
         splice.macs = packet[16:22] + packet[10:16]  # to the guest, from the gateway
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
@@ -609,10 +616,14 @@ class HostEgress:
         flow.splice.expire(self.loop.time())
         self._sync(flow)
 
+    def _flow_buffer(self) -> int:
+        return FLOW_BUFFER if self.buffered < self.buffer_budget else MIN_BUFFER  # Rule 6
+
     def _sync(self, flow: TcpFlow) -> None:
         """Do what the splice wants done on the host socket, and send what it has for the guest."""
         splice, sock = flow.splice, flow.sock
         now = self.loop.time()
+        splice.buffer = self._flow_buffer()
         if splice.to_host and not flow.connecting and not flow.writing and not splice.closed:
             try:
                 sent = sock.send(splice.to_host)
@@ -642,6 +653,9 @@ class HostEgress:
                                       flow.key[2]))
             self._close_tcp(flow, abort=splice.abort_host)
             return
+        held = splice.held()  # Rule 6
+        self.buffered += held - flow.held
+        flow.held = held
         want_read = not flow.connecting and not flow.host_eof and splice.room() > 0
         if want_read != flow.reading:
             if want_read:
@@ -658,6 +672,8 @@ class HostEgress:
             flow.deadline = deadline
 
     def _close_tcp(self, flow: TcpFlow, abort: bool) -> None:
+        self.buffered -= flow.held
+        flow.held = 0
         if self.tcp.get(flow.key) is flow:
             del self.tcp[flow.key]
             # listed a little longer, as conntrack -L shows TIME_WAIT: a teaching aid only
@@ -745,7 +761,7 @@ class HostEgress:
                 sock.close()
                 continue
             splice = Splice.inbound(key[0], key[1], key[2], key[3], now, mss=self.mtu - 40,
-                                    **self.tcp_timeouts)
+                                    buffer=self._flow_buffer(), **self.tcp_timeouts)
             splice.macs = UNKNOWN_MACS
             flow = TcpFlow(key, splice, sock, connecting=False, inbound=True)
             self.tcp[key] = flow

@@ -165,7 +165,11 @@ class Splice:
                  established_timeout: float = 7440.0, transitory_timeout: float = 240.0) -> None:
         self.guest_ip, self.guest_port = guest_ip, guest_port
         self.remote_ip, self.remote_port = remote_ip, remote_port
-        self.mss, self.buffer = mss, buffer
+        self.mss = mss
+        #: Bytes held each way at most; the adapter may change it at any time (a memory budget
+        #: over all connections): a smaller one narrows the windows offered from then on, the
+        #: right edge already offered is kept (Rule 3), and data beyond it is cut off.
+        self.buffer = buffer
         self.established_timeout = established_timeout
         self.transitory_timeout = transitory_timeout
         # What the adapter reads.
@@ -378,7 +382,7 @@ class Splice:
         length = end - payload_at
         if not self.guest_fin and skip <= length:  # else after the guest's FIN, out of order or old
             window = seq_sub(self._rcv_edge, self.rcv_nxt)
-            free = self.buffer - len(self.to_host)
+            free = max(0, self.buffer - len(self.to_host))  # the adapter may shrink buffer
             take = min(length - skip, free, window if window < 1 << 31 else 0)
             self.to_host += memoryview(packet)[payload_at + skip:payload_at + skip + take]
             self.rcv_nxt = seq_add(self.rcv_nxt, take)
@@ -392,6 +396,10 @@ class Splice:
         self._emit(self.snd_nxt, ACK)  # a duplicate, out of order, or no room: ACK at once
 
     # --- the host socket ----------------------------------------------------------------------
+
+    def held(self) -> int:
+        """Bytes this connection holds: for the host, and sent to the guest but not acked."""
+        return len(self.to_host) + len(self._unacked)
 
     def room(self) -> int:
         """Rule 4: bytes the adapter may read from the host socket now."""
@@ -420,7 +428,7 @@ class Splice:
         self._last_activity = now
         if self.state == "established" and not self.guest_fin:
             before, quarter = self._last_window, min(self.buffer, 0xFFFF << self.rcv_shift) // 4
-            free = self.buffer - len(self.to_host)
+            free = max(0, self.buffer - len(self.to_host))
             after = min(0xFFFF, free >> self.rcv_shift) << self.rcv_shift
             if (before < quarter or before == 0) and after > before and (
                     after >= quarter or after - before >= 2 * self.mss):
@@ -553,7 +561,7 @@ class Splice:
 
     def _advertise(self) -> int:
         """Rule 3: the window field: free buffer >> our shift; the right edge never moves left."""
-        field = min(0xFFFF, (self.buffer - len(self.to_host)) >> self.rcv_shift)
+        field = min(0xFFFF, max(0, self.buffer - len(self.to_host)) >> self.rcv_shift)
         self._last_window = field << self.rcv_shift
         edge = seq_add(self.rcv_nxt, self._last_window)
         if seq_lt(self._rcv_edge, edge):

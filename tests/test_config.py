@@ -96,6 +96,7 @@ BAD = [
     ({"network": {}, "uplink": {"type": "slirp"}}, "uplink.type", "use \"host\""),
     ({"network": {}, "uplink": {"type": "host", "interface": "eth0"}}, "uplink.interface",
      "a host uplink takes"),
+    ({"network": {}, "uplink": {"buffer_mib": 0}}, "uplink.buffer_mib", "out of range"),
     ({"network": {"mode": "route"}, "uplink": {"type": "host"}}, "uplink.type",
      "keeps guest addresses"),
     ({"network": {}, "uplink": {"host_address": "10.0.0.1"}}, "uplink.host_address",

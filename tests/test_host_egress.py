@@ -384,3 +384,54 @@ interface = "{outer}"
     assert ping(lab, guest, INET, count=1) == 1  # ARP for the gateway done
     lab.run(guest, [sys.executable, "-c", UDP_GSO_SEND, INET, "9999"])
     assert receiver.stdout.readline().strip() == "[1000, 1000, 1000, 1000, 1000]"
+
+
+SINK = """
+import socket, sys, time
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # hold little in the kernel
+srv.bind((sys.argv[1], int(sys.argv[2])))
+srv.listen(64)
+print("listening", flush=True)
+held = []
+while True:
+    held.append(srv.accept()[0])  # and never read
+"""
+
+STUFF = """
+import socket, sys
+conns = []
+for i in range(int(sys.argv[3])):
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+    s.settimeout(3)
+    sent = 0
+    try:
+        while sent < 16 << 20:
+            sent += s.send(bytes(65536))
+    except socket.timeout:
+        pass
+    conns.append(s)
+    print(sent, flush=True)
+"""
+
+
+def test_tcp_buffers_stay_within_the_budget_when_sinks_stop_reading(lab, tmp_path):
+    """Rule 6 of nat.egress: six connections to a server that never reads would each hold
+    1 MiB toward it; with buffer_mib = 1 they hold about the budget all together, and a new
+    connection still works."""
+    host = lab.netns("eh")
+    inet = internet(lab, host)
+    guests = {"e1": lab.netns("e1")}
+    daemon = Daemon(lab, tmp_path, guest_body(lab, tmp_path, guests, "[uplink]\nbuffer_mib = 1"),
+                    ports_up=2, ns=host)
+    address_guests(lab, guests, {"e1": G1})
+    serve(lab, inet, SINK, INET, "7100")
+    serve(lab, inet, BANNER, INET, "7101", "fine")
+    sent = lab.run(guests["e1"], [sys.executable, "-c", STUFF, INET, "7100", "6"],
+                   timeout=120).stdout.split()
+    assert len(sent) == 6 and all(int(n) < 16 << 20 for n in sent), "every sink stalled"
+    router = daemon.show("router")
+    assert router["tcp_buffer_budget"] == 1 << 20
+    assert (1 << 20) <= router["tcp_buffered"] <= (2 << 20) + 6 * (64 << 10), router
+    reply = lab.run(guests["e1"], ["socat", "-T", "5", "-", f"TCP:{INET}:7101"]).stdout
+    assert reply.startswith("fine"), "new flows still work"

@@ -255,6 +255,24 @@ def test_window_shrinks_then_host_sent_sends_window_updates(our_isn):
     assert splice.drain() == []
 
 
+def test_a_buffer_shrunk_by_the_adapter_narrows_windows_and_never_rewinds(our_isn):
+    """The adapter's memory budget may shrink ``buffer`` below what the flow holds: the window
+    goes to 0 (never negative), data beyond the room is cut off, RCV.NXT never moves back, and
+    room() for host data follows the new size (each direction has its own buffer)."""
+    splice = established(wscale=False, buffer=16384)
+    splice.from_guest(guest(GISN + 1, ISN + 1, ACK, data(10000)), NOW)
+    assert one(splice).window == 6384
+    splice.buffer = 4096  # now below the 10000 held
+    splice.from_guest(guest(GISN + 10001, ISN + 1, ACK, data(3000, 2)), NOW)
+    out = one(splice)
+    assert (out.ack, out.window, len(splice.to_host)) == (GISN + 10001, 0, 10000)
+    assert splice.room() == 4096 and splice.held() == 10000
+    splice.host_sent(10000, NOW)
+    splice.buffer = 16384
+    splice.from_guest(guest(GISN + 10001, ISN + 1, ACK, data(3000, 2)), NOW)
+    assert one(splice).ack == GISN + 13001 and splice.held() == 3000
+
+
 # --- host to guest ----------------------------------------------------------------------------
 
 

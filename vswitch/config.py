@@ -131,6 +131,8 @@ class UplinkConfig:
     """"host" (the default: the host's own sockets, no privileges) or "raw"."""
     host_address: str = ""
     """host: the guest-network address that stands for the host's loopback ("" for none)."""
+    buffer_mib: int = 256
+    """host: MiB of TCP data all flows may hold together before their windows narrow."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,8 +517,9 @@ def _uplink(data: dict[str, Any], network: NetworkConfig) -> UplinkConfig | None
         raise ConfigError("uplink.type", f"{kind!r}: use \"host\" (the host's own sockets) or "
                           "\"raw\" (an address of its own on an L2 interface)")
     if kind == "host":
-        _only(up, "uplink.", {"type", "host_address"},
-              hint="a host uplink takes type and host_address")
+        _only(up, "uplink.", {"type", "host_address", "buffer_mib"},
+              hint="a host uplink takes type, host_address and buffer_mib")
+        buffer_mib = int(_number(up, "uplink.buffer_mib", 256, 1, 1 << 20, integer=True))
         if network.mode in ("route", "open") and "uplink" in data:
             raise ConfigError("uplink.type", f"mode {network.mode!r} keeps guest addresses, "
                               "which host sockets cannot; use type = \"raw\" or mode \"nat\"")
@@ -530,7 +533,7 @@ def _uplink(data: dict[str, Any], network: NetworkConfig) -> UplinkConfig | None
             if host != network.gateway and first <= netaddr.IPAddress(host) <= last:
                 raise ConfigError("uplink.host_address", f"{host} is in the DHCP range; pick "
                                   "an address outside it, or the gateway (the default)")
-        return UplinkConfig(type="host", host_address=host)
+        return UplinkConfig(type="host", host_address=host, buffer_mib=buffer_mib)
     _only(up, "uplink.", {"type", "interface", "address", "gateway", "mac", "mtu"})
     interface = _get(up, "uplink.interface", str, None, required="the L2 interface, e.g. "
                      "interface = \"eth1\"")

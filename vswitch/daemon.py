@@ -283,6 +283,8 @@ class Daemon:
                     "host_address": "none" if self.egress.host_address is None
                     else socket.inet_ntoa(self.egress.host_address),
                     "flows": len(self.egress), "max_flows": self.egress.max_flows,
+                    "tcp_buffered": self.egress.buffered,
+                    "tcp_buffer_budget": self.egress.buffer_budget,
                     "arp_guests": len(router.guests.cache), "held_dropped": router.guests.dropped}
             return {} if router is None else dict(router.counters) | {
                 "uplink_address": "none" if router.uplink is None
@@ -484,7 +486,7 @@ class Daemon:
             max_flows=n.max_entries,
             endpoint_independent=n.filtering == "endpoint-independent", udp_timeout=n.udp,
             icmp_timeout=n.icmp, tcp_established=n.tcp_established,
-            tcp_transitory=n.tcp_transitory)
+            tcp_transitory=n.tcp_transitory, buffer_budget=up.buffer_mib << 20)
         router.egress = self.egress
         if host is not None and host != self.router.gateway.ip:
             self.router.gateway.aliases = frozenset({host})
