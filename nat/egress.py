@@ -12,7 +12,9 @@ Rule 1: UDP.  Each guest endpoint (address, port) is one host UDP socket, so the
         guest never sent to is dropped.  A mapping lives ``[nat] udp`` seconds after its last
         datagram (REQ-5).  Datagrams larger than the guest link's MTU are fragmented (RFC 791);
         fragments from guests are dropped and counted (a socket sends whole datagrams only).
-        ICMP errors the host receives for a guest's datagrams (IP_RECVERR) go on to the guest.
+        ICMP errors the host receives for a guest's datagrams (IP_RECVERR) go on to the guest,
+        and datagrams leave with the guest's TTL less our hop, so a UDP traceroute through the
+        host uplink sees the routers beyond it.
 Rule 2: ICMP echo.  An unprivileged ping socket (SOCK_DGRAM, IPPROTO_ICMP) per guest (address,
         identifier) where ``net.ipv4.ping_group_range`` allows; else one raw ICMP socket shared by
         all, with an identifier of ours per guest echo flow (needs CAP_NET_RAW); else echo
@@ -139,6 +141,7 @@ class UdpFlow:
     expires: float
     peers: set[bytes] = field(default_factory=set)
     last_peer: tuple[bytes, int] = (bytes(4), 0)
+    ttl: int = 64  # the socket's IP_TTL now
     packets: list[int] = field(default_factory=lambda: [0, 0])
     bytes: list[int] = field(default_factory=lambda: [0, 0])
 
@@ -323,6 +326,10 @@ class HostEgress:
         flow.last_peer = (ip.dst, dport)
         flow.packets[0] += 1
         flow.bytes[0] += len(payload)
+        ttl = ip.ttl - 1  # the router's hop is taken (Router Rule 3); the host's are the rest
+        if ttl != flow.ttl:  # so a traceroute sees the hops beyond the host (Rule 1)
+            flow.sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, max(1, ttl))
+            flow.ttl = ttl
         self._send_udp(flow.sock, payload, (self._real(ip.dst), dport), packet)
 
     def _send_udp(self, sock: socket.socket, payload: bytes, to: tuple[Any, ...],

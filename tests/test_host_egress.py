@@ -435,3 +435,40 @@ def test_tcp_buffers_stay_within_the_budget_when_sinks_stop_reading(lab, tmp_pat
     assert (1 << 20) <= router["tcp_buffered"] <= (2 << 20) + 6 * (64 << 10), router
     reply = lab.run(guests["e1"], ["socat", "-T", "5", "-", f"TCP:{INET}:7101"]).stdout
     assert reply.startswith("fine"), "new flows still work"
+
+
+TRACE = """
+import select, socket, struct, sys
+for ttl in (1, 2, 3):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, 11, 1)  # IP_RECVERR: the ICMP error, and who sent it
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+    s.sendto(b"probe", (sys.argv[1], 33434 + ttl))
+    poll = select.poll()
+    poll.register(s, select.POLLERR)
+    if not poll.poll(3000):
+        print(ttl, "nothing")
+        continue
+    _, ancillary, _, _ = s.recvmsg(512, 512, socket.MSG_ERRQUEUE)
+    for level, kind, value in ancillary:
+        if (level, kind) == (socket.IPPROTO_IP, 11):
+            _, _, icmp_type, code = struct.unpack_from("=IBBB", value)
+            print(ttl, socket.inet_ntoa(value[20:24]), f"{icmp_type}/{code}")
+"""
+
+
+def test_a_udp_traceroute_sees_the_routers_beyond_the_host(lab, egress_lab):
+    """The guest's TTL (less the gateway's hop) goes on the host socket, and the ICMP errors
+    the host gets come back to the guest from the routers that sent them."""
+    daemon, host, inet, guests = egress_lab
+    far = lab.netns("ef")
+    lab.veth(lab.name("evf"), far, "eth0")
+    subprocess.run(["ip", "link", "set", lab.name("evf"), "netns", inet], check=True)
+    lab.links.remove(lab.name("evf"))
+    lab.addr(inet, lab.name("evf"), "10.99.0.1/24")
+    lab.addr(far, "eth0", "10.99.0.2/24")
+    lab.run(inet, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    lab.run(far, ["ip", "route", "add", "default", "via", "10.99.0.1"])
+    lab.run(host, ["ip", "route", "add", "10.99.0.0/24", "via", INET])
+    hops = lab.run(guests["e1"], [sys.executable, "-c", TRACE, "10.99.0.2"]).stdout
+    assert hops.splitlines() == [f"1 {GW} 11/0", f"2 {INET} 11/0", "3 10.99.0.2 3/3"], hops
