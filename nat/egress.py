@@ -154,6 +154,7 @@ class EchoFlow:
     sock: socket.socket | None  # the ping socket; None with the shared raw socket
     expires: float
     last_peer: bytes = bytes(4)
+    peers: set[bytes] = field(default_factory=set)  # where the guest sent echo requests
     packets: list[int] = field(default_factory=lambda: [0, 0])
     bytes: list[int] = field(default_factory=lambda: [0, 0])
 
@@ -447,6 +448,8 @@ class HostEgress:
             flow = self._new_echo(ip.src, ident, now)
         flow.expires = now + self.icmp_timeout
         flow.last_peer = ip.dst
+        if len(flow.peers) < PEERS_PER_MAPPING:
+            flow.peers.add(ip.dst)
         flow.packets[0] += 1
         flow.bytes[0] += len(data)
         request = encode_icmp(8, 0, struct.pack("!HH", flow.host_ident, seq) + data)
@@ -510,7 +513,9 @@ class HostEgress:
             self.emit(out)
 
     def _echo_reply(self, flow: EchoFlow, src: bytes, message: bytes) -> list[bytes]:
-        if len(message) < 8 or message[0] != 0:
+        """An echo reply for a guest: only from a host it pinged (the shared raw socket hears
+        every reply in the namespace, another program's with the same identifier too)."""
+        if len(message) < 8 or message[0] != 0 or src not in flow.peers:
             return []
         flow.packets[1] += 1
         flow.bytes[1] += len(message) - 8
