@@ -27,6 +27,7 @@ pytestmark = pytest.mark.privileged
 
 INET, HOST = "10.95.0.1", "10.95.0.2"
 GW, G1, G2 = "10.96.0.1", "10.96.0.11", "10.96.0.12"
+REPO = Path(__file__).resolve().parents[1]
 
 UDP_ECHO = """
 import socket, sys
@@ -472,3 +473,30 @@ def test_a_udp_traceroute_sees_the_routers_beyond_the_host(lab, egress_lab):
     lab.run(host, ["ip", "route", "add", "10.99.0.0/24", "via", INET])
     hops = lab.run(guests["e1"], [sys.executable, "-c", TRACE, "10.99.0.2"]).stdout
     assert hops.splitlines() == [f"1 {GW} 11/0", f"2 {INET} 11/0", "3 10.99.0.2 3/3"], hops
+
+
+RAW_ECHO = """
+import socket, struct, sys
+from vswitch.gso import internet_checksum
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+for seq in range(3):
+    body = struct.pack("!BBHHH", 8, 0, 0, int(sys.argv[2]), seq) + b"not the guest's"
+    body = body[:2] + struct.pack("!H", internet_checksum(body)) + body[4:]
+    s.sendto(body, (sys.argv[1], 0))
+"""
+
+
+def test_another_programs_echo_replies_do_not_reach_a_guest(lab, egress_lab):
+    """As root the host uplink pings through one raw socket, which hears every echo reply in
+    the namespace: one for another program, with the identifier a guest's flow uses, must not
+    be passed to that guest."""
+    daemon, host, inet, guests = egress_lab
+    assert daemon.show("router")["ping"] == "raw"
+    assert ping(lab, guests["e1"], INET, count=2) == 2
+    (row,) = [r for r in daemon.show("conntrack") if r["proto"] == "icmp"]
+    ident = row["reply"].split("host id ")[1]
+    lab.run(host, ["env", f"PYTHONPATH={REPO}", sys.executable, "-c", RAW_ECHO, "127.0.0.1",
+                   ident], timeout=30)
+    time.sleep(0.5)
+    (after,) = [r for r in daemon.show("conntrack") if r["proto"] == "icmp"]
+    assert after["packets"] == [2, 2], after
