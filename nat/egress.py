@@ -18,7 +18,8 @@ Rule 1: UDP.  Each guest endpoint (address, port) is one host UDP socket, so the
 Rule 2: ICMP echo.  An unprivileged ping socket (SOCK_DGRAM, IPPROTO_ICMP) per guest (address,
         identifier) where ``net.ipv4.ping_group_range`` allows; else one raw ICMP socket shared by
         all, with an identifier of ours per guest echo flow (needs CAP_NET_RAW); else echo
-        requests get ICMP 3/13 and one warning is logged at start.
+        requests get ICMP 3/13 and one warning is logged at start.  As for UDP, requests carry
+        the guest's TTL less our hop, and the errors they cause go on to the guest.
 Rule 3: TCP.  A guest SYN starts a non-blocking connect; ``nat.tcp_splice.Splice`` carries the
         connection: SYN-ACK only once connected, RST when refused, ICMP unreachable otherwise;
         flow control both ways (the adapter reads the host socket only while ``room()`` > 0 and
@@ -128,6 +129,24 @@ def route_source(peer: str) -> str:
         probe.close()
 
 
+def read_icmp_error(sock: socket.socket) -> tuple[bytes, tuple[Any, ...], int, int, int,
+                                                  str] | None:
+    """The next ICMP error on ``sock``'s error queue (IP_RECVERR): (the data sent, its
+    destination, type, code, info, the reporting router), or None."""
+    try:
+        data, ancillary, _, dest = sock.recvmsg(576, 512, socket.MSG_ERRQUEUE)
+    except OSError:
+        return None
+    for level, kind, value in ancillary:
+        if level != socket.SOL_IP or kind != IP_RECVERR or len(value) < EXT_ERR.size + 8:
+            continue
+        _, origin, icmp_type, code, _, info, _ = EXT_ERR.unpack_from(value)
+        if origin == SO_EE_ORIGIN_ICMP:
+            reporter = socket.inet_ntoa(value[EXT_ERR.size + 4:EXT_ERR.size + 8])
+            return data, dest, icmp_type, code, info, reporter
+    return None
+
+
 def forwardable(address: bytes) -> bool:
     """RFC 1812 5.3.7: never forward to 0/8, 127/8, multicast or class E."""
     return address[0] not in (0, 127) and address[0] < 224
@@ -141,7 +160,7 @@ class UdpFlow:
     expires: float
     peers: set[bytes] = field(default_factory=set)
     last_peer: tuple[bytes, int] = (bytes(4), 0)
-    ttl: int = 64  # the socket's IP_TTL now
+    ttl: int = -1  # the socket's IP_TTL now (-1: not set yet)
     packets: list[int] = field(default_factory=lambda: [0, 0])
     bytes: list[int] = field(default_factory=lambda: [0, 0])
 
@@ -155,6 +174,7 @@ class EchoFlow:
     expires: float
     last_peer: bytes = bytes(4)
     peers: set[bytes] = field(default_factory=set)  # where the guest sent echo requests
+    ttl: int = -1  # the ping socket's IP_TTL now (-1: not set yet)
     packets: list[int] = field(default_factory=lambda: [0, 0])
     bytes: list[int] = field(default_factory=lambda: [0, 0])
 
@@ -232,6 +252,7 @@ class HostEgress:
         self.counters: Counter[str] = Counter()
         self._ident = 0
         self._next_echo_ident = 1
+        self._raw_ttl = -1  # the raw socket's IP_TTL now (-1: not set yet)
         self.ping_mode, self._raw = self._open_ping()
         if self.ping_mode == "off":
             log.warning("ping to the outside is off: this user may not open ping sockets and "
@@ -327,9 +348,9 @@ class HostEgress:
         flow.last_peer = (ip.dst, dport)
         flow.packets[0] += 1
         flow.bytes[0] += len(payload)
-        ttl = ip.ttl - 1  # the router's hop is taken (Router Rule 3); the host's are the rest
+        ttl = max(1, ip.ttl - 1)  # the router's hop is taken (Router Rule 3), the host's follow
         if ttl != flow.ttl:  # so a traceroute sees the hops beyond the host (Rule 1)
-            flow.sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, max(1, ttl))
+            flow.sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
             flow.ttl = ttl
         self._send_udp(flow.sock, payload, (self._real(ip.dst), dport), packet)
 
@@ -383,29 +404,26 @@ class HostEgress:
             self.emit(out)
 
     def _udp_error(self, flow: UdpFlow) -> list[bytes]:
-        """Rule 1: an ICMP error the host got for a guest's datagram (IP_RECVERR), passed on
-        as the guest's own router would: from the reporting router, quoting the datagram as the
-        guest sent it (RFC 792; RFC 1812 4.3.2.3)."""
-        try:
-            data, ancillary, _, dest = flow.sock.recvmsg(576, 512, socket.MSG_ERRQUEUE)
-        except OSError:
+        """Rule 1: an ICMP error the host got for a guest's datagram, passed on."""
+        error = read_icmp_error(flow.sock)
+        if error is None:
             return []
-        for level, kind, value in ancillary:
-            if level != socket.SOL_IP or kind != IP_RECVERR or len(value) < EXT_ERR.size + 8:
-                continue
-            _, origin, icmp_type, code, _, info, _ = EXT_ERR.unpack_from(value)
-            if origin != SO_EE_ORIGIN_ICMP:
-                continue
-            reporter = socket.inet_ntoa(value[EXT_ERR.size + 4:EXT_ERR.size + 8])
-            dst = self._seen(dest[0])
-            quoted = encode_ipv4(flow.guest_ip, dst, PROTO_UDP,
-                                 encode_udp(flow.guest_ip, dst, flow.guest_port, dest[1], data))
-            rest = struct.pack("!HH", 0, info & 0xFFFF) if (icmp_type, code) == (3, 4) \
-                else bytes(4)  # frag needed carries the next-hop MTU (RFC 1191)
-            self.counters[f"icmp-{icmp_type}/{code}-to-guest"] += 1
-            error = encode_icmp(icmp_type, code, rest + quoted[:548])
-            return [ip_packet(self._seen(reporter), flow.guest_ip, PROTO_ICMP, error)]
-        return []
+        data, dest, icmp_type, code, info, reporter = error
+        dst = self._seen(dest[0])
+        quoted = encode_ipv4(flow.guest_ip, dst, PROTO_UDP,
+                             encode_udp(flow.guest_ip, dst, flow.guest_port, dest[1], data))
+        return self._error_to_guest(flow.guest_ip, quoted, reporter, icmp_type, code, info)
+
+    def _error_to_guest(self, guest_ip: bytes, quoted: bytes, reporter: str, icmp_type: int,
+                        code: int, info: int) -> list[bytes]:
+        """An ICMP error about a guest's packet, as the guest's own router would pass it on:
+        from the router that reported it, quoting the packet as the guest sent it (RFC 792;
+        RFC 1812 4.3.2.3: at most 576 bytes)."""
+        rest = struct.pack("!HH", 0, info & 0xFFFF) if (icmp_type, code) == (3, 4) \
+            else bytes(4)  # frag needed carries the next-hop MTU (RFC 1191)
+        self.counters[f"icmp-{icmp_type}/{code}-to-guest"] += 1
+        error = encode_icmp(icmp_type, code, rest + quoted[:548])
+        return [ip_packet(self._seen(reporter), guest_ip, PROTO_ICMP, error)]
 
     def _udp_to_guest(self, src: bytes, sport: int, dst: bytes, dport: int,
                       data: bytes) -> list[bytes]:
@@ -453,8 +471,17 @@ class HostEgress:
         flow.packets[0] += 1
         flow.bytes[0] += len(data)
         request = encode_icmp(8, 0, struct.pack("!HH", flow.host_ident, seq) + data)
+        sock = flow.sock or self._raw
+        assert sock is not None
+        ttl = max(1, ip.ttl - 1)  # as for UDP (Rule 1): ping -t and traceroute -I see beyond
+        if ttl != (flow.ttl if flow.sock is not None else self._raw_ttl):
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+            if flow.sock is not None:
+                flow.ttl = ttl
+            else:
+                self._raw_ttl = ttl
         try:
-            (flow.sock or self._raw).sendto(request, (self._real(ip.dst), 0))  # type: ignore[union-attr]
+            sock.sendto(request, (self._real(ip.dst), 0))
         except OSError as exc:
             self.counters[f"ping-send-{errno.errorcode.get(exc.errno or 0, 'error')}"] += 1
 
@@ -464,6 +491,7 @@ class HostEgress:
         if self.ping_mode == "ping-socket":
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
             sock.setblocking(False)
+            sock.setsockopt(socket.SOL_IP, IP_RECVERR, 1)  # Rule 2: errors, to pass on
             sock.bind(("0.0.0.0", 0))
             host_ident = sock.getsockname()[1]  # the identifier the kernel gave this socket
         else:
@@ -486,7 +514,12 @@ class HostEgress:
                 message, (host, _) = flow.sock.recvfrom(65535)
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError:
+            except OSError:  # an ICMP error for one of the guest's echo requests
+                error = read_icmp_error(flow.sock)
+                if error is not None:
+                    sent, dest, icmp_type, code, info, reporter = error
+                    out.extend(self._echo_error(flow, socket.inet_aton(dest[0]), sent,
+                                                icmp_type, code, info, reporter))
                 continue
             out.extend(self._echo_reply(flow, self._seen(host), message))
         if out:
@@ -504,6 +537,9 @@ class HostEgress:
                 continue
             ihl = (datagram[0] & 0x0F) * 4 if datagram else 0
             message = datagram[ihl:]
+            if len(message) >= 36 and message[0] in (3, 11, 12):  # an error quoting an echo?
+                out.extend(self._raw_error(message, host))
+                continue
             if len(message) < 8 or message[0] != 0:
                 continue
             flow = self.echo_by_ident.get(U16.unpack_from(message, 4)[0])
@@ -511,6 +547,31 @@ class HostEgress:
                 out.extend(self._echo_reply(flow, self._seen(host), message))
         if out:
             self.emit(out)
+
+    def _raw_error(self, message: bytes, reporter: str) -> list[bytes]:
+        """An ICMP error the raw socket heard: passed on if it quotes one of our echo requests
+        to a host the guest pinged."""
+        inner = message[8:]
+        inner_ihl = (inner[0] & 0x0F) * 4
+        if inner[9] != PROTO_ICMP or len(inner) < inner_ihl + 8 or inner[inner_ihl] != 8:
+            return []
+        flow = self.echo_by_ident.get(U16.unpack_from(inner, inner_ihl + 4)[0])
+        dst = inner[16:20]
+        if flow is None or self._seen(socket.inet_ntoa(dst)) not in flow.peers:
+            return []
+        info = struct.unpack_from("!I", message, 4)[0]
+        return self._echo_error(flow, dst, inner[inner_ihl:], message[0], message[1], info,
+                                reporter)
+
+    def _echo_error(self, flow: EchoFlow, dst: bytes, sent: bytes, icmp_type: int, code: int,
+                    info: int, reporter: str) -> list[bytes]:
+        """Rule 2: an ICMP error about an echo request, quoting it as the guest sent it."""
+        if len(sent) < 8:
+            return []
+        request = sent[:4] + U16.pack(flow.guest_ident) + sent[6:]
+        seen = self._seen(socket.inet_ntoa(dst))
+        quoted = encode_ipv4(flow.guest_ip, seen, PROTO_ICMP, request)
+        return self._error_to_guest(flow.guest_ip, quoted, reporter, icmp_type, code, info)
 
     def _echo_reply(self, flow: EchoFlow, src: bytes, message: bytes) -> list[bytes]:
         """An echo reply for a guest: only from a host it pinged (the shared raw socket hears

@@ -500,3 +500,25 @@ def test_another_programs_echo_replies_do_not_reach_a_guest(lab, egress_lab):
     time.sleep(0.5)
     (after,) = [r for r in daemon.show("conntrack") if r["proto"] == "icmp"]
     assert after["packets"] == [2, 2], after
+
+
+def test_ping_errors_come_back_through_the_host_uplink(lab, egress_lab):
+    """An echo request's ICMP errors reach the guest's ping: host unreachable for an address
+    nobody answers ARP for, and time exceeded from a router beyond the host for ping -t 2."""
+    daemon, host, inet, guests = egress_lab
+    far = lab.netns("ef")
+    lab.veth(lab.name("evf"), far, "eth0")
+    subprocess.run(["ip", "link", "set", lab.name("evf"), "netns", inet], check=True)
+    lab.links.remove(lab.name("evf"))
+    lab.addr(inet, lab.name("evf"), "10.99.0.1/24")
+    lab.addr(far, "eth0", "10.99.0.2/24")
+    lab.run(inet, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    lab.run(far, ["ip", "route", "add", "default", "via", "10.99.0.1"])
+    lab.run(host, ["ip", "route", "add", "10.99.0.0/24", "via", INET])
+    g1 = guests["e1"]
+    assert ping(lab, g1, "10.99.0.2", count=1) == 1, "two routers away, reachable"
+    expired = lab.run(g1, ["ping", "-n", "-c", "1", "-W", "3", "-t", "2", "10.99.0.2"],
+                      check=False).stdout
+    assert f"From {INET} icmp_seq=1 Time to live exceeded" in expired, expired
+    lost = lab.run(g1, ["ping", "-n", "-c", "1", "-W", "6", "10.95.0.99"], check=False).stdout
+    assert "Destination Host Unreachable" in lost, lost

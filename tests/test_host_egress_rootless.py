@@ -192,6 +192,8 @@ def test_unprivileged_vswitch_carries_a_namespace_and_a_qemu_guest(lab, rootless
     echoed = lab.run(guest, [sys.executable, "-c", UDP_ASK, INET, "7", "hi"]).stdout.strip()
     assert echoed == f"hi from {HOST}"
     assert daemon.show("router")["ping"] == "ping-socket"
+    lost = lab.run(guest, ["ping", "-n", "-c", "1", "-W", "6", "10.95.0.99"], check=False)
+    assert "Destination Host Unreachable" in lost.stdout, "the ping socket's error passed on"
     # a forward listening as nobody (port >= 1024) reaches the guest's "ssh"
     serve(lab, guest, "import socket,sys\nsrv=socket.create_server((sys.argv[1],22))\n"
           "print('listening',flush=True)\nc,p=srv.accept()\nc.sendall(b'SSH-2.0-test\\n')\n",
