@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.report import alternate_rounds, medians, new_report, ratio_bars, save_report
+from bench.report import new_report, ratio_bars, run_and_save
 from vswitch.lab import Lab, sh, wait_for
 from vswitch.ports.tun import disable_ipv6
 
@@ -464,18 +464,10 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     report = new_report("bench.bridge", sys.argv[1:], machine_info(), args.rounds,
                         args.seconds, variants=variants)
-    try:
-        alternate_rounds(report, args.rounds, variants,
-                         lambda v, lab, say: measure(lab, BUILDERS[v](lab), args.seconds, say),
-                         start, "bench")
-    except KeyboardInterrupt:
-        print("interrupted: cleaned up, no report written", file=sys.stderr)
-        return 130
-
-    report["medians"] = medians(report["rounds"], variants, (*METRICS, *RESOURCES))
-    report["comparison"] = compare(report["medians"])
-    save_report(report, args.out, "bridge", markdown, plot, start)
-    return 0
+    return run_and_save(report, variants,
+                        lambda v, lab, say: measure(lab, BUILDERS[v](lab), args.seconds, say),
+                        start, "bench", (*METRICS, *RESOURCES), compare, args.out,
+                        "bridge", markdown, plot)
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ from bench.bridge import (
     vm_hwm_kib,
 )
 from bench.bridge import Setup as BridgeSetup
-from bench.report import alternate_rounds, medians, new_report, ratio_bars, save_report
+from bench.report import new_report, ratio_bars, run_and_save
 from bench.services import log_problems
 from vswitch.lab import Lab, sh, wait_for
 
@@ -597,18 +597,10 @@ def main(argv: list[str] | None = None) -> int:
     machine["slirp4netns"] = slirp_version()
     report = new_report("bench.egress", argv, machine, args.rounds, args.seconds,
                         variants=list(variants))
-    try:
-        alternate_rounds(report, args.rounds, variants,
-                         lambda v, lab, say: measure(lab, BUILDERS[v](lab), args.seconds, say),
-                         start, "begr")
-    except KeyboardInterrupt:
-        print("interrupted: cleaned up, no report written", file=sys.stderr)
-        return 130
-
-    report["medians"] = medians(report["rounds"], variants, (*METRICS, *RESOURCES))
-    report["comparison"] = compare(report["medians"])
-    save_report(report, args.out, "egress", markdown, plot, start)
-    return 0
+    return run_and_save(report, variants,
+                        lambda v, lab, say: measure(lab, BUILDERS[v](lab), args.seconds, say),
+                        start, "begr", (*METRICS, *RESOURCES), compare, args.out,
+                        "egress", markdown, plot)
 
 
 if __name__ == "__main__":

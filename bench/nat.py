@@ -62,7 +62,7 @@ from bench.bridge import (
     vswitch_bin,
 )
 from bench.bridge import Setup as BridgeSetup
-from bench.report import alternate_rounds, medians, new_report, save_report
+from bench.report import new_report, run_and_save
 from bench.services import log_problems
 from vswitch.lab import Lab, sh, wait_for
 
@@ -601,24 +601,18 @@ def main(argv: list[str] | None = None) -> int:
 
     report = new_report("bench.nat", argv, machine_info(), args.rounds, args.seconds,
                         variants=list(VARIANTS))
-    try:
-        alternate_rounds(report, args.rounds, VARIANTS,
-                         lambda v, lab, say: measure(lab, BUILDERS[v](lab), args.seconds, say),
-                         start, "bnat")
+    def memory() -> None:
         if args.ct_flows:
             try:
                 report["conntrack_memory"] = conntrack_memory(args.ct_flows, CT_BUDGET_S, say)
             except (RuntimeError, ValueError, subprocess.SubprocessError) as exc:
                 report["conntrack_memory_error"] = f"{type(exc).__name__}: {exc}"
                 say(f"conntrack memory FAILED: {exc}")
-    except KeyboardInterrupt:
-        print("interrupted: cleaned up, no report written", file=sys.stderr)
-        return 130
 
-    report["medians"] = medians(report["rounds"], VARIANTS, (*METRICS, *RESOURCES))
-    report["comparison"] = compare(report["medians"])
-    save_report(report, args.out, "nat", markdown, plot, start)
-    return 0
+    return run_and_save(report, VARIANTS,
+                        lambda v, lab, say: measure(lab, BUILDERS[v](lab), args.seconds, say),
+                        start, "bnat", (*METRICS, *RESOURCES), compare, args.out, "nat",
+                        markdown, plot, after=memory)
 
 
 if __name__ == "__main__":

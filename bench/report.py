@@ -75,6 +75,30 @@ def alternate_rounds(report: dict[str, Any], rounds: int, variants: Sequence[str
                 lab.close()
 
 
+def run_and_save(report: dict[str, Any], variants: Sequence[str], measure: Measure,
+                 start: float, lab_prefix: str, keys: Sequence[str],
+                 compare: Callable[[dict[str, dict[str, float]]], dict[str, Any]], out: Path,
+                 name: str, markdown: Callable[[dict[str, Any]], str],
+                 plot: Callable[[dict[str, Any], Path], None],
+                 after: Callable[[], None] | None = None) -> int:
+    """A benchmark's main, after its setup: the alternating rounds (then ``after``, inside the
+    same Ctrl-C guard), the medians of ``keys``, the comparison, the files; the exit status."""
+    try:
+        alternate_rounds(report, report["rounds_requested"], variants, measure, start,
+                         lab_prefix)
+        if after is not None:
+            after()
+    except KeyboardInterrupt:
+        import sys
+
+        print("interrupted: cleaned up, no report written", file=sys.stderr)
+        return 130
+    report["medians"] = medians(report["rounds"], variants, keys)
+    report["comparison"] = compare(report["medians"])
+    save_report(report, out, name, markdown, plot, start)
+    return 0
+
+
 def ratio_bars(ax: Any, report: dict[str, Any], variants: Sequence[str], keys: Sequence[str],
                base: dict[str, float], width: float) -> None:
     """Grouped bars of each variant's medians relative to ``base``, whiskers spanning the

@@ -119,6 +119,19 @@ def internet(lab, host: str) -> str:
     return inet
 
 
+def beyond_the_internet(lab, host: str, inet: str) -> None:
+    """A host 10.99.0.2 one router further: the internet namespace routes to it."""
+    far = lab.netns("ef")
+    lab.veth(lab.name("evf"), far, "eth0")
+    subprocess.run(["ip", "link", "set", lab.name("evf"), "netns", inet], check=True)
+    lab.links.remove(lab.name("evf"))
+    lab.addr(inet, lab.name("evf"), "10.99.0.1/24")
+    lab.addr(far, "eth0", "10.99.0.2/24")
+    lab.run(inet, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    lab.run(far, ["ip", "route", "add", "default", "via", "10.99.0.1"])
+    lab.run(host, ["ip", "route", "add", "10.99.0.0/24", "via", INET])
+
+
 def guest_body(lab, tmp: Path, guests: dict[str, str], extra: str = "") -> str:
     ports = "".join(f'[[port]]\nname = "{lab.name(g)}"\ntype = "internal"\nnetns = "{ns}"\n'
                     for g, ns in guests.items())
@@ -462,15 +475,7 @@ def test_a_udp_traceroute_sees_the_routers_beyond_the_host(lab, egress_lab):
     """The guest's TTL (less the gateway's hop) goes on the host socket, and the ICMP errors
     the host gets come back to the guest from the routers that sent them."""
     daemon, host, inet, guests = egress_lab
-    far = lab.netns("ef")
-    lab.veth(lab.name("evf"), far, "eth0")
-    subprocess.run(["ip", "link", "set", lab.name("evf"), "netns", inet], check=True)
-    lab.links.remove(lab.name("evf"))
-    lab.addr(inet, lab.name("evf"), "10.99.0.1/24")
-    lab.addr(far, "eth0", "10.99.0.2/24")
-    lab.run(inet, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-    lab.run(far, ["ip", "route", "add", "default", "via", "10.99.0.1"])
-    lab.run(host, ["ip", "route", "add", "10.99.0.0/24", "via", INET])
+    beyond_the_internet(lab, host, inet)
     hops = lab.run(guests["e1"], [sys.executable, "-c", TRACE, "10.99.0.2"]).stdout
     assert hops.splitlines() == [f"1 {GW} 11/0", f"2 {INET} 11/0", "3 10.99.0.2 3/3"], hops
 
@@ -506,15 +511,7 @@ def test_ping_errors_come_back_through_the_host_uplink(lab, egress_lab):
     """An echo request's ICMP errors reach the guest's ping: host unreachable for an address
     nobody answers ARP for, and time exceeded from a router beyond the host for ping -t 2."""
     daemon, host, inet, guests = egress_lab
-    far = lab.netns("ef")
-    lab.veth(lab.name("evf"), far, "eth0")
-    subprocess.run(["ip", "link", "set", lab.name("evf"), "netns", inet], check=True)
-    lab.links.remove(lab.name("evf"))
-    lab.addr(inet, lab.name("evf"), "10.99.0.1/24")
-    lab.addr(far, "eth0", "10.99.0.2/24")
-    lab.run(inet, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-    lab.run(far, ["ip", "route", "add", "default", "via", "10.99.0.1"])
-    lab.run(host, ["ip", "route", "add", "10.99.0.0/24", "via", INET])
+    beyond_the_internet(lab, host, inet)
     g1 = guests["e1"]
     assert ping(lab, g1, "10.99.0.2", count=1) == 1, "two routers away, reachable"
     expired = lab.run(g1, ["ping", "-n", "-c", "1", "-W", "3", "-t", "2", "10.99.0.2"],
