@@ -119,6 +119,18 @@ def fragments(src: bytes, dst: bytes, proto: int, payload: bytes, ident: int,
     return out
 
 
+def local_address(sock: socket.socket, peer: str | None = None) -> str:
+    """``host:port`` a host socket uses, for ``show conntrack``; an unbound address is shown as
+    the source the host would use toward ``peer``."""
+    try:
+        host, port = sock.getsockname()[:2]
+        if host in ("0.0.0.0", "::") and peer is not None:
+            host = route_source(peer)
+    except OSError:
+        return "?"
+    return f"{host}:{port}"
+
+
 def route_source(peer: str) -> str:
     """The host's source address toward ``peer`` (a UDP connect sends nothing)."""
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -903,15 +915,10 @@ class HostEgress:
         sp, (gip, gport, rip, rport) = flow.splice, flow.key
         half = "+guest-fin" if sp.guest_fin else ""
         half += "+host-fin" if sp.host_fin else ""
-        try:
-            host, port = flow.sock.getsockname()[:2]
-            local = f"{host}:{port}"
-        except OSError:
-            local = "?"
         return {"proto": "tcp", "kind": "host-forward" if flow.inbound else "host",
                 "state": sp.state + half,
                 "original": f"{socket.inet_ntoa(gip)}:{gport} -> {socket.inet_ntoa(rip)}:{rport}",
-                "reply": f"{socket.inet_ntoa(rip)}:{rport} -> {local}",
+                "reply": f"{socket.inet_ntoa(rip)}:{rport} -> {local_address(flow.sock)}",
                 "seconds_left": round(sp.expires_at(now) - now),
                 "packets": [sp.packets_from_guest, sp.packets_to_guest],
                 "bytes": [sp.bytes_from_guest, sp.bytes_to_guest]}
@@ -921,15 +928,6 @@ class HostEgress:
         def ep(address: bytes, port: int) -> str:
             return f"{socket.inet_ntoa(address)}:{port}"
 
-        def local(sock: socket.socket, peer: str | None = None) -> str:
-            try:
-                host, port = sock.getsockname()[:2]
-                if host in ("0.0.0.0", "::") and peer is not None:
-                    host = route_source(peer)  # what the host sends from, toward that peer
-            except OSError:
-                return "?"
-            return f"{host}:{port}"
-
         rows = [self._tcp_row(flow, now) for flow in self.tcp.values()]
         rows += [row | {"seconds_left": round(until - now)}
                  for row, until in self.recent.values()]
@@ -937,12 +935,13 @@ class HostEgress:
             rows.append({"proto": "udp", "kind": "host", "state": "mapped",
                          "original": f"{ep(gip, gport)} -> {ep(*u.last_peer)}",
                          "reply": f"{ep(*u.last_peer)} -> "
-                                  f"{local(u.sock, self._real(u.last_peer[0]))}",
+                                  f"{local_address(u.sock, self._real(u.last_peer[0]))}",
                          "seconds_left": round(u.expires - now), "packets": list(u.packets),
                          "bytes": list(u.bytes)})
         for (gip, gport, rip, rport), s in self.sessions.items():
             rows.append({"proto": "udp", "kind": "host-forward", "state": "mapped",
-                         "original": f"{s.remote[0]}:{s.remote[1]} -> {local(s.listener.sock)}",
+                         "original": f"{s.remote[0]}:{s.remote[1]} -> "
+                                     f"{local_address(s.listener.sock)}",
                          "reply": f"{ep(gip, gport)} -> {ep(rip, rport)}",
                          "seconds_left": round(s.expires - now), "packets": list(s.packets),
                          "bytes": list(s.bytes)})
