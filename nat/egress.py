@@ -68,7 +68,7 @@ from nat.tcp_server import reset_for
 from nat.tcp_splice import Splice
 from nat.translate import admin_prohibited, icmp_error
 from vswitch.errors import MalformedPacket
-from vswitch.gso import internet_checksum, to_plain_frames
+from vswitch.gso import fragment_ipv4, to_plain_frames
 from vswitch.vnet import NO_OFFLOAD, VNET_HDR_LEN
 
 log = logging.getLogger("vswitch.egress")
@@ -103,20 +103,12 @@ def ip_packet(src: bytes, dst: bytes, proto: int, payload: bytes, ident: int = 0
 
 def fragments(src: bytes, dst: bytes, proto: int, payload: bytes, ident: int,
               mtu: int) -> list[bytes]:
-    """``payload`` as IPv4 fragments that fit ``mtu`` (RFC 791 3.2: offsets in 8-byte units,
-    MF on all but the last)."""
+    """``payload`` to a guest in one packet, or as IPv4 fragments that fit ``mtu``."""
     if 20 + len(payload) <= mtu:
         return [ip_packet(src, dst, proto, payload, ident)]
-    step = (mtu - 20) // 8 * 8
-    out = []
-    for offset in range(0, len(payload), step):
-        piece = payload[offset:offset + step]
-        more = 0x2000 if offset + step < len(payload) else 0
-        header = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(piece), ident,
-                                       more | offset // 8, 64, proto, 0, src, dst))
-        U16.pack_into(header, 10, internet_checksum(header))
-        out.append(NO_OFFLOAD + ZERO_MACS + U16.pack(ETH_P_IP) + bytes(header) + piece)
-    return out
+    frame = ZERO_MACS + U16.pack(ETH_P_IP) + encode_ipv4(src, dst, proto, payload, ident=ident,
+                                                         dont_fragment=False)
+    return [NO_OFFLOAD + f for f in fragment_ipv4(frame, 14, 34, mtu - 20)]
 
 
 def local_address(sock: socket.socket, peer: str | None = None) -> str:

@@ -239,10 +239,7 @@ def _fragment_udp(frame: bytes, l3: int, l4: int, gso_size: int) -> list[bytes]:
 
     5a. Finish the datagram: UDP length and the full checksum over all of it (RFC 768), since
         the receiver checks it only after reassembly.  If it fits in ``gso_size``, send it whole.
-    5b. Cut the IP payload (UDP header + data) into pieces of ``gso_size`` rounded down to a
-        multiple of 8: fragment offsets count 8-byte units (RFC 791 sections 2.3 and 3.2).
-    5c. Each fragment: Ethernet and IP headers (options copied as they are), then the piece;
-        fragment offset, MF on all but the last, the same id; total length, header checksum.
+    5b-c. Otherwise ``fragment_ipv4`` with ``gso_size`` bytes of IP payload per fragment.
     """
     # 5a.
     if l4 + UDP_HLEN > len(frame):
@@ -253,13 +250,26 @@ def _fragment_udp(frame: bytes, l3: int, l4: int, gso_size: int) -> list[bytes]:
     if len(datagram) - l4 <= gso_size:
         _fix_ip(datagram, l3, l4, True, _U16.unpack_from(datagram, l3 + 4)[0])
         return [bytes(datagram)]
+    # 5b. and 5c.
+    return fragment_ipv4(bytes(datagram), l3, l4, gso_size)
+
+
+def fragment_ipv4(frame: bytes, l3: int, l4: int, size: int) -> list[bytes]:
+    """IPv4 fragments of the datagram in ``frame`` (IP header at ``l3``, its payload at
+    ``l4``), each carrying at most ``size`` bytes of that payload.
+
+    5b. Cut the IP payload into pieces of ``size`` rounded down to a multiple of 8: fragment
+        offsets count 8-byte units (RFC 791 sections 2.3 and 3.2).
+    5c. Each fragment: the headers before ``l4`` (options copied as they are), then the piece;
+        fragment offset, MF on all but the last, the same id; total length, header checksum.
+    """
     # 5b.
-    piece = gso_size & ~7
+    piece = size & ~7
     if piece == 0:
-        raise MalformedPacket(f"UFO gso_size {gso_size} is below one 8-byte fragment unit")
-    ip_id: int = _U16.unpack_from(datagram, l3 + 4)[0]
-    headers = datagram[:l4]
-    data = bytes(datagram[l4:])
+        raise MalformedPacket(f"fragment size {size} is below one 8-byte fragment unit")
+    ip_id: int = _U16.unpack_from(frame, l3 + 4)[0]
+    headers = frame[:l4]
+    data = frame[l4:]
     fragments = []
     for offset in range(0, len(data), piece):
         # 5c.
