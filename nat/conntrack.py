@@ -104,9 +104,12 @@ class Timeouts:
     """UDP (RFC 4787 REQ-5: at least 2 min; 5 min recommended)."""
     icmp: float = 60.0
     """ICMP echo (RFC 5508 REQ-2: at least 60 s)."""
+    fragments: float = 30.0
+    """A fragmented datagram, from its first fragment seen (Linux's ipfrag_time)."""
 
     def __post_init__(self) -> None:
-        if min(self.tcp_established, self.tcp_transitory, self.udp, self.icmp) <= 0:
+        if min(self.tcp_established, self.tcp_transitory, self.udp, self.icmp,
+               self.fragments) <= 0:
             raise ValueError("every timeout must be > 0 seconds")
 
 
@@ -277,7 +280,7 @@ class Conntrack:
         self.max_entries = max_entries
         self.filtering = filtering
         self.stats: Counter[str] = Counter()
-        self.fragments = Fragments()
+        self.fragments = Fragments(timeouts.fragments)
         self._inside: dict[FlowKey, Entry] = {}
         self._outside: dict[FlowKey, Entry] = {}
         self._tables = {SNAT: (self._inside, self._outside), DNAT: (self._outside, self._inside),

@@ -11,7 +11,8 @@ Rule 1: UDP.  Each guest endpoint (address, port) is one host UDP socket, so the
         address-dependent by default (REQ-8, ``[nat] filtering``): a datagram from a host the
         guest never sent to is dropped.  A mapping lives ``[nat] udp`` seconds after its last
         datagram (REQ-5).  Datagrams larger than the guest link's MTU are fragmented (RFC 791);
-        fragments from guests are dropped and counted (a socket sends whole datagrams only).
+        fragments from guests are reassembled first (``nat.reassembly``: a socket sends whole
+        datagrams only), for UDP, echo and TCP alike.
         ICMP errors the host receives for a guest's datagrams (IP_RECVERR) go on to the guest,
         and datagrams leave with the guest's TTL less our hop, so a UDP traceroute through the
         host uplink sees the routers beyond it.
@@ -64,6 +65,7 @@ from nat.packets import (
     encode_ipv4,
     encode_udp,
 )
+from nat.reassembly import Reassembly
 from nat.tcp_server import reset_for
 from nat.tcp_splice import Splice
 from nat.translate import admin_prohibited, icmp_error
@@ -226,7 +228,8 @@ class HostEgress:
                  max_flows: int = 262144,
                  endpoint_independent: bool = False, udp_timeout: float = 300.0,
                  icmp_timeout: float = 60.0, tcp_established: float = 7440.0,
-                 tcp_transitory: float = 240.0, buffer_budget: int = 256 << 20) -> None:
+                 tcp_transitory: float = 240.0, fragment_timeout: float = 30.0,
+                 buffer_budget: int = 256 << 20) -> None:
         self.loop = loop
         self.emit = emit  # to guests, addressed by the router's ARP cache
         self.deliver = deliver  # to guests, already addressed (a TCP flow knows its guest's MAC)
@@ -250,6 +253,7 @@ class HostEgress:
         self.echo: dict[tuple[bytes, int], EchoFlow] = {}
         self.echo_by_ident: dict[int, EchoFlow] = {}
         self.tcp: dict[tuple[bytes, int, bytes, int], TcpFlow] = {}
+        self.reassembly = Reassembly(fragment_timeout)
         self._dirty: list[TcpFlow] = []  # flows with guest segments not yet synced (Rule 3)
         self.listeners: dict[tuple[int, str, int], Listener] = {}
         self.recent: dict[tuple[bytes, int, bytes, int], tuple[dict[str, Any], float]] = {}
@@ -272,8 +276,13 @@ class HostEgress:
         except MalformedPacket:
             self.counters["malformed"] += 1
             return
-        if ip.fragment & 0x3FFF:
-            self.counters["drop-fragment"] += 1  # Rule 1
+        if ip.fragment & 0x3FFF:  # Rule 1
+            if packet[1] & 0x7F:
+                self.counters["malformed"] += 1  # a fragment cannot be a GSO frame
+                return
+            whole = self.reassembly.add(packet[IP:ip.end], now)
+            if whole is not None:
+                self.from_guest(NO_OFFLOAD + packet[VNET_HDR_LEN:IP] + whole, now)
             return
         if packet[1] & 0x7F and ip.proto != PROTO_TCP:  # UDP GSO: the datagrams it stands for
             try:
@@ -879,6 +888,9 @@ class HostEgress:
     def expire(self, now: float) -> None:
         """UDP mappings, echo flows and forward sessions past their timeouts (TCP times itself)."""
         self.recent = {k: v for k, v in self.recent.items() if v[1] > now}
+        for first in self.reassembly.expire(now):  # ICMP 11/1 (nat.reassembly Rule R4)
+            self._icmp(icmp_error(NO_OFFLOAD + ZERO_MACS + b"\x08\x00" + first, 11, 1,
+                                  self.gateway_ip))
         for key, flow in list(self.udp.items()):
             if flow.expires <= now:
                 del self.udp[key]

@@ -48,6 +48,12 @@ peer = "/tmp/q.sock"
 
 BAD = [
     ({"switch": {"mac_aging": 0}}, "switch.mac_aging", "out of range"),
+    ({"network": {}, "nat": {"port_range": [0, 10]}}, "nat.port_range", "within 1-65535"),
+    ({"network": {}, "nat": {"filtering": "full-cone"}}, "nat.filtering", "endpoint-independent"),
+    ({"network": {}, "nat": {"tcp_established": 600}}, "nat.tcp_established", "RFC 5382"),
+    ({"network": {}, "nat": {"udp": 60}}, "nat.udp", "RFC 4787"),
+    ({"network": {}, "nat": {"fragments": 0}}, "nat.fragments", "out of range"),
+    ({"network": {}, "nat": {"fragment": 30}}, "nat.fragment", "unknown key"),
     ({"switch": {"mac_limit": "lots"}}, "switch.mac_limit", "must be an integer"),
     ({"switch": {"name": "a name with spaces"}}, "switch.name", "letters"),
     ({"switch": {"agin": 3}}, "switch.agin", "unknown key"),
@@ -129,6 +135,12 @@ def test_the_host_uplink_is_the_default_in_nat_mode():
     raw = parse_config({"network": {}, "uplink": {"interface": "e", "address": "10.9.0.2/24",
                                                   "gateway": "10.9.0.1"}})
     assert raw.uplink is not None and raw.uplink.type == "raw", "an interface means raw"
+
+
+def test_nat_timeouts_have_defaults_and_can_be_set():
+    assert parse_config({}).nat.fragments == 30
+    nat = parse_config({"network": {}, "nat": {"udp": 120, "icmp": 90, "fragments": 5}}).nat
+    assert (nat.udp, nat.icmp, nat.fragments) == (120, 90, 5)
 
 
 @pytest.mark.parametrize("data,key,words", BAD, ids=[b[1] + ":" + b[2] for b in BAD])

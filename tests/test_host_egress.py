@@ -519,3 +519,63 @@ def test_ping_errors_come_back_through_the_host_uplink(lab, egress_lab):
     assert f"From {INET} icmp_seq=1 Time to live exceeded" in expired, expired
     lost = lab.run(g1, ["ping", "-n", "-c", "1", "-W", "6", "10.95.0.99"], check=False).stdout
     assert "Destination Host Unreachable" in lost, lost
+
+
+def test_fragmented_datagrams_from_guests_are_reassembled_for_the_host_socket(lab, egress_lab):
+    """A host socket sends whole datagrams only: the guest's fragments (MTU 1500) of a 4000-byte
+    ping and a 6000-byte UDP datagram are reassembled (nat.reassembly), the host's kernel
+    fragments them again toward the internet, and the answers come back in fragments."""
+    daemon, host, inet, guests = egress_lab
+    g1 = guests["e1"]
+    serve(lab, inet, UDP_ECHO, INET, "7")
+    big = lab.run(g1, ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", "-M", "dont", "-s",
+                       "4000", INET], check=False).stdout
+    assert "3 received" in big and "4008 bytes from" in big, big
+    message = "x" * 6000
+    echoed = lab.run(g1, [sys.executable, "-c", UDP_ASK, INET, "7", message]).stdout.strip()
+    assert echoed == f"{message} from {HOST}"
+    router = daemon.show("router")
+    assert router["reassembly-reassembled"] >= 4, router
+    assert router.get("reassembly-overlap", 0) == 0 and router.get("malformed", 0) == 0
+
+
+HALF_A_DATAGRAM = """
+import socket, sys, time
+from scapy.layers.inet import IP, UDP
+icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+icmp.settimeout(10)
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+first = IP(src=sys.argv[1], dst=sys.argv[2], id=4242, flags="MF") / UDP(sport=4000, dport=7)
+raw.sendto(bytes(first / bytes(1472)), (sys.argv[2], 0))
+start = time.monotonic()
+while True:
+    data = icmp.recv(2000)
+    ihl = (data[0] & 15) * 4
+    if data[ihl] == 11:
+        quoted = data[ihl + 8:]
+        print(data[ihl], data[ihl + 1], socket.inet_ntoa(data[12:16]),
+              int.from_bytes(quoted[4:6], "big"), round(time.monotonic() - start))
+        break
+"""
+
+
+def test_a_datagram_missing_fragments_times_out_with_icmp_time_exceeded(lab, tmp_path):
+    """nat.reassembly Rule R4: the first fragment alone, then `[nat] fragments` seconds later
+    ICMP 11/1 from the gateway, quoting it; nothing reached the internet."""
+    host = lab.netns("eh")
+    inet = internet(lab, host)
+    guests = {"e1": lab.netns("e1")}
+    daemon = Daemon(lab, tmp_path, guest_body(lab, tmp_path, guests, "[nat]\nfragments = 2"),
+                    ports_up=2, ns=host)
+    address_guests(lab, guests, {"e1": G1})
+    answer = lab.run(guests["e1"], ["env", f"PYTHONPATH={REPO}", sys.executable, "-c",
+                                    HALF_A_DATAGRAM, G1, INET], timeout=30).stdout.split()
+    icmp_type, code, source, ident, seconds = answer
+    assert (icmp_type, code, source, ident) == ("11", "1", GW, "4242"), answer
+    assert 1 <= int(seconds) <= 4, answer
+    counters = daemon.show("router")
+    assert counters["reassembly-timeout"] == 1 and counters.get("reassembly-reassembled", 0) == 0
+    assert daemon.show("conntrack") == [], "no flow was opened for half a datagram"
+    snmp = lab.run(inet, ["cat", "/proc/net/snmp"]).stdout.splitlines()
+    udp = dict(zip(*(line.split()[1:] for line in snmp if line.startswith("Udp:")), strict=True))
+    assert udp["InDatagrams"] == "0" and udp["NoPorts"] == "0", "nothing reached the internet"

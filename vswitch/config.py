@@ -152,6 +152,8 @@ class NatConfig:
     """Seconds (RFC 4787 REQ-5: at least 2 min)."""
     icmp: int = 60
     """Seconds (RFC 5508 REQ-2)."""
+    fragments: int = 30
+    """Seconds a fragmented datagram waits for its missing fragments (Linux's ipfrag_time)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -560,7 +562,7 @@ def _uplink(data: dict[str, Any], network: NetworkConfig) -> UplinkConfig | None
 
 def _nat(data: dict[str, Any]) -> NatConfig:
     nat = _table(data, "nat")
-    timeouts = ("tcp_established", "tcp_transitory", "udp", "icmp")
+    timeouts = ("tcp_established", "tcp_transitory", "udp", "icmp", "fragments")
     _only(nat, "nat.", {"port_range", "filtering", "max_entries", *timeouts})
     ports = nat.get("port_range", [1024, 65535])
     if (not isinstance(ports, list) or len(ports) != 2

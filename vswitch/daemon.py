@@ -110,7 +110,8 @@ def build_conntrack(config: Config, external: bytes) -> Conntrack:
     """The conntrack for one external address, with the configured forwards."""
     n = config.nat
     conntrack = Conntrack(external, n.port_range,
-                          Timeouts(n.tcp_established, n.tcp_transitory, n.udp, n.icmp),
+                          Timeouts(n.tcp_established, n.tcp_transitory, n.udp, n.icmp,
+                                   n.fragments),
                           n.max_entries, n.filtering)
     for f in config.forwards:
         conntrack.add_forward(PROTOS[f.proto], range(f.ports[0], f.ports[1] + 1),
@@ -278,7 +279,9 @@ class Daemon:
         if what == "router":
             router = self.router.router if self.router is not None else None
             if router is not None and self.egress is not None:
-                return dict(router.counters) | dict(self.egress.counters) | {
+                reassembly = {f"reassembly-{k}": v
+                              for k, v in self.egress.reassembly.stats.items()}
+                return dict(router.counters) | dict(self.egress.counters) | reassembly | {
                     "uplink": "host", "ping": self.egress.ping_mode,
                     "host_address": "none" if self.egress.host_address is None
                     else socket.inet_ntoa(self.egress.host_address),
@@ -486,7 +489,8 @@ class Daemon:
             max_flows=n.max_entries,
             endpoint_independent=n.filtering == "endpoint-independent", udp_timeout=n.udp,
             icmp_timeout=n.icmp, tcp_established=n.tcp_established,
-            tcp_transitory=n.tcp_transitory, buffer_budget=up.buffer_mib << 20)
+            tcp_transitory=n.tcp_transitory, fragment_timeout=n.fragments,
+            buffer_budget=up.buffer_mib << 20)
         router.egress = self.egress
         if host is not None and host != self.router.gateway.ip:
             self.router.gateway.aliases = frozenset({host})

@@ -1,0 +1,163 @@
+"""IPv4 reassembly for the host uplink, where a host socket sends whole datagrams only.
+
+Sans-I/O: ``Reassembly.add`` takes one fragment (an IPv4 packet, from its header on) and
+returns the whole datagram once every piece is in; ``expire`` drops what did not complete.  The
+raw uplink's NAT never reassembles (``nat.conntrack.Fragments``); this is for the endpoint role
+the host uplink plays, as libslirp's ``ip_reass`` does.
+
+Rule R1: fragments belong together by (source, destination, protocol, identification)
+         (RFC 791 3.2).
+Rule R2: offsets and lengths must make sense: a fragment that is not the last carries a multiple
+         of 8 bytes, and nothing reaches past 65535 bytes (the "ping of death"); otherwise the
+         whole datagram is dropped.
+Rule R3: an exact duplicate is ignored; any other overlap drops the whole datagram, as Linux
+         does since 4.19 and RFC 5722 asks for IPv6 (overlaps are how RFC 1858 3.2's attacks and
+         Teardrop work: no guess at which copy is right).
+Rule R4: a datagram not complete ``timeout`` seconds after its first fragment arrived is
+         dropped (30 s, Linux's ``ipfrag_time``; RFC 1122 3.3.2 asks for 60-120 s, but every
+         stack in use times out sooner).  If its offset-0 fragment came, the sender is owed an
+         ICMP time exceeded, code 1 (RFC 792, RFC 1122 3.3.2): ``expire`` returns those.
+Rule R5: bounded: at most ``max_bytes`` held in all (4 MiB, Linux's ``ipfrag_high_thresh``),
+         each fragment counted with FRAGMENT_COST more for its bookkeeping, so a flood of tiny
+         fragments is bounded too.  To make room, the oldest datagrams are dropped first: a
+         flood of incomplete datagrams delays nothing for longer than it takes to push them out.
+Rule R6: the whole datagram carries the first fragment's header (options included: RFC 791
+         3.2 copies the options that must be copied into every fragment, the first has them
+         all), with the fragment field cleared but DF kept, its total length and checksum set.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from typing import Final
+
+from vswitch.gso import internet_checksum
+
+MF: Final = 0x2000
+DF: Final = 0x4000
+OFFSET: Final = 0x1FFF
+MAX_DATAGRAM: Final = 65535
+FRAGMENT_COST: Final = 128  # bytes of bookkeeping a held fragment is charged for (Rule R5)
+_U16: Final = struct.Struct("!H")
+
+#: (source, destination, protocol, identification): Rule R1
+DatagramKey = tuple[bytes, bytes, int, int]
+
+
+class _Datagram:
+    __slots__ = ("deadline", "pieces", "first", "total", "cost")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.pieces: list[tuple[int, int, bytes]] = []  # (start, end, payload), by start
+        self.first: bytes | None = None  # the offset-0 fragment, whole
+        self.total: int | None = None  # payload length, known from the last fragment
+        self.cost = 0
+
+
+class Reassembly:
+    def __init__(self, timeout: float = 30.0, max_bytes: int = 4 << 20) -> None:
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.held = 0  # bytes charged in all (Rule R5)
+        self.stats: Counter[str] = Counter()
+        self._datagrams: dict[DatagramKey, _Datagram] = {}  # oldest first: fixed deadlines
+
+    def __len__(self) -> int:
+        return len(self._datagrams)
+
+    def add(self, packet: bytes, now: float) -> bytes | None:
+        """One fragment, a checked IPv4 packet from its header to its total length; the
+        whole datagram (Rule R6) when this completes it, else None."""
+        ihl = (packet[0] & 0x0F) * 4
+        field = _U16.unpack_from(packet, 6)[0]
+        start = (field & OFFSET) * 8
+        payload = packet[ihl:]
+        end = start + len(payload)
+        more = bool(field & MF)
+        key = (packet[12:16], packet[16:20], packet[9], _U16.unpack_from(packet, 4)[0])
+        datagram = self._datagrams.get(key)
+        if datagram is None:
+            datagram = self._datagrams[key] = _Datagram(now + self.timeout)
+            self.stats["datagrams"] += 1
+        # Rule R2
+        if (more and len(payload) % 8) or ihl + end > MAX_DATAGRAM or (more and not payload):
+            self._drop(key, "bad-fragment")
+            return None
+        if datagram.total is not None and (end > datagram.total or
+                                           (not more and end != datagram.total)):
+            self._drop(key, "bad-fragment")
+            return None
+        if not more:
+            if any(piece_end > end for _, piece_end, _ in datagram.pieces):
+                self._drop(key, "bad-fragment")
+                return None
+            datagram.total = end
+        # Rule R3
+        for piece_start, piece_end, data in datagram.pieces:
+            if piece_start < end and start < piece_end:
+                if (piece_start, piece_end) == (start, end) and data == payload:
+                    self.stats["duplicate"] += 1
+                    return None
+                self._drop(key, "overlap")
+                return None
+        datagram.pieces.append((start, end, payload))
+        if start == 0:
+            datagram.first = packet
+        cost = len(packet) + FRAGMENT_COST
+        datagram.cost += cost
+        self.held += cost
+        if datagram.total is not None and datagram.first is not None:
+            if sum(e - s for s, e, _ in datagram.pieces) == datagram.total:
+                return self._whole(key, datagram)
+        # Rule R5
+        while self.held > self.max_bytes and self._datagrams:
+            oldest = next(iter(self._datagrams))
+            self._drop(oldest, "evicted")
+            if oldest == key:
+                break
+        return None
+
+    def _whole(self, key: DatagramKey, datagram: _Datagram) -> bytes:
+        """Rule R6."""
+        self._forget(key)
+        self.stats["reassembled"] += 1
+        assert datagram.first is not None and datagram.total is not None
+        first = datagram.first
+        ihl = (first[0] & 0x0F) * 4
+        header = bytearray(first[:ihl])
+        _U16.pack_into(header, 2, ihl + datagram.total)
+        _U16.pack_into(header, 6, _U16.unpack_from(header, 6)[0] & DF)
+        _U16.pack_into(header, 10, 0)
+        _U16.pack_into(header, 10, internet_checksum(header))
+        datagram.pieces.sort()
+        return bytes(header) + b"".join(data for _, _, data in datagram.pieces)
+
+    def _drop(self, key: DatagramKey, reason: str) -> None:
+        self._forget(key)
+        self.stats[reason] += 1
+
+    def _forget(self, key: DatagramKey) -> _Datagram:
+        datagram = self._datagrams.pop(key)
+        self.held -= datagram.cost
+        return datagram
+
+    def expire(self, now: float) -> list[bytes]:
+        """Rule R4: drop the datagrams past their deadline; returns the first fragments of
+        those whose first fragment came (the sender is owed ICMP 11/1)."""
+        owed = []
+        while self._datagrams:
+            key, datagram = next(iter(self._datagrams.items()))
+            if datagram.deadline > now:
+                break
+            self._forget(key)
+            self.stats["timeout"] += 1
+            if datagram.first is not None:
+                owed.append(datagram.first)
+        return owed
+
+    def next_deadline(self) -> float | None:
+        for datagram in self._datagrams.values():
+            return datagram.deadline
+        return None
