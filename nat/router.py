@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple, Protocol
 
@@ -58,7 +59,7 @@ ARP_ENTRIES: Final = 4096
 class Out(NamedTuple):
     switch: list[bytes]
     """Packets into the switch, from the router port."""
-    uplink: list[bytes]
+    uplink: list[bytes | bytearray]
     """Packets out of the uplink interface."""
 
 
@@ -89,10 +90,10 @@ class Neighbours:
 
     def __init__(self) -> None:
         self.cache: dict[bytes, tuple[bytes, float]] = {}
-        self.held: dict[bytes, tuple[float, list[bytes]]] = {}
+        self.held: dict[bytes, tuple[float, list[bytes | bytearray]]] = {}
         self.dropped = 0
 
-    def learn(self, ip: bytes, mac: bytes, now: float) -> list[bytes]:
+    def learn(self, ip: bytes, mac: bytes, now: float) -> list[bytes | bytearray]:
         """Record ``ip`` at ``mac``; the packets that were waiting for it."""
         if len(self.cache) >= ARP_ENTRIES and ip not in self.cache:
             self.cache.pop(next(iter(self.cache)))
@@ -103,7 +104,7 @@ class Neighbours:
         entry = self.cache.get(ip)
         return entry[0] if entry is not None and entry[1] > now else None
 
-    def hold(self, ip: bytes, packet: bytes, now: float) -> bool:
+    def hold(self, ip: bytes, packet: bytes | bytearray, now: float) -> bool:
         """Keep ``packet`` until ``ip`` resolves; True if a request should go out now."""
         sent, queue = self.held.get(ip, (-ARP_RETRY, []))
         if not queue:
@@ -222,7 +223,8 @@ class Router:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _nat(self, packet: bytes, from_outside: bool, now: float, out: Out) -> list[bytes]:
+    def _nat(self, packet: bytes, from_outside: bool, now: float,
+             out: Out) -> list[bytes | bytearray]:
         assert self.conntrack is not None
         try:
             result = nat_packet(packet, self.conntrack, from_outside, now)
@@ -239,26 +241,37 @@ class Router:
             return []
         return result
 
-    def _send_all(self, packets: list[bytes], now: float, out: Out) -> Out:
-        """Address each packet to its next hop (Rule 4) and put it on the right side."""
+    def _send_all(self, packets: Sequence[bytes | bytearray], now: float, out: Out) -> Out:
+        """Address each packet to its next hop (Rule 4) and put it on the right side.
+
+        A ``bytearray`` is a copy the router made (translated, or TTL - 1): its MACs are
+        written in place and it leaves as it is to the uplink; the switch gets ``bytes``
+        (its MAC table keys on slices of them).  Copying a 64 KiB TSO frame costs about as much
+        as translating it, so each frame is copied once on the way out, twice at most.
+        """
         for packet in packets:
-            dst = packet[IP + 16:IP + 20]
-            if self.local(dst):
+            dst = bytes(packet[IP + 16:IP + 20])
+            to_switch = self.local(dst)
+            if to_switch:
                 side, ip, src_mac, asker = self.guests, dst, self.gateway.mac, self.gateway.ip
-                target = out.switch
             elif self.uplink is None:
                 self.counters["drop-no-uplink"] += 1  # nowhere to send it
                 continue
             else:
                 side, ip, src_mac, asker = (self.outside, self.uplink.next_hop, self.uplink.mac,
                                             self.uplink.ip)
-                target = out.uplink
             mac = side.lookup(ip, now)
             if mac is None:
                 if side.hold(ip, packet, now):
-                    target.append(arp_request(src_mac, asker, ip))
+                    (out.switch if to_switch else out.uplink).append(
+                        arp_request(src_mac, asker, ip))
                 continue
-            target.append(packet[:ETH] + mac + src_mac + packet[ETH + 12:])
+            frame = packet if type(packet) is bytearray else bytearray(packet)
+            frame[ETH:ETH + 12] = mac + src_mac
+            if to_switch:
+                out.switch.append(bytes(frame))
+            else:
+                out.uplink.append(frame)
         return out
 
     def to_guests(self, packets: list[bytes], now: float) -> Out:
@@ -289,7 +302,7 @@ class Router:
         if not self.local(arp.sender_ip):
             return []
         held = self.guests.learn(arp.sender_ip, arp.sender_mac, now)
-        return [p[:ETH] + arp.sender_mac + self.gateway.mac + p[ETH + 12:] for p in held]
+        return [bytes(p[:ETH] + arp.sender_mac + self.gateway.mac + p[ETH + 12:]) for p in held]
 
     def _refuse(self, error: bytes | None, out: Out, reason: str, uplink: bool = False) -> Out:
         self.counters[f"drop-{reason}"] += 1
@@ -335,8 +348,9 @@ def arp_request(src_mac: bytes, src_ip: bytes, target: bytes) -> bytes:
     return NO_OFFLOAD + encode_ethernet(BROADCAST_MAC, src_mac, ETH_P_ARP, encode_arp(request))
 
 
-def decrement_ttl(packet: bytes) -> bytes:
-    """TTL - 1 with the header checksum adjusted incrementally (RFC 1624 eqn. 3)."""
+def decrement_ttl(packet: bytes) -> bytearray:
+    """TTL - 1 with the header checksum adjusted incrementally (RFC 1624 eqn. 3), in a new
+    buffer the router addresses in place."""
     buf = bytearray(packet)
     old = (buf[IP + 8] << 8) | buf[IP + 9]
     buf[IP + 8] -= 1
@@ -346,4 +360,4 @@ def decrement_ttl(packet: bytes) -> bytes:
     total = (total & 0xFFFF) + (total >> 16)
     total = (total & 0xFFFF) + (total >> 16)
     struct.pack_into("!H", buf, IP + 10, ~total & 0xFFFF)
-    return bytes(buf)
+    return buf

@@ -260,8 +260,10 @@ _CHECKSUM_AT: Final = {PROTO_TCP: 16, PROTO_UDP: 6, PROTO_ICMP: 2}
 _TTL_DELTA: Final = -0x100 % 0xFFFF
 
 
-def translate(packet: bytes, flow: Flow, to: Translation, decrement_ttl: bool = True) -> bytes:
-    """``packet`` (whose ``flow_of`` is ``flow``) leaving as ``to`` says (Rule 2).
+def translate(packet: bytes, flow: Flow, to: Translation,
+              decrement_ttl: bool = True) -> bytearray:
+    """``packet`` (whose ``flow_of`` is ``flow``) leaving as ``to`` says (Rule 2), in a new
+    buffer the router then addresses in place (one copy of a 64 KiB frame, not three).
 
     1. The address change, as a checksum delta: it is both in the IPv4 header and in the TCP
        and UDP pseudo header (RFC 9293 3.1, RFC 768).
@@ -284,7 +286,7 @@ def translate(packet: bytes, flow: Flow, to: Translation, decrement_ttl: bool = 
     _IP_TAIL.pack_into(buf, L3 + 8, ttl, flow.proto, ip_check, to.src, to.dst)
     # 3.
     if flow.fragment == LATER:
-        return bytes(buf)
+        return buf
     l4 = flow.l4
     at = l4 + _CHECKSUM_AT[flow.proto]
     partial = packet[0] & FLAG_NEEDS_CSUM
@@ -298,7 +300,7 @@ def translate(packet: bytes, flow: Flow, to: Translation, decrement_ttl: bool = 
         _U16.pack_into(buf, l4 + 4, to.sport)
         if not partial:
             _U16.pack_into(buf, at, _adjust(check, (to.sport - flow.sport) % 0xFFFF))
-        return bytes(buf)
+        return buf
     # 5.
     PORTS.pack_into(buf, l4, to.sport, to.dport)
     if partial:
@@ -311,7 +313,7 @@ def translate(packet: bytes, flow: Flow, to: Translation, decrement_ttl: bool = 
         if check == 0 and flow.proto == PROTO_UDP:
             check = 0xFFFF  # RFC 768: a computed 0 is sent as all ones
         _U16.pack_into(buf, at, check)
-    return bytes(buf)
+    return buf
 
 
 def translate_icmp_error(packet: bytes, conntrack: Conntrack, from_outside: bool,
@@ -399,7 +401,7 @@ def translate_icmp_error(packet: bytes, conntrack: Conntrack, from_outside: bool
 
 
 def nat_packet(packet: bytes, conntrack: Conntrack, from_outside: bool,
-               now: float) -> list[bytes] | Drop:
+               now: float) -> list[bytes | bytearray] | Drop:
     """The NAT step of the router for one packet: the packets to send on, or why none.
 
     1. Not a flow: an ICMP error is translated through its quote; anything else is refused.
@@ -436,7 +438,7 @@ def nat_packet(packet: bytes, conntrack: Conntrack, from_outside: bool,
     if isinstance(to, Drop):
         return to
     # 5.
-    out = [translate(packet, flow, to)]
+    out: list[bytes | bytearray] = [translate(packet, flow, to)]
     for later in held:
         later_flow = flow_of(later)
         assert later_flow is not None  # it was parsed when it came
