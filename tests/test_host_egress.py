@@ -154,6 +154,17 @@ def address_guests(lab, guests: dict[str, str], addresses: dict[str, str]) -> No
         lab.run(ns, ["ip", "route", "add", "default", "via", GW])
 
 
+def one_guest(lab, tmp_path, extra: str) -> tuple[Daemon, str, str]:
+    """vswitch in a host namespace with ``extra`` config, one guest e1 at G1: (daemon, internet
+    namespace, guest namespace)."""
+    host = lab.netns("eh")
+    inet = internet(lab, host)
+    guests = {"e1": lab.netns("e1")}
+    daemon = Daemon(lab, tmp_path, guest_body(lab, tmp_path, guests, extra), ports_up=2, ns=host)
+    address_guests(lab, guests, {"e1": G1})
+    return daemon, inet, guests["e1"]
+
+
 @pytest.fixture
 def egress_lab(lab, tmp_path):
     host = lab.netns("eh")
@@ -326,19 +337,14 @@ for i in range(int(sys.argv[2])):
 
 def test_a_full_flow_table_refuses_new_flows_and_keeps_the_old(lab, tmp_path):
     """[nat] max_entries bounds the host sockets: beyond it new flows get ICMP 3/13."""
-    host = lab.netns("eh")
-    inet = internet(lab, host)
-    guests = {"e1": lab.netns("e1")}
-    daemon = Daemon(lab, tmp_path, guest_body(lab, tmp_path, guests, "[nat]\nmax_entries = 16"),
-                    ports_up=2, ns=host)
-    address_guests(lab, guests, {"e1": G1})
+    daemon, inet, guest = one_guest(lab, tmp_path, "[nat]\nmax_entries = 16")
     serve(lab, inet, UDP_ECHO, INET, "7")
-    results = lab.run(guests["e1"], [sys.executable, "-c", FLOWS, INET, "24"],
+    results = lab.run(guest, [sys.executable, "-c", FLOWS, INET, "24"],
                       timeout=120).stdout.split()
     assert results[:16] == ["answered"] * 16 and set(results[16:]) == {"EHOSTUNREACH"}, results
     counters = daemon.show("router")
     assert counters["drop-table-full"] == 8 and counters["flows"] == 16
-    assert ping(lab, guests["e1"], INET, count=1) == 0, "a new echo flow is refused too"
+    assert ping(lab, guest, INET, count=1) == 0, "a new echo flow is refused too"
 
 
 UDP_GSO_SEND = """
@@ -433,21 +439,16 @@ def test_tcp_buffers_stay_within_the_budget_when_sinks_stop_reading(lab, tmp_pat
     """Rule 6 of nat.egress: six connections to a server that never reads would each hold
     1 MiB toward it; with buffer_mib = 1 they hold about the budget all together, and a new
     connection still works."""
-    host = lab.netns("eh")
-    inet = internet(lab, host)
-    guests = {"e1": lab.netns("e1")}
-    daemon = Daemon(lab, tmp_path, guest_body(lab, tmp_path, guests, "[uplink]\nbuffer_mib = 1"),
-                    ports_up=2, ns=host)
-    address_guests(lab, guests, {"e1": G1})
+    daemon, inet, guest = one_guest(lab, tmp_path, "[uplink]\nbuffer_mib = 1")
     serve(lab, inet, SINK, INET, "7100")
     serve(lab, inet, BANNER, INET, "7101", "fine")
-    sent = lab.run(guests["e1"], [sys.executable, "-c", STUFF, INET, "7100", "6"],
+    sent = lab.run(guest, [sys.executable, "-c", STUFF, INET, "7100", "6"],
                    timeout=120).stdout.split()
     assert len(sent) == 6 and all(int(n) < 16 << 20 for n in sent), "every sink stalled"
     router = daemon.show("router")
     assert router["tcp_buffer_budget"] == 1 << 20
     assert (1 << 20) <= router["tcp_buffered"] <= (2 << 20) + 6 * (64 << 10), router
-    reply = lab.run(guests["e1"], ["socat", "-T", "5", "-", f"TCP:{INET}:7101"]).stdout
+    reply = lab.run(guest, ["socat", "-T", "5", "-", f"TCP:{INET}:7101"]).stdout
     assert reply.startswith("fine"), "new flows still work"
 
 
@@ -562,13 +563,8 @@ while True:
 def test_a_datagram_missing_fragments_times_out_with_icmp_time_exceeded(lab, tmp_path):
     """nat.reassembly Rule R4: the first fragment alone, then `[nat] fragments` seconds later
     ICMP 11/1 from the gateway, quoting it; nothing reached the internet."""
-    host = lab.netns("eh")
-    inet = internet(lab, host)
-    guests = {"e1": lab.netns("e1")}
-    daemon = Daemon(lab, tmp_path, guest_body(lab, tmp_path, guests, "[nat]\nfragments = 2"),
-                    ports_up=2, ns=host)
-    address_guests(lab, guests, {"e1": G1})
-    answer = lab.run(guests["e1"], ["env", f"PYTHONPATH={REPO}", sys.executable, "-c",
+    daemon, inet, guest = one_guest(lab, tmp_path, "[nat]\nfragments = 2")
+    answer = lab.run(guest, ["env", f"PYTHONPATH={REPO}", sys.executable, "-c",
                                     HALF_A_DATAGRAM, G1, INET], timeout=30).stdout.split()
     icmp_type, code, source, ident, seconds = answer
     assert (icmp_type, code, source, ident) == ("11", "1", GW, "4242"), answer
