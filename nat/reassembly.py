@@ -50,7 +50,7 @@ class _Datagram:
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
-        self.pieces: list[tuple[int, int, bytes]] = []  # (start, end, payload), by start
+        self.pieces: list[tuple[int, int, memoryview]] = []  # (start, end, payload)
         self.first: bytes | None = None  # the offset-0 fragment, whole
         self.total: int | None = None  # payload length, known from the last fragment
         self.cost = 0
@@ -73,7 +73,7 @@ class Reassembly:
         ihl = (packet[0] & 0x0F) * 4
         field = _U16.unpack_from(packet, 6)[0]
         start = (field & OFFSET) * 8
-        payload = packet[ihl:]
+        payload = memoryview(packet)[ihl:]  # pieces are views of the fragments they came in
         end = start + len(payload)
         more = bool(field & MF)
         key = (packet[12:16], packet[16:20], packet[9], _U16.unpack_from(packet, 4)[0])
@@ -131,7 +131,7 @@ class Reassembly:
         _U16.pack_into(header, 6, _U16.unpack_from(header, 6)[0] & DF)
         _U16.pack_into(header, 10, 0)
         _U16.pack_into(header, 10, internet_checksum(header))
-        datagram.pieces.sort()
+        datagram.pieces.sort(key=lambda piece: piece[0])
         return bytes(header) + b"".join(data for _, _, data in datagram.pieces)
 
     def _drop(self, key: DatagramKey, reason: str) -> None:
