@@ -280,9 +280,9 @@ class HostEgress:
             if packet[1] & 0x7F:
                 self.counters["malformed"] += 1  # a fragment cannot be a GSO frame
                 return
-            whole = self.reassembly.add(packet[IP:ip.end], now)
+            whole = self.reassembly.add(packet[:ip.end], now, IP)
             if whole is not None:
-                self.from_guest(NO_OFFLOAD + packet[VNET_HDR_LEN:IP] + whole, now)
+                self.from_guest(NO_OFFLOAD + whole[VNET_HDR_LEN:], now)
             return
         if packet[1] & 0x7F and ip.proto != PROTO_TCP:  # UDP GSO: the datagrams it stands for
             try:
@@ -889,8 +889,7 @@ class HostEgress:
         """UDP mappings, echo flows and forward sessions past their timeouts (TCP times itself)."""
         self.recent = {k: v for k, v in self.recent.items() if v[1] > now}
         for first in self.reassembly.expire(now):  # ICMP 11/1 (nat.reassembly Rule R4)
-            self._icmp(icmp_error(NO_OFFLOAD + ZERO_MACS + b"\x08\x00" + first, 11, 1,
-                                  self.gateway_ip))
+            self._icmp(icmp_error(first, 11, 1, self.gateway_ip))
         for key, flow in list(self.udp.items()):
             if flow.expires <= now:
                 del self.udp[key]

@@ -2,7 +2,9 @@
 
 Rule 1: ARP requests for the gateway address are answered (RFC 826); a request claiming the
         gateway's own address as sender is counted as a conflict and not answered.
-Rule 2: ICMP echo requests to the gateway are answered (RFC 792; RFC 1122 3.2.2.6).
+Rule 2: ICMP echo requests to the gateway are answered (RFC 792; RFC 1122 3.2.2.6).  Fragments
+        come here whole (the router port reassembles them), and an answer larger than ``mtu``
+        goes without DF, for the router port to fragment.
 Rule 3: UDP to the gateway address, the subnet broadcast or 255.255.255.255 goes to the service
         registered for its destination port (DHCP 67, DNS 53).  Unicast UDP to a port with no
         service gets ICMP port unreachable (RFC 1122 3.2.2.1); broadcast never gets an error
@@ -65,6 +67,7 @@ class Gateway:
         self.tcp: dict[int, TcpService] = {}
         self.counters: Counter[str] = Counter()
         self.aliases: frozenset[bytes] = frozenset()  # Rule 5
+        self.mtu = 1500  # the link's (the router port sets it): larger answers go without DF
         self._ident = 0
         self._dispatch = {ETH_P_ARP: self._handle_arp, ETH_P_IP: self._handle_ipv4}
 
@@ -148,7 +151,8 @@ class Gateway:
         self._ident = (self._ident + 1) & 0xFFFF
         return encode_ethernet(dst_mac, self.mac, ETH_P_IP,
                                encode_ipv4(source or self.ip, dst_ip, proto, payload,
-                                           ident=self._ident))
+                                           ident=self._ident,
+                                           dont_fragment=20 + len(payload) <= self.mtu))
 
     def udp_frame(self, dst_mac: bytes, dst_ip: bytes, sport: int, dport: int,
                   payload: bytes) -> bytes:

@@ -46,12 +46,13 @@ DatagramKey = tuple[bytes, bytes, int, int]
 
 
 class _Datagram:
-    __slots__ = ("deadline", "pieces", "first", "total", "cost")
+    __slots__ = ("deadline", "pieces", "first", "at", "total", "cost")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.pieces: list[tuple[int, int, memoryview]] = []  # (start, end, payload)
         self.first: bytes | None = None  # the offset-0 fragment, whole
+        self.at = 0  # where its IP header starts
         self.total: int | None = None  # payload length, known from the last fragment
         self.cost = 0
 
@@ -67,16 +68,18 @@ class Reassembly:
     def __len__(self) -> int:
         return len(self._datagrams)
 
-    def add(self, packet: bytes, now: float) -> bytes | None:
-        """One fragment, a checked IPv4 packet from its header to its total length; the
-        whole datagram (Rule R6) when this completes it, else None."""
-        ihl = (packet[0] & 0x0F) * 4
-        field = _U16.unpack_from(packet, 6)[0]
+    def add(self, packet: bytes, now: float, at: int = 0) -> bytes | None:
+        """One fragment: ``packet`` holds a checked IPv4 header at ``at`` (after whatever link
+        headers come first) and ends where its total length says.  Returns, when this completes
+        the datagram, the first fragment's link headers and the whole datagram (Rule R6)."""
+        ihl = (packet[at] & 0x0F) * 4
+        field = _U16.unpack_from(packet, at + 6)[0]
         start = (field & OFFSET) * 8
-        payload = memoryview(packet)[ihl:]  # pieces are views of the fragments they came in
+        payload = memoryview(packet)[at + ihl:]  # pieces are views of the fragments they came in
         end = start + len(payload)
         more = bool(field & MF)
-        key = (packet[12:16], packet[16:20], packet[9], _U16.unpack_from(packet, 4)[0])
+        key = (packet[at + 12:at + 16], packet[at + 16:at + 20], packet[at + 9],
+               _U16.unpack_from(packet, at + 4)[0])
         datagram = self._datagrams.get(key)
         if datagram is None:
             datagram = self._datagrams[key] = _Datagram(now + self.timeout)
@@ -104,7 +107,7 @@ class Reassembly:
                 return None
         datagram.pieces.append((start, end, payload))
         if start == 0:
-            datagram.first = packet
+            datagram.first, datagram.at = packet, at
         cost = len(packet) + FRAGMENT_COST
         datagram.cost += cost
         self.held += cost
@@ -124,15 +127,15 @@ class Reassembly:
         self._forget(key)
         self.stats["reassembled"] += 1
         assert datagram.first is not None and datagram.total is not None
-        first = datagram.first
-        ihl = (first[0] & 0x0F) * 4
-        header = bytearray(first[:ihl])
+        first, at = datagram.first, datagram.at
+        ihl = (first[at] & 0x0F) * 4
+        header = bytearray(first[at:at + ihl])
         _U16.pack_into(header, 2, ihl + datagram.total)
         _U16.pack_into(header, 6, _U16.unpack_from(header, 6)[0] & DF)
         _U16.pack_into(header, 10, 0)
         _U16.pack_into(header, 10, internet_checksum(header))
         datagram.pieces.sort(key=lambda piece: piece[0])
-        return bytes(header) + b"".join(data for _, _, data in datagram.pieces)
+        return first[:at] + header + b"".join(data for _, _, data in datagram.pieces)
 
     def _drop(self, key: DatagramKey, reason: str) -> None:
         self._forget(key)
@@ -144,8 +147,9 @@ class Reassembly:
         return datagram
 
     def expire(self, now: float) -> list[bytes]:
-        """Rule R4: drop the datagrams past their deadline; returns the first fragments of
-        those whose first fragment came (the sender is owed ICMP 11/1)."""
+        """Rule R4: drop the datagrams past their deadline; returns the first fragments (link
+        headers and all, as given to ``add``) of those whose first fragment came: the sender is
+        owed ICMP 11/1."""
         owed = []
         while self._datagrams:
             key, datagram = next(iter(self._datagrams.items()))

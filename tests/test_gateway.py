@@ -60,6 +60,16 @@ def test_ping_to_the_gateway(gw):
     assert bytes(Ether(bytes(rebuilt))) == bytes(reply), "checksums are right"
 
 
+def test_an_echo_answer_larger_than_the_link_mtu_goes_without_df(gw):
+    """Rule 2: the router port fragments it; a packet that fits keeps DF."""
+    def answer(size: int) -> Ether:
+        echo = Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src=GUEST_IP, dst=GW_IP) / ICMP(
+            type=8, id=7, seq=3) / bytes(size)
+        return one(gw.handle(bytes(echo), 0.0))
+    assert answer(1472)[IP].flags == "DF" and answer(1473)[IP].flags == 0
+    assert len(answer(4000)[IP]) == 4028
+
+
 def test_udp_to_a_closed_port_gets_port_unreachable_but_broadcast_does_not(gw):
     probe = Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src=GUEST_IP, dst=GW_IP) / UDP(
         sport=4000, dport=9999) / b"x"

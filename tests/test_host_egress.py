@@ -525,19 +525,25 @@ def test_ping_errors_come_back_through_the_host_uplink(lab, egress_lab):
 def test_fragmented_datagrams_from_guests_are_reassembled_for_the_host_socket(lab, egress_lab):
     """A host socket sends whole datagrams only: the guest's fragments (MTU 1500) of a 4000-byte
     ping and a 6000-byte UDP datagram are reassembled (nat.reassembly), the host's kernel
-    fragments them again toward the internet, and the answers come back in fragments."""
+    fragments them again toward the internet, and the answers come back in fragments.  The
+    same to the gateway itself, and to the host's loopback through the host address (the
+    router port reassembles before it knows whose the datagram is)."""
     daemon, host, inet, guests = egress_lab
     g1 = guests["e1"]
     serve(lab, inet, UDP_ECHO, INET, "7")
-    big = lab.run(g1, ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", "-M", "dont", "-s",
-                       "4000", INET], check=False).stdout
-    assert "3 received" in big and "4008 bytes from" in big, big
+    serve(lab, host, UDP_ECHO, "127.0.0.1", "7")
     message = "x" * 6000
-    echoed = lab.run(g1, [sys.executable, "-c", UDP_ASK, INET, "7", message]).stdout.strip()
-    assert echoed == f"{message} from {HOST}"
+    for target, seen in ((INET, HOST), (GW, "127.0.0.1")):
+        big = lab.run(g1, ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", "-M", "dont", "-s",
+                           "4000", target], check=False).stdout
+        assert "3 received" in big and "4008 bytes from" in big, (target, big)
+        echoed = lab.run(g1, [sys.executable, "-c", UDP_ASK, target, "7", message]).stdout
+        assert echoed.strip() == f"{message} from {seen}", target
     router = daemon.show("router")
     assert router["reassembly-reassembled"] >= 4, router
     assert router.get("reassembly-overlap", 0) == 0 and router.get("malformed", 0) == 0
+    gateway = next(p for p in daemon.show("ports") if p["type"] == "router")
+    assert not gateway["drops"], gateway
 
 
 HALF_A_DATAGRAM = """
@@ -562,15 +568,19 @@ while True:
 
 def test_a_datagram_missing_fragments_times_out_with_icmp_time_exceeded(lab, tmp_path):
     """nat.reassembly Rule R4: the first fragment alone, then `[nat] fragments` seconds later
-    ICMP 11/1 from the gateway, quoting it; nothing reached the internet."""
+    ICMP 11/1 quoting it, from the gateway for a datagram to the internet (the host uplink
+    reassembles) and for one to the gateway itself (the router port does); nothing reached the
+    internet."""
     daemon, inet, guest = one_guest(lab, tmp_path, "[nat]\nfragments = 2")
-    answer = lab.run(guest, ["env", f"PYTHONPATH={REPO}", sys.executable, "-c",
-                                    HALF_A_DATAGRAM, G1, INET], timeout=30).stdout.split()
-    icmp_type, code, source, ident, seconds = answer
-    assert (icmp_type, code, source, ident) == ("11", "1", GW, "4242"), answer
-    assert 1 <= int(seconds) <= 4, answer
+    for target in (INET, GW):
+        answer = lab.run(guest, ["env", f"PYTHONPATH={REPO}", sys.executable, "-c",
+                                 HALF_A_DATAGRAM, G1, target], timeout=30).stdout.split()
+        icmp_type, code, source, ident, seconds = answer
+        assert (icmp_type, code, source, ident) == ("11", "1", GW, "4242"), (target, answer)
+        assert 1 <= int(seconds) <= 4, answer
     counters = daemon.show("router")
     assert counters["reassembly-timeout"] == 1 and counters.get("reassembly-reassembled", 0) == 0
+    assert counters["gateway-reassembly-timeout"] == 1
     assert daemon.show("conntrack") == [], "no flow was opened for half a datagram"
     snmp = lab.run(inet, ["cat", "/proc/net/snmp"]).stdout.splitlines()
     udp = dict(zip(*(line.split()[1:] for line in snmp if line.startswith("Udp:")), strict=True))

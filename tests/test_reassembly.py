@@ -158,3 +158,17 @@ def test_any_sizes_orders_and_duplicates_reassemble():
         wholes = [w for w in (r.add(p, float(case)) for p in parts) if w is not None]
         assert wholes[:1] == [bytes(original)], case
     assert r.stats["reassembled"] == 100
+
+
+def test_link_headers_before_the_ip_header_come_back_from_the_first_fragment():
+    """``at``: the adapters pass whole frames; the whole datagram comes back behind the first
+    fragment's link headers, and so does a timed-out first fragment."""
+    original = datagram()
+    parts = pieces(original)
+    r = Reassembly()
+    assert r.add(b"later-link|" + parts[2], 0.0, at=11) is None
+    assert r.add(b"first-link|" + parts[0], 0.0, at=11) is None
+    assert r.add(b"later-link|" + parts[1], 0.0, at=11) == b"first-link|" + bytes(original)
+    r.add(b"first-link|" + pieces(datagram(ident=8))[0], 0.0, at=11)
+    (owed,) = r.expire(60.0)
+    assert owed.startswith(b"first-link|") and IP(owed[11:]).id == 8

@@ -140,7 +140,7 @@ def build_router(config: Config) -> RouterPort:
     assert net is not None
     prefix = int(net.subnet.split("/")[1])
     gateway = Gateway(gateway_mac(config), socket.inet_aton(net.gateway), prefix)
-    return RouterPort(gateway)
+    return RouterPort(gateway, fragment_timeout=config.nat.fragments)
 
 
 class Daemon:
@@ -278,9 +278,11 @@ class Daemon:
                 for f in self.conntrack.forwards()]
         if what == "router":
             router = self.router.router if self.router is not None else None
+            to_gateway = {} if self.router is None else {  # fragments to the gateway itself
+                f"gateway-reassembly-{k}": v for k, v in self.router.reassembly.stats.items()}
             if router is not None and self.egress is not None:
-                reassembly = {f"reassembly-{k}": v
-                              for k, v in self.egress.reassembly.stats.items()}
+                reassembly = to_gateway | {f"reassembly-{k}": v
+                                           for k, v in self.egress.reassembly.stats.items()}
                 return dict(router.counters) | dict(self.egress.counters) | reassembly | {
                     "uplink": "host", "ping": self.egress.ping_mode,
                     "host_address": "none" if self.egress.host_address is None
@@ -289,7 +291,7 @@ class Daemon:
                     "tcp_buffered": self.egress.buffered,
                     "tcp_buffer_budget": self.egress.buffer_budget,
                     "arp_guests": len(router.guests.cache), "held_dropped": router.guests.dropped}
-            return {} if router is None else dict(router.counters) | {
+            return {} if router is None else dict(router.counters) | to_gateway | {
                 "uplink_address": "none" if router.uplink is None
                 else f"{socket.inet_ntoa(router.uplink.ip)}/{router.uplink.prefix}",
                 "conntrack": len(self.conntrack) if self.conntrack is not None else 0,

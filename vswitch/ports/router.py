@@ -3,6 +3,11 @@
 Like virbr0's own address on the kernel bridge, the gateway is just another station: frames the
 switch sends it are handed to ``Gateway.handle``, and whatever it answers enters the switch as
 if received on this port.  Port id 0 is reserved for it.
+
+As a host's IP layer does (RFC 1122 3.3.2), the port reassembles fragments addressed to the
+gateway's own addresses (``nat.reassembly``) before deciding whose the datagram is, and cuts
+what the gateway answers into fragments when it is larger than the port's MTU: ``ping -s 4000``
+to the gateway works, as it does to virbr0.
 """
 
 from __future__ import annotations
@@ -11,11 +16,14 @@ import asyncio
 from collections.abc import Callable
 
 from nat.gateway import Gateway
+from nat.packets import decode_ipv4
+from nat.reassembly import Reassembly
 from nat.router import Out, Router
+from nat.translate import icmp_error
 from vswitch.errors import MalformedPacket
-from vswitch.gso import to_plain_frames
+from vswitch.gso import fragment_ipv4, to_plain_frames
 from vswitch.ports.base import TX_MALFORMED, Deliver, Port
-from vswitch.vnet import NO_OFFLOAD, needs_software
+from vswitch.vnet import NO_OFFLOAD, VNET_HDR_LEN, needs_software
 
 ROUTER_PORT = 0
 
@@ -24,9 +32,11 @@ class RouterPort(Port):
     kind = "router"
     vnet = True
 
-    def __init__(self, gateway: Gateway, mtu: int = 1500) -> None:
+    def __init__(self, gateway: Gateway, mtu: int = 1500, fragment_timeout: float = 30.0) -> None:
         super().__init__(ROUTER_PORT, "gateway", mtu, None)
         self.gateway = gateway
+        gateway.mtu = mtu
+        self.reassembly = Reassembly(fragment_timeout)
         #: The router behind the gateway, and where its uplink-bound packets go (set by the
         #: daemon when there is an uplink).
         self.router: Router | None = None
@@ -41,7 +51,14 @@ class RouterPort(Port):
         assert self.loop is not None
         self.tx_frames += 1
         self.tx_bytes += len(packet)
+        self._take(packet)
+
+    def _take(self, packet: bytes) -> None:
+        assert self.loop is not None
         if self.router is not None and self._routed(packet):
+            return
+        if self._fragment_for_us(packet):
+            self._reassemble(packet)
             return
         try:
             frames = to_plain_frames(packet) if needs_software(packet) else [packet[10:]]
@@ -83,6 +100,39 @@ class RouterPort(Port):
         services = self.gateway.tcp if proto == 6 else self.gateway.udp
         return int.from_bytes(packet[l4 + 2:l4 + 4], "big") not in services
 
+    def _fragment_for_us(self, packet: bytes) -> bool:
+        """An IPv4 fragment to the gateway's MAC and one of its addresses (the host address
+        included: whose the datagram is depends on its ports, known once it is whole)."""
+        return (len(packet) >= 44 and packet[22:24] == b"\x08\x00"
+                and bool(packet[30] & 0x3F or packet[31]) and packet[10:16] == self.gateway.mac
+                and (packet[40:44] == self.gateway.ip or packet[40:44] in self.gateway.aliases
+                     or (self.router is not None and self.router.egress is not None
+                         and packet[40:44] == self.router.egress.host_address)))
+
+    def _reassemble(self, packet: bytes) -> None:
+        assert self.loop is not None
+        try:
+            if packet[1] or packet[0] & 1:  # GSO or NEEDS_CSUM: no fragment is either
+                raise MalformedPacket("an offloaded fragment")
+            ip = decode_ipv4(packet, VNET_HDR_LEN + 14)
+        except MalformedPacket:
+            self.drops[TX_MALFORMED] += 1
+            return
+        whole = self.reassembly.add(packet[:ip.end], self.loop.time(), VNET_HDR_LEN + 14)
+        if whole is not None:
+            self._take(whole)
+
+    def poll(self) -> None:
+        """Once a second: datagrams whose fragments did not all come are dropped, with ICMP
+        time exceeded, code 1, when their first fragment came (RFC 792, RFC 1122 3.3.2)."""
+        if self.loop is None:
+            return
+        now = self.loop.time()
+        for first in self.reassembly.expire(now):
+            error = icmp_error(first, 11, 1, first[VNET_HDR_LEN + 30:VNET_HDR_LEN + 34])
+            if error is not None:
+                self.emit(error[VNET_HDR_LEN:], now)
+
     def dispatch(self, out: Out) -> None:
         """Router output: packets into the switch from this port, and out of the uplink."""
         assert self.deliver is not None and self.loop is not None
@@ -96,11 +146,18 @@ class RouterPort(Port):
                 self.to_uplink(packet)
 
     def emit(self, frame: bytes, now: float | None = None) -> None:
-        """Send a frame from the gateway into the switch (also used by services later)."""
+        """Send a frame from the gateway into the switch (also used by services later); an
+        IPv4 packet over the MTU without DF leaves in fragments (RFC 791 3.2)."""
         assert self.deliver is not None and self.loop is not None
-        self.rx_frames += 1
-        self.rx_bytes += len(frame)
-        self.deliver(NO_OFFLOAD + frame, ROUTER_PORT, self.loop.time() if now is None else now)
+        now = self.loop.time() if now is None else now
+        frames = [frame]
+        if len(frame) > 14 + self.mtu and frame[12:14] == b"\x08\x00" and not frame[20] & 0x40:
+            ihl = (frame[14] & 0x0F) * 4
+            frames = fragment_ipv4(frame, 14, 14 + ihl, self.mtu - ihl)
+        for piece in frames:
+            self.rx_frames += 1
+            self.rx_bytes += len(piece)
+            self.deliver(NO_OFFLOAD + piece, ROUTER_PORT, now)
 
     def detail(self) -> str:
         gw = self.gateway
