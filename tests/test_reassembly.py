@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from scapy.layers.inet import ICMP, IP, UDP, IPOption_Router_Alert, fragment
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_Router_Alert, fragment
 
 from nat.reassembly import FRAGMENT_COST, Reassembly
 
@@ -172,3 +172,14 @@ def test_link_headers_before_the_ip_header_come_back_from_the_first_fragment():
     r.add(b"first-link|" + pieces(datagram(ident=8))[0], 0.0, at=11)
     (owed,) = r.expire(60.0)
     assert owed.startswith(b"first-link|") and IP(owed[11:]).id == 8
+
+
+def test_a_tiny_first_fragment_is_no_trick_once_reassembled():
+    """RFC 1858's tiny fragments (8 bytes: the TCP flags come in the second) only fool a filter
+    that looks at fragments; reassembled, the segment is whole."""
+    segment = IP(src=SRC, dst=DST, id=3) / TCP(sport=5000, dport=22, flags="S") / b"hi"
+    parts = pieces(segment, size=8)
+    assert len(IP(parts[0]).payload) == 8
+    r = Reassembly()
+    wholes = [w for w in (r.add(p, 0.0) for p in parts) if w is not None]
+    assert wholes == [bytes(segment)] and IP(wholes[0])[TCP].flags == "S"
