@@ -35,6 +35,7 @@ class DnsService:
         self._sockets: dict[int, socket.socket] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._armed_for: float | None = None  # the deadline ``_timer`` is set for
         router.gateway.udp[DNS_PORT] = self.udp
         router.gateway.tcp[DNS_PORT] = self.tcp
 
@@ -139,16 +140,23 @@ class DnsService:
     # -- timers ---------------------------------------------------------------------------
 
     def _rearm(self) -> None:
-        deadlines = [d for d in (self.responder.next_deadline(), self.tcp.next_deadline())
-                     if d is not None]
+        """One timer for the earliest deadline; left alone when that did not change (most
+        answers change nothing, and a timer costs more than the answer from the memo)."""
+        queries, connections = self.responder.next_deadline(), self.tcp.next_deadline()
+        deadline = (queries if connections is None else connections if queries is None
+                    else min(queries, connections))
+        if deadline == self._armed_for and (deadline is None or self._timer is not None):
+            return
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if deadlines:
-            self._timer = self.loop.call_at(min(deadlines), self._expire)
+        self._armed_for = deadline
+        if deadline is not None:
+            self._timer = self.loop.call_at(deadline, self._expire)
 
     def _expire(self) -> None:
         self._timer = None
+        self._armed_for = None
         now = self.loop.time()
         frames = self._perform(self.responder.expire(now), now)
         self._emit(frames + self.tcp.expire(now))

@@ -203,6 +203,8 @@ class TcpServer:
         return self.gateway.ip_frame(conn.peer_mac, conn.peer_ip, PROTO_TCP, tcp)
 
     def next_deadline(self) -> float | None:
+        if not self.conns:
+            return None
         times = [c.retransmit_at for c in self.conns.values() if c.retransmit_at is not None]
         times += [c.last_seen + self.idle for c in self.conns.values()]
         return min(times, default=None)

@@ -216,6 +216,13 @@ def test_dns_local_names_reverse_forwarding_cache_spoofing_and_tcp(svc):
     seen = svc.upstream.communicate(timeout=10)[0].splitlines()
     assert seen.count("QUERY udp www.example.test. 1") == 1, "the second came from the cache"
     assert "QUERY tcp big2.example.test. 1" in seen
+    # the upstream is gone: the query times out (5 s), is sent again, times out, SERVFAIL
+    start = time.monotonic()
+    lost = svc.lab.run(ns, ["dig", "+time=20", "+tries=1", f"@{GW}", "gone.example.test"],
+                       timeout=40).stdout
+    assert "status: SERVFAIL" in lost and 9 < time.monotonic() - start < 15, lost
+    assert svc.daemon.show("dns")["timeouts"] == 2
+    assert svc.dig(ns, "www.example.test") == "203.0.113.7", "the cache still answers"
 
 
 def test_discover_flood_with_random_macs_stays_within_the_lease_cap(svc):

@@ -23,7 +23,7 @@ from nat.translate import icmp_error
 from vswitch.errors import MalformedPacket
 from vswitch.gso import fragment_ipv4, to_plain_frames
 from vswitch.ports.base import TX_MALFORMED, Deliver, Port
-from vswitch.vnet import NO_OFFLOAD, VNET_HDR_LEN, needs_software
+from vswitch.vnet import NO_OFFLOAD, VNET_HDR_LEN
 
 ROUTER_PORT = 0
 
@@ -61,7 +61,10 @@ class RouterPort(Port):
             self._reassemble(packet)
             return
         try:
-            frames = to_plain_frames(packet) if needs_software(packet) else [packet[10:]]
+            # GSO frames are cut into the segments they stand for; a partial checksum is left
+            # as it is: the gateway stack verifies none (a virtual link, nat.tcp_server), and
+            # finishing it cost a tenth of a DNS answer's time.
+            frames = to_plain_frames(packet) if packet[1] & 0x7F else [packet[10:]]
         except MalformedPacket:
             self.drops[TX_MALFORMED] += 1
             return
