@@ -1,9 +1,10 @@
-"""IPv4 reassembly for the host uplink, where a host socket sends whole datagrams only.
+"""IPv4 reassembly where vswitch is the end of a datagram's road: the gateway's own stack
+(``vswitch.ports.router``), and the host uplink, whose sockets send whole datagrams only (as
+libslirp's ``ip_reass`` does).  The raw uplink's NAT never reassembles (it forwards:
+``nat.conntrack.Fragments``).
 
-Sans-I/O: ``Reassembly.add`` takes one fragment (an IPv4 packet, from its header on) and
-returns the whole datagram once every piece is in; ``expire`` drops what did not complete.  The
-raw uplink's NAT never reassembles (``nat.conntrack.Fragments``); this is for the endpoint role
-the host uplink plays, as libslirp's ``ip_reass`` does.
+Sans-I/O: ``Reassembly.add`` takes one fragment (a frame whose IPv4 header starts at ``at``) and
+returns the whole datagram once every piece is in; ``expire`` drops what did not complete.
 
 Rule R1: fragments belong together by (source, destination, protocol, identification)
          (RFC 791 3.2).
