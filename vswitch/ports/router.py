@@ -104,13 +104,11 @@ class RouterPort(Port):
         return int.from_bytes(packet[l4 + 2:l4 + 4], "big") not in services
 
     def _fragment_for_us(self, packet: bytes) -> bool:
-        """An IPv4 fragment to the gateway's MAC and one of its addresses (the host address
-        included: whose the datagram is depends on its ports, known once it is whole)."""
+        """An IPv4 fragment to the gateway's MAC and one of its addresses (the host address is
+        one: whose the datagram is depends on its ports, known once it is whole)."""
         return (len(packet) >= 44 and packet[22:24] == b"\x08\x00"
                 and bool(packet[30] & 0x3F or packet[31]) and packet[10:16] == self.gateway.mac
-                and (packet[40:44] == self.gateway.ip or packet[40:44] in self.gateway.aliases
-                     or (self.router is not None and self.router.egress is not None
-                         and packet[40:44] == self.router.egress.host_address)))
+                and (packet[40:44] == self.gateway.ip or packet[40:44] in self.gateway.aliases))
 
     def _reassemble(self, packet: bytes) -> None:
         assert self.loop is not None
