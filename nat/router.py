@@ -8,8 +8,10 @@ Rule 2: modes, as libvirt's: ``nat`` translates through the conntrack (SNAT, DNA
         ``route`` and ``open`` forward without translation (the far side routes the subnet to
         the uplink address); ``isolated`` forwards nothing (guests get ICMP 3/13).
 Rule 3: TTL is decremented; a packet that would leave with TTL 0 gets ICMP time exceeded
-        (RFC 1812 5.3.1); a DF packet over the uplink MTU gets fragmentation needed with the MTU
-        (RFC 1191 4).  GSO super-frames are exempt: they leave as segments of the right size.
+        (RFC 1812 5.3.1).  A packet larger than the MTU of the side it leaves by (the uplink's,
+        or the guest link's: ``gateway.mtu``) is cut into fragments (RFC 791 2.3, RFC 1812
+        4.2.2.7), or with DF set answered with fragmentation needed and that MTU (RFC 1191 4).
+        GSO super-frames are exempt: they leave as segments of the right size.
 Rule 4: next hops are found by ARP (RFC 826) on each side: a bounded cache with timeouts, and
         a few packets held per address while a request is out (RFC 1122 2.3.2.2), dropped and
         counted when nobody answers.
@@ -45,7 +47,8 @@ from nat.packets import (
 )
 from nat.translate import admin_prohibited, frag_needed, icmp_error, nat_packet, time_exceeded
 from vswitch.errors import MalformedPacket
-from vswitch.vnet import NO_OFFLOAD, VNET_HDR_LEN
+from vswitch.gso import fragment_ipv4, to_plain_frames
+from vswitch.vnet import FLAG_NEEDS_CSUM, NO_OFFLOAD, VNET_HDR_LEN
 
 ETH: Final = VNET_HDR_LEN  # offset of the Ethernet header in a packet
 IP: Final = VNET_HDR_LEN + 14
@@ -210,18 +213,30 @@ class Router:
                         out.uplink.append(self._echo_reply(packet))
                         return out
                 if self.mode == "nat":
-                    return self._send_all(self._nat(packet, True, now, out), now, out)
+                    translated = self._nat(packet, True, now, out)
+                    if translated and self._too_big_for_guests(packet):
+                        return self._refuse(frag_needed(packet, self.uplink.ip, self.gateway.mtu),
+                                            out, "frag-needed", uplink=True)
+                    return self._send_all(translated, now, out)
                 return out
             if self.mode in ("route", "open") and self.local(dst):
                 if packet[IP + 8] <= 1:
                     return self._refuse(time_exceeded(packet, self.uplink.ip), out,
                                         "ttl-exceeded", uplink=True)
+                if self._too_big_for_guests(packet):
+                    return self._refuse(frag_needed(packet, self.uplink.ip, self.gateway.mtu),
+                                        out, "frag-needed", uplink=True)
                 return self._send_all([decrement_ttl(packet)], now, out)
         except MalformedPacket:
             self.counters["malformed-from-uplink"] += 1
         return out
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _too_big_for_guests(self, packet: bytes) -> bool:
+        """Rule 3: DF, not GSO, and over the guest link's MTU."""
+        return (not packet[1] & 0x7F and packet[IP + 6] & 0x40 != 0
+                and struct.unpack_from("!H", packet, IP + 2)[0] > self.gateway.mtu)
 
     def _nat(self, packet: bytes, from_outside: bool, now: float,
              out: Out) -> list[bytes | bytearray]:
@@ -254,12 +269,14 @@ class Router:
             to_switch = self.local(dst)
             if to_switch:
                 side, ip, src_mac, asker = self.guests, dst, self.gateway.mac, self.gateway.ip
+                mtu = self.gateway.mtu
             elif self.uplink is None:
                 self.counters["drop-no-uplink"] += 1  # nowhere to send it
                 continue
             else:
                 side, ip, src_mac, asker = (self.outside, self.uplink.next_hop, self.uplink.mac,
                                             self.uplink.ip)
+                mtu = self.uplink.mtu
             mac = side.lookup(ip, now)
             if mac is None:
                 if side.hold(ip, packet, now):
@@ -268,7 +285,13 @@ class Router:
                 continue
             frame = packet if type(packet) is bytearray else bytearray(packet)
             frame[ETH:ETH + 12] = mac + src_mac
-            if to_switch:
+            if len(frame) - IP > mtu and not frame[1] & 0x7F:
+                if frame[IP + 6] & 0x40:  # DF: refused before translation; never cut it here
+                    self.counters["drop-too-big"] += 1
+                    continue
+                pieces = fragments(frame, mtu)
+                (out.switch if to_switch else out.uplink).extend(pieces)
+            elif to_switch:
                 out.switch.append(bytes(frame))
             else:
                 out.uplink.append(frame)
@@ -289,9 +312,7 @@ class Router:
             reply = Arp(2, up.mac, up.ip, arp.sender_mac, arp.sender_ip)
             out.uplink.append(NO_OFFLOAD + encode_ethernet(arp.sender_mac, up.mac,
                                                            ETH_P_ARP, encode_arp(reply)))
-        mac = arp.sender_mac
-        out.uplink.extend(p[:ETH] + mac + up.mac + p[ETH + 12:] for p in held)
-        return out
+        return self._send_all(held, now, out)  # addressed now that the cache knows the hop
 
     def guest_arp(self, frame: bytes, now: float) -> list[bytes]:
         """ARP the gateway stack saw from a guest: learn it, release held packets."""
@@ -302,7 +323,7 @@ class Router:
         if not self.local(arp.sender_ip):
             return []
         held = self.guests.learn(arp.sender_ip, arp.sender_mac, now)
-        return [bytes(p[:ETH] + arp.sender_mac + self.gateway.mac + p[ETH + 12:]) for p in held]
+        return self._send_all(held, now, Out([], [])).switch
 
     def _refuse(self, error: bytes | None, out: Out, reason: str, uplink: bool = False) -> Out:
         self.counters[f"drop-{reason}"] += 1
@@ -346,6 +367,15 @@ class Router:
 def arp_request(src_mac: bytes, src_ip: bytes, target: bytes) -> bytes:
     request = Arp(1, src_mac, src_ip, bytes(6), target)
     return NO_OFFLOAD + encode_ethernet(BROADCAST_MAC, src_mac, ETH_P_ARP, encode_arp(request))
+
+
+def fragments(packet: bytes | bytearray, mtu: int) -> list[bytes]:
+    """Rule 3: ``packet`` (not GSO, no DF) in IPv4 fragments that fit ``mtu``; a partial
+    checksum is finished first, since no fragment can carry one (RFC 791 2.3)."""
+    frame = (to_plain_frames(bytes(packet))[0] if packet[0] & FLAG_NEEDS_CSUM
+             else bytes(packet[VNET_HDR_LEN:]))
+    ihl = (frame[14] & 0x0F) * 4
+    return [NO_OFFLOAD + piece for piece in fragment_ipv4(frame, 14, 14 + ihl, mtu - ihl)]
 
 
 def decrement_ttl(packet: bytes) -> bytearray:

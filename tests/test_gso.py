@@ -3,14 +3,15 @@
 import random
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP, in4_pseudoheader
+from scapy.layers.inet import IP, TCP, UDP, fragment, in4_pseudoheader
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop, in6_pseudoheader
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 from scapy.utils import checksum
 
+from nat.reassembly import Reassembly
 from vswitch.errors import MalformedPacket
-from vswitch.gso import internet_checksum, to_plain_frames
+from vswitch.gso import fragment_ipv4, internet_checksum, to_plain_frames
 from vswitch.vnet import (
     FLAG_DATA_VALID,
     FLAG_NEEDS_CSUM,
@@ -291,6 +292,21 @@ def test_ufo_fragments_ipv4():
     assert checksum(in4_pseudoheader(17, IP(**V4), len(data)) + data) == 0
     assert UDP(data).len == len(data) and bytes(UDP(data).payload) == bytes(pkt[Raw])
     assert data == bytes(pkt[UDP])
+
+
+def test_a_fragment_cut_again_keeps_its_place_and_its_mf():
+    """RFC 791 3.2: a router with a smaller MTU fragments fragments; the pieces of the first
+    keep MF, those of the last start at its offset and only the very last clears MF."""
+    pkt = IP(**V4, id=77) / UDP(sport=9, dport=9) / Raw(payload(5000, seed=6))
+    firsts = [bytes(f) for f in fragment(pkt, fragsize=2960)]
+    assert len(firsts) == 2
+    pieces = [p for f in firsts for p in fragment_ipv4(bytes(Ether(**MACS)) + f, 14, 34, 1000)]
+    fields = [(IP(p[14:]).frag * 8, str(IP(p[14:]).flags)) for p in pieces]
+    assert fields == [(0, "MF"), (1000, "MF"), (2000, "MF"), (2960, "MF"), (3960, "MF"),
+                      (4960, "")]
+    r = Reassembly()
+    wholes = [w for w in (r.add(p, 0.0, 14) for p in pieces) if w is not None]
+    assert [IP(w[14:])[UDP].payload.load for w in wholes] == [bytes(pkt[Raw])]
 
 
 def test_ufo_that_fits_is_sent_whole_with_df_kept():

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from scapy.layers.inet import ICMP, IP, UDP
+from scapy.layers.inet import ICMP, IP, UDP, in4_pseudoheader
 from scapy.layers.l2 import ARP, Ether
+from scapy.utils import checksum
 
 from nat.conntrack import Conntrack
 from nat.gateway import Gateway
+from nat.reassembly import Reassembly
 from nat.router import Router, Uplink
-from vswitch.vnet import wrap
+from vswitch.vnet import FLAG_NEEDS_CSUM, encode_header, wrap
 
 GW_MAC, UP_MAC, HOP_MAC = "52:54:00:aa:00:01", "52:54:00:aa:00:02", "52:54:00:bb:00:01"
 GUEST_MAC = "52:54:00:00:00:05"
@@ -61,6 +63,54 @@ def test_df_over_the_uplink_mtu_gets_fragmentation_needed_with_the_mtu():
     assert error[ICMP].type == 3 and error[ICMP].code == 4 and error[ICMP].nexthopmtu == 1280
     fits = router(mtu=1280).from_guest(from_guest(payload_len=1200, df=True), now=0.0)
     assert fits.switch == [] and len(fits.uplink) == 1  # the ARP request: it may go
+
+
+def whole_from(pieces: list[bytes]) -> IP:
+    """The datagram the fragments in ``pieces`` (vswitch packets) carry, reassembled."""
+    r = Reassembly()
+    wholes = [w for w in (r.add(p, 0.0, 24) for p in pieces) if w is not None]
+    assert len(wholes) == 1
+    return IP(wholes[0][24:])
+
+
+def test_a_packet_over_the_uplink_mtu_without_df_leaves_in_fragments():
+    """Rule 3: cut to the uplink's MTU after translation (the checksum finished first when it
+    was left to offload); the far end's reassembly gets the translated datagram."""
+    r = router(mtu=1280)
+    r.outside.learn(bytes([10, 254, 0, 1]), mac(HOP_MAC), 0.0)
+    partial = bytearray(from_guest(payload_len=3000))  # as Linux leaves it to offload:
+    partial[:10] = encode_header(FLAG_NEEDS_CSUM, csum_start=34, csum_offset=6)
+    pseudo = in4_pseudoheader(17, Ether(bytes(partial[10:]))[IP], 3008)
+    partial[50:52] = (~checksum(pseudo) & 0xFFFF).to_bytes(2, "big")  # the pseudo header sum
+    for packet in (from_guest(payload_len=3000), bytes(partial)):
+        out = r.from_guest(packet, now=0.0)
+        assert out.switch == [] and len(out.uplink) == 3
+        assert all(len(p) - 24 <= 1280 and p[:10] == bytes(10) for p in out.uplink)
+        assert all(Ether(p[10:])[Ether].dst == HOP_MAC for p in out.uplink)
+        ip = whole_from(out.uplink)
+        assert ip.src == "10.254.0.2" and bytes(ip[UDP].payload) == bytes(3000)
+        rebuilt = ip.copy()
+        del rebuilt[UDP].chksum
+        assert IP(bytes(rebuilt))[UDP].chksum == ip[UDP].chksum, "a valid UDP checksum"
+
+
+def test_from_the_uplink_df_over_the_guest_mtu_gets_frag_needed_and_no_df_is_cut():
+    """Rule 3 toward guests, whose link MTU is the gateway's: an uplink with jumbo frames."""
+    r = router("route", mtu=9000)
+    r.guests.learn(bytes([10, 70, 0, 5]), mac(GUEST_MAC), 0.0)
+
+    def big(df: bool) -> bytes:
+        return wrap(bytes(Ether(src=HOP_MAC, dst=UP_MAC) / IP(
+            src="10.254.0.1", dst="10.70.0.5", flags="DF" if df else 0) / UDP(
+            sport=53, dport=4000) / bytes(4000)))
+    refused = r.from_uplink(big(df=True), now=0.0)
+    error = Ether(refused.uplink[0][10:])
+    assert refused.switch == [] and error[IP].src == "10.254.0.2"
+    assert error[ICMP].type == 3 and error[ICMP].code == 4 and error[ICMP].nexthopmtu == 1500
+    cut = r.from_uplink(big(df=False), now=0.0)
+    assert cut.uplink == [] and len(cut.switch) == 3
+    assert all(len(p) - 24 <= 1500 for p in cut.switch)
+    assert len(whole_from(cut.switch)[UDP].payload) == 4000
 
 
 def test_isolated_mode_refuses_with_admin_prohibited():

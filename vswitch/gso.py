@@ -262,12 +262,16 @@ def fragment_ipv4(frame: bytes, l3: int, l4: int, size: int) -> list[bytes]:
         offsets count 8-byte units (RFC 791 sections 2.3 and 3.2).
     5c. Each fragment: the headers before ``l4`` (options copied as they are), then the piece;
         fragment offset, MF on all but the last, the same id; total length, header checksum.
+        A datagram that is itself a fragment keeps its place: offsets start from its own, and
+        its last piece keeps its MF (RFC 791 3.2, fragmenting a fragment).
     """
     # 5b.
     piece = size & ~7
     if piece == 0:
         raise MalformedPacket(f"fragment size {size} is below one 8-byte fragment unit")
     ip_id: int = _U16.unpack_from(frame, l3 + 4)[0]
+    field: int = _U16.unpack_from(frame, l3 + 6)[0]
+    base, last_more = (field & 0x1FFF) * 8, field & IPV4_MF
     headers = frame[:l4]
     data = frame[l4:]
     fragments = []
@@ -275,8 +279,8 @@ def fragment_ipv4(frame: bytes, l3: int, l4: int, size: int) -> list[bytes]:
         # 5c.
         fragment = bytearray(headers)
         fragment += data[offset : offset + piece]
-        more = IPV4_MF if offset + piece < len(data) else 0
-        _U16.pack_into(fragment, l3 + 6, more | offset >> 3)
+        more = IPV4_MF if offset + piece < len(data) else last_more
+        _U16.pack_into(fragment, l3 + 6, more | (base + offset) >> 3)
         _fix_ip(fragment, l3, l4, True, ip_id)
         fragments.append(bytes(fragment))
     return fragments
