@@ -289,7 +289,7 @@ class Router:
                 if frame[IP + 6] & 0x40:  # DF: refused before translation; never cut it here
                     self.counters["drop-too-big"] += 1
                     continue
-                pieces = fragments(frame, mtu)
+                pieces = cut_to_mtu(frame, mtu)
                 (out.switch if to_switch else out.uplink).extend(pieces)
             elif to_switch:
                 out.switch.append(bytes(frame))
@@ -369,7 +369,7 @@ def arp_request(src_mac: bytes, src_ip: bytes, target: bytes) -> bytes:
     return NO_OFFLOAD + encode_ethernet(BROADCAST_MAC, src_mac, ETH_P_ARP, encode_arp(request))
 
 
-def fragments(packet: bytes | bytearray, mtu: int) -> list[bytes]:
+def cut_to_mtu(packet: bytes | bytearray, mtu: int) -> list[bytes]:
     """Rule 3: ``packet`` (not GSO, no DF) in IPv4 fragments that fit ``mtu``; a partial
     checksum is finished first, since no fragment can carry one (RFC 791 2.3)."""
     frame = (to_plain_frames(bytes(packet))[0] if packet[0] & FLAG_NEEDS_CSUM
