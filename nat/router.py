@@ -289,7 +289,11 @@ class Router:
                 if frame[IP + 6] & 0x40:  # DF: refused before translation; never cut it here
                     self.counters["drop-too-big"] += 1
                     continue
-                pieces = cut_to_mtu(frame, mtu)
+                try:
+                    pieces = cut_to_mtu(frame, mtu)
+                except MalformedPacket:  # a partial checksum pointing outside the packet
+                    self.counters["malformed"] += 1
+                    continue
                 (out.switch if to_switch else out.uplink).extend(pieces)
             elif to_switch:
                 out.switch.append(bytes(frame))

@@ -94,6 +94,14 @@ def test_a_packet_over_the_uplink_mtu_without_df_leaves_in_fragments():
         assert IP(bytes(rebuilt))[UDP].chksum == ip[UDP].chksum, "a valid UDP checksum"
 
 
+def test_a_packet_to_cut_whose_partial_checksum_points_outside_it_is_counted():
+    r = router("route", mtu=1280)
+    r.outside.learn(bytes([10, 254, 0, 1]), mac(HOP_MAC), 0.0)
+    bad = bytearray(from_guest(payload_len=3000))
+    bad[:10] = encode_header(FLAG_NEEDS_CSUM, csum_start=34, csum_offset=5000)
+    assert r.from_guest(bytes(bad), now=0.0) == ([], []) and r.counters["malformed"] == 1
+
+
 def test_from_the_uplink_df_over_the_guest_mtu_gets_frag_needed_and_no_df_is_cut():
     """Rule 3 toward guests, whose link MTU is the gateway's: an uplink with jumbo frames."""
     r = router("route", mtu=9000)
