@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.report import new_report, ratio_bars, run_and_save
+from bench.report import new_report, ratio_bars, round_rows, run_and_save
 from vswitch.lab import Lab, sh, wait_for
 from vswitch.ports.tun import disable_ipv6
 
@@ -392,17 +392,15 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["## Rounds", "", "| round | variant | TCP Gbit/s | UDP kpkt/s delivered / sent | "
               "RTT median µs | RTT p99 µs | vswitch CPU TCP/UDP % |", "|---|---|---:|---:|---:|"
               "---:|---:|"]
-    for rnd in report["rounds"]:
-        for v in rnd["order"]:
-            r = rnd["results"][v]
-            if "error" in r:
-                lines.append(f"| {rnd['round']} | {v} | error: {r['error']} | | | | |")
-                continue
-            cpu = ("—" if r.get("cpu_tcp_pct") is None
-                   else f"{r['cpu_tcp_pct']:.0f} / {r['cpu_udp_pct']:.0f}")
-            lines.append(f"| {rnd['round']} | {v} | {r['tcp_bps'] / 1e9:.2f} | "
-                         f"{r['udp_pps'] / 1e3:.1f} / {r['udp_sent_pps'] / 1e3:.1f} | "
-                         f"{r['rtt_median_us']:.0f} | {r['rtt_p99_us']:.0f} | {cpu} |")
+
+    def row(r: dict[str, Any]) -> str:
+        cpu = ("—" if r.get("cpu_tcp_pct") is None
+               else f"{r['cpu_tcp_pct']:.0f} / {r['cpu_udp_pct']:.0f}")
+        return (f"{r['tcp_bps'] / 1e9:.2f} | "
+                f"{r['udp_pps'] / 1e3:.1f} / {r['udp_sent_pps'] / 1e3:.1f} | "
+                f"{r['rtt_median_us']:.0f} | {r['rtt_p99_us']:.0f} | {cpu} |")
+
+    lines += round_rows(report, 5, row)
     return "\n".join(lines) + "\n"
 
 

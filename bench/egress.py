@@ -68,7 +68,7 @@ from bench.bridge import (
     vm_hwm_kib,
 )
 from bench.bridge import Setup as BridgeSetup
-from bench.report import new_report, ratio_bars, run_and_save
+from bench.report import new_report, ratio_bars, round_rows, run_and_save
 from bench.services import log_problems
 from vswitch.lab import Lab, sh, wait_for
 
@@ -506,20 +506,18 @@ def markdown(report: dict[str, Any]) -> str:
               "| ping median / p99 µs (lost) | TCP RR median / p99 µs "
               "| CPU up/down/ping/RR % | peak RSS MiB |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for rnd in report["rounds"]:
-        for v in rnd["order"]:
-            r = rnd["results"][v]
-            if "error" in r:
-                lines.append(f"| {rnd['round']} | {v} | error: {r['error']} | | | | | | |")
-                continue
-            cpu = ("—" if r.get("cpu_up_pct") is None else " / ".join(
-                f"{r[f'cpu_{t}_pct']:.0f}" for t in ("up", "down", "ping", "rr")))
-            rss = "—" if r.get("rss_peak_mib") is None else f"{r['rss_peak_mib']:.1f}"
-            lines.append(f"| {rnd['round']} | {v} | {r['guest_mtu']} | "
-                         f"{r['tcp_up_bps'] / 1e9:.2f} | {r['tcp_down_bps'] / 1e9:.2f} | "
-                         f"{r['ping_median_us']:.0f} / {r['ping_p99_us']:.0f} "
-                         f"({r['ping_lost']}) | {r['rr_median_us']:.0f} / {r['rr_p99_us']:.0f}"
-                         f" | {cpu} | {rss} |")
+
+    def row(r: dict[str, Any]) -> str:
+        cpu = ("—" if r.get("cpu_up_pct") is None else " / ".join(
+            f"{r[f'cpu_{t}_pct']:.0f}" for t in ("up", "down", "ping", "rr")))
+        rss = "—" if r.get("rss_peak_mib") is None else f"{r['rss_peak_mib']:.1f}"
+        return (f"{r['guest_mtu']} | "
+                f"{r['tcp_up_bps'] / 1e9:.2f} | {r['tcp_down_bps'] / 1e9:.2f} | "
+                f"{r['ping_median_us']:.0f} / {r['ping_p99_us']:.0f} "
+                f"({r['ping_lost']}) | {r['rr_median_us']:.0f} / {r['rr_p99_us']:.0f}"
+                f" | {cpu} | {rss} |")
+
+    lines += round_rows(report, 7, row)
     return "\n".join(lines) + "\n"
 
 

@@ -62,7 +62,7 @@ from bench.bridge import (
     vswitch_bin,
 )
 from bench.bridge import Setup as BridgeSetup
-from bench.report import new_report, run_and_save
+from bench.report import new_report, ratio_bars, round_rows, run_and_save
 from bench.services import log_problems
 from vswitch.lab import Lab, sh, wait_for
 
@@ -509,20 +509,18 @@ def markdown(report: dict[str, Any]) -> str:
               "| conn/s (failed) | vswitch CPU TCP/UDP/conn % | flows tracked "
               "| drops during each test |",
               "|---|---|---:|---:|---:|---:|---:|---|"]
-    for rnd in report["rounds"]:
-        for v in rnd["order"]:
-            r = rnd["results"][v]
-            if "error" in r:
-                lines.append(f"| {rnd['round']} | {v} | error: {r['error']} | | | | | |")
-                continue
-            cpu = ("—" if r.get("cpu_tcp_pct") is None else
-                   f"{r['cpu_tcp_pct']:.0f} / {r['cpu_udp_pct']:.0f} / {r['cpu_cps_pct']:.0f}")
-            drops = "; ".join(f"{test}: " + ", ".join(f"{k}={n}" for k, n in d.items())
-                              for test, d in r["drops"].items() if d) or "—"
-            lines.append(f"| {rnd['round']} | {v} | {r['tcp_bps'] / 1e9:.2f} | "
-                         f"{r['udp_pps'] / 1e3:.1f} / {r['udp_sent_pps'] / 1e3:.1f} | "
-                         f"{r['cps']:.0f} ({r['cps_failed']:.0f}) | {cpu} | "
-                         f"{r['conntrack_flows']} | {drops} |")
+
+    def row(r: dict[str, Any]) -> str:
+        cpu = ("—" if r.get("cpu_tcp_pct") is None else
+               f"{r['cpu_tcp_pct']:.0f} / {r['cpu_udp_pct']:.0f} / {r['cpu_cps_pct']:.0f}")
+        drops = "; ".join(f"{test}: " + ", ".join(f"{k}={n}" for k, n in d.items())
+                          for test, d in r["drops"].items() if d) or "—"
+        return (f"{r['tcp_bps'] / 1e9:.2f} | "
+                f"{r['udp_pps'] / 1e3:.1f} / {r['udp_sent_pps'] / 1e3:.1f} | "
+                f"{r['cps']:.0f} ({r['cps_failed']:.0f}) | {cpu} | "
+                f"{r['conntrack_flows']} | {drops} |")
+
+    lines += round_rows(report, 6, row)
     if ct is not None:
         lines += ["", f"Conntrack memory: {ct['flows']} UDP flows made with "
                   f"`Conntrack.outbound` in {ct['seconds']:.1f} s ({ct['endpoints']} guest "
@@ -542,13 +540,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     kernel, vsw = med.get("kernel", {}), med.get("vswitch", {})
     keys = [k for k in METRICS if k in kernel and k in vsw]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ys = [vsw[k] / kernel[k] for k in keys]
-    runs = [[rnd["results"]["vswitch"][k] / kernel[k] for rnd in report["rounds"]
-             if k in rnd["results"].get("vswitch", {})] for k in keys]
-    err = [[y - min(r, default=y) for y, r in zip(ys, runs, strict=True)],
-           [max(r, default=y) - y for y, r in zip(ys, runs, strict=True)]]
-    bars = ax.bar(range(len(keys)), ys, 0.5, yerr=err, capsize=3, label="vswitch NAT")
-    ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=8, padding=2)
+    ratio_bars(ax, report, ["vswitch"], keys, kernel, 0.5)
     for j, k in enumerate(keys):
         target = METRICS[k][3]
         if target is not None:

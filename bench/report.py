@@ -99,6 +99,20 @@ def run_and_save(report: dict[str, Any], variants: Sequence[str], measure: Measu
     return 0
 
 
+def round_rows(report: dict[str, Any], columns: int,
+               row: Callable[[dict[str, Any]], str]) -> list[str]:
+    """The "Rounds" table's body: per round, per variant in the order it ran, ``| round |
+    variant | `` then ``row(results)`` (the other ``columns`` cells, each closed by ``|``), or
+    the variant's error in the first of them and the rest left empty."""
+    lines = []
+    for rnd in report["rounds"]:
+        for v in rnd["order"]:
+            r = rnd["results"][v]
+            cells = f"error: {r['error']} |" + " |" * (columns - 1) if "error" in r else row(r)
+            lines.append(f"| {rnd['round']} | {v} | {cells}")
+    return lines
+
+
 def ratio_bars(ax: Any, report: dict[str, Any], variants: Sequence[str], keys: Sequence[str],
                base: dict[str, float], width: float) -> None:
     """Grouped bars of each variant's medians relative to ``base``, whiskers spanning the

@@ -58,7 +58,15 @@ from bench.bridge import (
     vm_hwm_kib,
     vswitch_bin,
 )
-from bench.report import Say, alternate_rounds, medians, new_report, ratio_bars, save_report
+from bench.report import (
+    Say,
+    alternate_rounds,
+    medians,
+    new_report,
+    ratio_bars,
+    round_rows,
+    save_report,
+)
 from vswitch.lab import Lab, sh, wait_for
 
 VARIANTS = ("dnsmasq", "vswitch")
@@ -447,23 +455,21 @@ def markdown(report: dict[str, Any]) -> str:
               "replies sent late (OFFER / ACK) | leases in file | DNS local q/s (lost) | "
               "DNS cached q/s (lost) | forwarded during cached | CPU DHCP/local/cached % |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for rnd in report["rounds"]:
-        for v in rnd["order"]:
-            r = rnd["results"][v]
-            if "error" in r:
-                lines.append(f"| {rnd['round']} | {v} | error: {r['error']} |" + " |" * 9)
-                continue
-            do, ra = r["dhcp"]["DISCOVER-OFFER"], r["dhcp"]["REQUEST-ACK"]
-            late = r.get("vswitch_replies_not_counted")
-            lines.append(
-                f"| {rnd['round']} | {v} | {r['dhcp_eps']:.1f} | {do['drops']} / {ra['drops']} | "
-                f"{fmt(do.get('avg_delay_ms'))} / {fmt(do.get('max_delay_ms'))} | "
-                f"{'—' if late is None else str(late['offers']) + ' / ' + str(late['acks'])} | "
-                f"{r['leases_in_file']} | "
-                f"{r['dns_local_qps']:,.0f} ({r['dns_local']['lost']}) | "
-                f"{r['dns_cached_qps']:,.0f} ({r['dns_cached']['lost']}) | "
-                f"{r['upstream_queries_during_cached']} | {r['cpu_dhcp_pct']:.0f} / "
-                f"{r['cpu_dns_local_pct']:.0f} / {r['cpu_dns_cached_pct']:.0f} |")
+
+    def row(r: dict[str, Any]) -> str:
+        do, ra = r["dhcp"]["DISCOVER-OFFER"], r["dhcp"]["REQUEST-ACK"]
+        late = r.get("vswitch_replies_not_counted")
+        return (
+            f"{r['dhcp_eps']:.1f} | {do['drops']} / {ra['drops']} | "
+            f"{fmt(do.get('avg_delay_ms'))} / {fmt(do.get('max_delay_ms'))} | "
+            f"{'—' if late is None else str(late['offers']) + ' / ' + str(late['acks'])} | "
+            f"{r['leases_in_file']} | "
+            f"{r['dns_local_qps']:,.0f} ({r['dns_local']['lost']}) | "
+            f"{r['dns_cached_qps']:,.0f} ({r['dns_cached']['lost']}) | "
+            f"{r['upstream_queries_during_cached']} | {r['cpu_dhcp_pct']:.0f} / "
+            f"{r['cpu_dns_local_pct']:.0f} / {r['cpu_dns_cached_pct']:.0f} |")
+
+    lines += round_rows(report, 10, row)
     return "\n".join(lines) + "\n"
 
 
