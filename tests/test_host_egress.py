@@ -110,10 +110,7 @@ def serve(lab, ns: str, script: str, *args: str) -> None:
 def internet(lab, host: str) -> str:
     """The internet namespace behind a veth from ``host``, with its servers."""
     inet = lab.netns("ei")
-    outer = lab.name("ev")
-    lab.veth(outer, inet, "eth0")
-    subprocess.run(["ip", "link", "set", outer, "netns", host, "name", "eth0"], check=True)
-    lab.links.remove(outer)  # it lives (and dies) with the host namespace now
+    lab.veth("eth0", inet, "eth0", outer_ns=host)
     lab.addr(host, "eth0", f"{HOST}/24")
     lab.addr(inet, "eth0", f"{INET}/24")
     return inet
@@ -122,10 +119,8 @@ def internet(lab, host: str) -> str:
 def beyond_the_internet(lab, host: str, inet: str) -> None:
     """A host 10.99.0.2 one router further: the internet namespace routes to it."""
     far = lab.netns("ef")
-    lab.veth(lab.name("evf"), far, "eth0")
-    subprocess.run(["ip", "link", "set", lab.name("evf"), "netns", inet], check=True)
-    lab.links.remove(lab.name("evf"))
-    lab.addr(inet, lab.name("evf"), "10.99.0.1/24")
+    lab.veth("far", far, "eth0", outer_ns=inet)
+    lab.addr(inet, "far", "10.99.0.1/24")
     lab.addr(far, "eth0", "10.99.0.2/24")
     lab.run(inet, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
     lab.run(far, ["ip", "route", "add", "default", "via", "10.99.0.1"])
@@ -376,25 +371,9 @@ def test_udp_gso_from_a_veth_guest_leaves_as_separate_datagrams(lab, tmp_path):
     host = lab.netns("eh")
     inet = internet(lab, host)
     guest = lab.netns("eg")
-    outer = lab.name("eva")
-    lab.veth(outer, guest, "eth0")
-    subprocess.run(["ip", "link", "set", outer, "netns", host], check=True)
-    lab.links.remove(outer)
-    lab.run(host, ["ip", "link", "set", outer, "up"])
-    body = f"""
-[switch]
-name = "g{lab.tag}"
-[network]
-subnet = "10.96.0.0/24"
-[dhcp]
-lease_file = "{tmp_path}/leases"
-[dns]
-forwarders = []
-[[port]]
-name = "va"
-type = "attach"
-interface = "{outer}"
-"""
+    outer = lab.veth("guest", guest, "eth0", outer_ns=host)
+    body = guest_body(lab, tmp_path, {}, f'[[port]]\nname = "va"\ntype = "attach"\n'
+                                          f'interface = "{outer}"\n')
     lab.addr(guest, "eth0", f"{G1}/24")  # up first: the attach port is up with its carrier
     lab.run(guest, ["ip", "route", "add", "default", "via", GW])
     Daemon(lab, tmp_path, body, ports_up=2, ns=host)

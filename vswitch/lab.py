@@ -40,9 +40,18 @@ class Lab:
         sh(["ip", "-n", ns, "link", "set", "lo", "up"])
         return ns
 
-    def veth(self, outer: str, inner_ns: str, inner: str = "eth0") -> str:
-        """A veth pair: ``outer`` stays in the root namespace, ``inner`` goes into ``inner_ns``."""
-        sh(["ip", "link", "add", outer, "type", "veth", "peer", "name", inner, "netns", inner_ns])
+    def veth(self, outer: str, inner_ns: str, inner: str = "eth0",
+             outer_ns: str | None = None) -> str:
+        """A veth pair: ``inner`` goes into ``inner_ns``; ``outer`` stays in the root namespace,
+        or goes into ``outer_ns`` (it then lives and dies with that namespace)."""
+        where = ["netns", outer_ns] if outer_ns else []
+        sh(["ip", "link", "add", outer, *where, "type", "veth", "peer", "name", inner, "netns",
+            inner_ns])
+        if outer_ns:
+            sh(["ip", "netns", "exec", outer_ns, "sysctl", "-qw",
+                f"net.ipv6.conf.{outer}.disable_ipv6=1"])
+            sh(["ip", "-n", outer_ns, "link", "set", outer, "up"])
+            return outer
         self.links.append(outer)
         disable_ipv6(outer)
         sh(["ip", "link", "set", outer, "up"])
