@@ -216,8 +216,10 @@ def log_tail(setup: Setup, lines: int = 5) -> str:
 
 # --- measurements ---------------------------------------------------------------------------
 
-def iperf(lab: Lab, setup: Setup, seconds: float, *extra: str) -> dict[str, Any]:
-    cmd = ["iperf3", "-c", IP_B, "-t", f"{seconds:g}", "--json", "--connect-timeout", "3000",
+def iperf(lab: Lab, setup: Setup, seconds: float, *extra: str,
+          server: str = IP_B) -> dict[str, Any]:
+    """iperf3's JSON report of a test from the client namespace to ``server``."""
+    cmd = ["iperf3", "-c", server, "-t", f"{seconds:g}", "--json", "--connect-timeout", "3000",
            *extra]
     done = lab.run(setup.client_ns, cmd, check=False, timeout=seconds + 30)
     try:

@@ -59,6 +59,7 @@ from bench.bridge import (
     cpu_percent,
     cpu_sample,
     interrupt,
+    iperf,
     iperf_tcp_bps,
     log_tail,
     machine_info,
@@ -353,17 +354,6 @@ BUILDERS: dict[str, Callable[[Lab], Setup]] = {
 
 # --- measurements ---------------------------------------------------------------------------
 
-def iperf(lab: Lab, setup: Setup, seconds: float, *extra: str) -> dict[str, Any]:
-    cmd = ["iperf3", "-c", SERVER_IP, "-t", f"{seconds:g}", "--json", "--connect-timeout",
-           "3000", *extra]
-    done = lab.run(setup.client_ns, cmd, check=False, timeout=seconds + 30)
-    try:
-        doc: dict[str, Any] = json.loads(done.stdout)
-    except json.JSONDecodeError:
-        raise RuntimeError(f"iperf3 gave no JSON: {done.stderr.strip()[-200:]}") from None
-    return doc
-
-
 def request_response(setup: Setup) -> dict[str, float]:
     cmd = helper(["rr-client", SERVER_IP, str(RR_PORT), str(RR_COUNT), str(RR_WARMUP)],
                  setup.client_ns)
@@ -395,13 +385,13 @@ def measure(lab: Lab, setup: Setup, seconds: float, say: Callable[[str], None]) 
     r: dict[str, Any] = {"guest_mtu": guest_mtu(lab, setup)}
 
     def up() -> str:
-        doc = iperf(lab, setup, seconds)
+        doc = iperf(lab, setup, seconds, server=SERVER_IP)
         r["tcp_up_bps"] = iperf_tcp_bps(doc)
         r["tcp_up_retransmits"] = doc["end"]["sum_sent"].get("retransmits")
         return f"up   {r['tcp_up_bps'] / 1e9:6.2f} Gbit/s, {r['tcp_up_retransmits']} retransmits"
 
     def down() -> str:
-        doc = iperf(lab, setup, seconds, "-R")
+        doc = iperf(lab, setup, seconds, "-R", server=SERVER_IP)
         r["tcp_down_bps"] = iperf_tcp_bps(doc)
         r["tcp_down_retransmits"] = doc["end"]["sum_sent"].get("retransmits")
         return (f"down {r['tcp_down_bps'] / 1e9:6.2f} Gbit/s, "

@@ -51,6 +51,7 @@ from bench.bridge import (
     cpu_percent,
     cpu_sample,
     interrupt,
+    iperf,
     iperf_tcp_bps,
     iperf_udp_pps,
     iperf_udp_sent_pps,
@@ -357,17 +358,6 @@ def drop_counters(lab: Lab, setup: Setup) -> dict[str, int]:
     return out
 
 
-def iperf(lab: Lab, setup: Setup, seconds: float, *extra: str) -> dict[str, Any]:
-    cmd = ["iperf3", "-c", SERVER_IP, "-t", f"{seconds:g}", "--json", "--connect-timeout",
-           "3000", *extra]
-    done = lab.run(setup.client_ns, cmd, check=False, timeout=seconds + 30)
-    try:
-        doc: dict[str, Any] = json.loads(done.stdout)
-    except json.JSONDecodeError:
-        raise RuntimeError(f"iperf3 gave no JSON: {done.stderr.strip()[-200:]}") from None
-    return doc
-
-
 def connections(setup: Setup, seconds: float) -> dict[str, float]:
     cmd = helper(["cps-client", SERVER_IP, str(CPS_PORT), f"{seconds:g}", str(CPS_THREADS)],
                  setup.client_ns)
@@ -389,13 +379,13 @@ def measure(lab: Lab, setup: Setup, seconds: float, say: Callable[[str], None]) 
     r: dict[str, Any] = {"drops": {}}
 
     def tcp() -> str:
-        doc = iperf(lab, setup, seconds)
+        doc = iperf(lab, setup, seconds, server=SERVER_IP)
         r["tcp_bps"] = iperf_tcp_bps(doc)
         r["tcp_retransmits"] = doc["end"]["sum_sent"].get("retransmits")
         return f"tcp  {r['tcp_bps'] / 1e9:6.2f} Gbit/s, {r['tcp_retransmits']} retransmits"
 
     def udp() -> str:
-        doc = iperf(lab, setup, seconds, "-u", "-l", "64", "-b", "0")
+        doc = iperf(lab, setup, seconds, "-u", "-l", "64", "-b", "0", server=SERVER_IP)
         r["udp_pps"], r["udp_sent_pps"] = iperf_udp_pps(doc), iperf_udp_sent_pps(doc)
         return (f"udp  {r['udp_pps'] / 1e3:6.1f} kpkt/s delivered of "
                 f"{r['udp_sent_pps'] / 1e3:.1f} sent")
