@@ -73,8 +73,12 @@ class Lab:
     def run(self, ns: str, cmd: str | list[str], check: bool = True,
             timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess[str]:
         argv = shlex.split(cmd) if isinstance(cmd, str) else cmd
-        return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True,
-                              text=True, check=check, timeout=timeout, input=input)
+        try:
+            return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True,
+                                  text=True, check=check, timeout=timeout, input=input)
+        except subprocess.CalledProcessError as exc:  # say why, not only that it failed
+            exc.add_note(f"stdout: {exc.stdout[-2000:]}\nstderr: {exc.stderr[-2000:]}")
+            raise
 
     def close(self) -> None:
         for proc in reversed(self.procs):
