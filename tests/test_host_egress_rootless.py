@@ -38,13 +38,14 @@ def public_copy(root: Path) -> tuple[list[str], dict[str, str]]:
     """vswitch and its runtime libraries where ``nobody`` can read them (the checkout may sit
     in root's home); the interpreter and the environment that run it from there."""
     import netaddr
+    import pyroute2
     import pytun
     import uvloop
 
     for package in ("vswitch", "nat", "dhcp"):
         shutil.copytree(REPO / package, root / package,
                         ignore=shutil.ignore_patterns("__pycache__"))
-    for module in (uvloop, netaddr):
+    for module in (uvloop, netaddr, pyroute2):
         shutil.copytree(Path(module.__file__).parent, root / module.__name__,
                         ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(pytun.__file__, root)

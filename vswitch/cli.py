@@ -88,13 +88,17 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def format_ports(rows: list[dict[str, Any]]) -> str:
     table = [["PORT", "TYPE", "STATE", "MTU", "MACS", "RX FRAMES", "RX BYTES", "TX FRAMES",
-              "TX BYTES", "DROPS", "DETAIL"]]
+              "TX BYTES", "OFFLOADS", "SOFTWARE", "DROPS", "DETAIL"]]
     for r in rows:
         drops = ", ".join(f"{k}={v}" for k, v in sorted(r["drops"].items())) or "-"
         limit = f"/{r['mac_limit']}" if r.get("mac_limit") else ""
+        soft = r["software"]
+        software = (f"gso={soft['segmented']}, csum={soft['checksummed']}"
+                    if soft["segmented"] or soft["checksummed"] else "-")
         table.append([r["name"], r["type"], r["state"], str(r["mtu"]), f"{r['macs']}{limit}",
                       str(r["rx_frames"]), str(r["rx_bytes"]), str(r["tx_frames"]),
-                      str(r["tx_bytes"]), drops, r["detail"]])
+                      str(r["tx_bytes"]), ",".join(r["offloads"]) or "none", software, drops,
+                      r["detail"]])
     return render(table)
 
 

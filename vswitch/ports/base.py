@@ -3,7 +3,10 @@
 Rule 1: a port never blocks and never queues: a packet the destination cannot take right now is
         dropped and counted with its reason (a switch drops, it does not buffer forever).
 Rule 2: a port that speaks the virtio-net header (``vnet = True``) sends packets as they are,
-        GSO included; any other port gets plain frames, segmented and checksummed in software.
+        GSO included, when its device takes them (``vswitch.vnet`` Rule 3: ``offloads``); any
+        other packet, and everything for a port without the header, leaves as plain frames,
+        segmented and checksummed in software and counted (``soft_segmented``,
+        ``soft_checksummed``).
 Rule 3: reads are drained in batches of at most ``BATCH`` per wake-up, for fairness between ports.
 """
 
@@ -18,7 +21,15 @@ from typing import Any, ClassVar
 
 from vswitch.errors import MalformedPacket
 from vswitch.gso import to_plain_frames
-from vswitch.vnet import needs_software
+from vswitch.vnet import (
+    EVERY_OFFLOAD,
+    FLAG_NEEDS_CSUM,
+    NO_OFFLOAD,
+    NO_OFFLOADS,
+    Offloads,
+    needs_software,
+    taken_as_is,
+)
 
 BATCH = 64
 #: Largest packet read: a 64 KiB GSO frame plus Ethernet, VLAN and virtio-net headers.
@@ -54,6 +65,10 @@ class Port:
         self.deliver: Deliver | None = None
         #: Called with (port, up) when the port goes up or down; set by the daemon.
         self.on_state: Callable[[Port, bool], None] | None = None
+        #: What the device behind the port takes as it is (Rule 2).
+        self.offloads: Offloads = EVERY_OFFLOAD if self.vnet else NO_OFFLOADS
+        #: GSO packets cut into segments, and partial checksums finished, in software (Rule 2).
+        self.soft_segmented = self.soft_checksummed = 0
 
     # -- lifecycle, implemented per transport ------------------------------------------------
 
@@ -78,28 +93,43 @@ class Port:
     def send(self, packet: bytes) -> None:
         """Send one packet (Rule 1) to a port without offloads; vnet ports use ``send_fd``."""
         if needs_software(packet):
-            # Rule 2: segment / finish checksums for a port without offloads.
-            try:
-                frames = to_plain_frames(packet)
-            except MalformedPacket:
-                self.drops[TX_MALFORMED] += 1
-                return
-            for frame in frames:
-                self._write_frame(frame)
+            frames = self.plain_frames(packet)
+            if frames is not None:
+                for frame in frames:
+                    self._write_frame(frame)
         else:
             self._write_frame(memoryview(packet)[10:])
+
+    def plain_frames(self, packet: bytes) -> list[bytes] | None:
+        """Rule 2: the plain frames that stand for ``packet`` (which asks for an offload), cut
+        and checksummed in software and counted; None, counted as a drop, if it is malformed."""
+        try:
+            frames = to_plain_frames(packet)
+        except MalformedPacket:
+            self.drops[TX_MALFORMED] += 1
+            return None
+        if packet[1] & 0x7F:
+            self.soft_segmented += 1
+        else:
+            self.soft_checksummed += 1
+        return frames
 
     def _write_frame(self, data: bytes | memoryview) -> None:
         raise NotImplementedError
 
-    def use_fd(self, fd: int) -> None:
-        """Send packets, virtio-net header and all, straight to ``fd`` (a TAP or packet socket).
+    def use_fd(self, fd: int, offloads: Offloads = EVERY_OFFLOAD) -> None:
+        """Send packets, virtio-net header and all, to ``fd`` (a TAP or packet socket) whose
+        device takes ``offloads``; call again when they change.
 
         ``send`` is rebound per instance to a closure with the write inline: two method calls
         fewer per frame on the hot path.  A full device drops (Rule 1); an error that means
-        "nobody there" (no carrier, peer gone) is counted apart from real errors.
+        "nobody there" (no carrier, peer gone) is counted apart from real errors.  A device that
+        takes every offload gets no test at all; any other gets packets it cannot take as plain
+        frames behind ``NO_OFFLOAD`` (Rule 2).
         """
         self._fd = fd
+        self.offloads = offloads
+        taken = taken_as_is(offloads)
         write = os.write
         drops = self.drops
 
@@ -115,7 +145,19 @@ class Port:
             self.tx_frames += 1
             self.tx_bytes += len(packet)
 
-        self.send = send_fd  # type: ignore[method-assign]
+        if taken is None:
+            self.send = send_fd  # type: ignore[method-assign]
+            return
+        plain_frames = self.plain_frames
+
+        def send_checked(packet: bytes) -> None:
+            if (packet[0] & FLAG_NEEDS_CSUM or packet[1]) and not taken(packet):
+                for frame in plain_frames(packet) or ():
+                    send_fd(NO_OFFLOAD + frame)
+                return
+            send_fd(packet)
+
+        self.send = send_checked  # type: ignore[method-assign]
 
     def read_fd_batch(self, fd: int) -> None:
         """Rule 3: drain up to BATCH packets from ``fd`` and hand each to the switch."""
@@ -145,7 +187,9 @@ class Port:
             "type": self.kind,
             "state": "up" if self.up else "down",
             "mtu": self.mtu,
-            "offload": self.vnet,
+            "offloads": self.offloads.names(),
+            "software": {"segmented": self.soft_segmented,
+                         "checksummed": self.soft_checksummed},
             "rx_frames": self.rx_frames,
             "rx_bytes": self.rx_bytes,
             "tx_frames": self.tx_frames,

@@ -7,11 +7,16 @@ qemu holds).  Values from ``linux/if_packet.h``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
 
 from vswitch.ports.base import RX_OVERFLOW, Port
+from vswitch.ports.features import device_offloads
 from vswitch.ports.tun import has_carrier
+from vswitch.vnet import NO_OFFLOADS
+
+log = logging.getLogger("vswitch.port")
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -63,8 +68,9 @@ def open_packet_socket(interface: str) -> socket.socket:
 
 
 class PacketSocketPort(Port):
-    """A port that is a packet socket on host interface ``interface`` (attach and tap ports):
-    up while the interface has carrier, polled once a second."""
+    """A port that is a packet socket on host interface ``interface`` (attach and tap ports,
+    the raw uplink): up while the interface has carrier; carrier and the interface's offloads
+    are polled once a second, so a qemu restarted with another NIC model is followed."""
 
     vnet = True
 
@@ -78,19 +84,33 @@ class PacketSocketPort(Port):
         """Open the packet socket, send through it and read from it."""
         self.sock = open_packet_socket(self.interface)
         fd = self.sock.fileno()
-        self.use_fd(fd)
+        offloads = device_offloads(self.interface) or NO_OFFLOADS
+        self.use_fd(fd, offloads)
+        log.info("port %s: %s takes offloads: %s", self.name, self.interface,
+                 " ".join(offloads.names()) or "none")
         loop.add_reader(fd, self.read_fd_batch, fd)
         self.poll()
 
     def poll(self) -> None:
-        """Carrier, and frames the kernel dropped because our receive queue was full
+        """Offloads, carrier, and frames the kernel dropped because our receive queue was full
         (``PACKET_STATISTICS``: the counters reset on every read)."""
+        self.follow_offloads()
         self.set_up(has_carrier(self.interface))
         if self.sock is not None:
             _, dropped = struct.unpack("II", self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS,
                                                                   8))
             if dropped:
                 self.drops[RX_OVERFLOW] += dropped
+
+    def follow_offloads(self) -> None:
+        """Send by what the device takes now (a TAP's change with each qemu's NIC model)."""
+        if self.sock is None:
+            return
+        offloads = device_offloads(self.interface)
+        if offloads is not None and offloads != self.offloads:
+            log.info("port %s: %s now takes offloads: %s", self.name, self.interface,
+                     " ".join(offloads.names()) or "none")
+            self.use_fd(self.sock.fileno(), offloads)
 
     def close(self) -> None:
         if self.sock is not None:

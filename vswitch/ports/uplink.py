@@ -2,7 +2,7 @@
 
 An AF_PACKET socket on the interface, with its own MAC and address (the host's are not used):
 frames for that MAC go to ``Router.from_uplink``; the router's packets leave here, GSO included
-(the kernel segments for the interface if it must).  It needs CAP_NET_RAW.
+when the interface takes it (else cut in software: ``Port.use_fd``).  It needs CAP_NET_RAW.
 
 With ``address = "dhcp"`` the uplink leases its address as a DHCP client (``dhcp.client``):
 replies to UDP port 68 go to the client, and each new lease (or its loss) is reported to the
@@ -31,6 +31,7 @@ from vswitch.ports.base import BATCH, READ_SIZE, RX_ERROR
 from vswitch.ports.packet import PacketSocketPort
 from vswitch.ports.router import RouterPort
 from vswitch.ports.tun import link_is_up, run_ip
+from vswitch.vnet import EVERY_OFFLOAD, Offloads
 
 
 class RawUplink(PacketSocketPort):
@@ -52,10 +53,14 @@ class RawUplink(PacketSocketPort):
         self.loop = loop
         if not link_is_up(self.interface):  # needs CAP_NET_ADMIN; skipped when already up
             run_ip(["ip", "link", "set", "dev", self.interface, "up"])
-        self.listen(loop)  # sends go straight to the socket (Port.use_fd)
-        self.router_port.to_uplink = self.send
+        self.listen(loop)  # sends go straight to the socket (use_fd)
         if self.client is not None:
             self._dhcp(self.client.start(loop.time()))
+
+    def use_fd(self, fd: int, offloads: Offloads = EVERY_OFFLOAD) -> None:
+        """As ``Port.use_fd``; the router sends through the new ``send`` too."""
+        super().use_fd(fd, offloads)
+        self.router_port.to_uplink = self.send
 
     def read_fd_batch(self, fd: int) -> None:
         """Frames from the uplink network, up to BATCH per wake-up, to the router."""
