@@ -55,14 +55,23 @@ class StreamPeer:
 
 
 class DgramPeer:
-    def __init__(self, path: str) -> None:
+    """A dgram peer connected to vswitch's socket; ``like_qemu``: bound but unconnected,
+    sending with sendto, as qemu's net/dgram.c does."""
+
+    def __init__(self, path: str, like_qemu: bool = False, suffix: str = ".peer") -> None:
+        self.path = path
+        self.like_qemu = like_qemu
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(path + ".peer")
-        self.sock.connect(path)
+        self.sock.bind(path + suffix)
+        if not like_qemu:
+            self.sock.connect(path)
         self.sock.settimeout(0.5)
 
     def send(self, frame: bytes) -> None:
-        self.sock.send(frame)
+        if self.like_qemu:
+            self.sock.sendto(frame, self.path)
+        else:
+            self.sock.send(frame)
 
     def recv(self, timeout: float = 2.0) -> list[bytes]:
         end = time.monotonic() + timeout
@@ -138,6 +147,49 @@ def test_impossible_length_drops_the_connection_and_is_counted(switch):
     wait_for(lambda: daemon.port("sa")["drops"].get("rx-framing") == 1, 5, "framing drop")
     assert daemon.port("sa")["state"] == "down"
     assert daemon.alive()
+
+
+def test_a_burst_waits_for_a_slow_dgram_peer_instead_of_being_dropped(switch):
+    """A unix datagram socket holds 10 datagrams (net.unix.max_dgram_qlen): a burst of 300
+    frames toward a qemu-like peer that is busy waits in the port's queue, flushed as the
+    peer reads, and arrives whole and in order; nothing is dropped."""
+    daemon, a, _, _, tmp = switch
+    qemu = DgramPeer(f"{tmp}/dc.sock", like_qemu=True, suffix=".qemu")
+    qemu.send(eth(BCAST, MAC_C, b"hello from qemu"))  # the port follows the new sender
+    a.recv()
+    burst = [eth(MAC_C, MAC_A, f"frame {i}".encode()) for i in range(300)]
+    for frame in burst:
+        a.send(frame)
+    wait_for(lambda: daemon.port("dc")["tx_frames"] >= 300, 5, "the burst to be taken")
+    got = []
+    while len(got) < len(burst) and (frames := qemu.recv(timeout=2)):
+        got += frames
+    assert got == burst
+    assert daemon.port("dc")["drops"] == {}
+
+
+def test_a_stream_peer_that_stops_reading_costs_a_bounded_queue(switch):
+    """While B reads nothing, A's frames fill B's socket buffers, then B's bounded queue
+    (1 MiB); the rest are dropped and counted, the switch carries on, and what B reads later
+    is whole frames in order."""
+    daemon, a, b, c, _ = switch
+    b.send(eth(BCAST, MAC_B))  # B learned on sb
+    c.recv()
+    a.recv()
+    big = [eth(MAC_B, MAC_A, i.to_bytes(4, "big") * 350) for i in range(6000)]  # 8.4 MB
+    for frame in big:
+        a.send(frame)
+    wait_for(lambda: daemon.port("sa")["rx_frames"] >= 6000, 10, "A's frames to be read")
+    port = daemon.port("sb")
+    dropped = port["drops"].get("tx-full", 0)
+    assert 0 < dropped < 6000 and port["tx_frames"] + dropped == 6000 + 1, port
+    c.send(eth(MAC_A, MAC_C, b"still switching"))
+    assert a.recv() == [eth(MAC_A, MAC_C, b"still switching")]
+    got: list[bytes] = []
+    while frames := b.recv(timeout=2):
+        got += frames
+    assert len(got) == port["tx_frames"] - 1 and all(f in big for f in got)
+    assert [big.index(f) for f in got] == sorted(big.index(f) for f in got), "in order"
 
 
 def test_cli_show_views(switch):

@@ -4,7 +4,8 @@
 
 It opens TAP ``TAPNAME`` (plain, no virtio-net header, as qemu's stream/dgram backends carry
 none), moves it into ``NETNS`` and relays frames both ways, speaking qemu's framing: for stream,
-a 4-byte big-endian length before each frame; for dgram, one frame per datagram.
+a 4-byte big-endian length before each frame; for dgram, one frame per datagram, sent with
+``sendto`` from a bound, unconnected socket, as qemu's net/dgram.c does.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ def main() -> int:
     else:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(path + ".peer")
-        sock.connect(path)
     decoder = StreamDecoder()
     sel = selectors.DefaultSelector()
     sel.register(tap.fileno(), selectors.EVENT_READ, "tap")
@@ -41,7 +41,10 @@ def main() -> int:
             for key, _ in sel.select():
                 if key.data == "tap":
                     frame = os.read(tap.fileno(), 65536)
-                    sock.sendall(encode_frame(frame)) if mode == "stream" else sock.send(frame)
+                    if mode == "stream":
+                        sock.sendall(encode_frame(frame))
+                    else:
+                        sock.sendto(frame, path)
                 else:
                     data = sock.recv(262144)
                     if not data:

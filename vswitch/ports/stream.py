@@ -23,6 +23,7 @@ from vswitch.errors import MalformedPacket
 from vswitch.vnet import ETH_HLEN, NO_OFFLOAD
 
 from .base import BATCH, RX_FRAMING, TX_FULL, Deliver, Port
+from .txqueue import TxQueue
 
 LENGTH = struct.Struct(">I")
 MAX_FRAME = 65535 + ETH_HLEN + 4
@@ -79,7 +80,9 @@ class StreamPort(Port):
         self.listener: socket.socket | None = None
         self.conn: socket.socket | None = None
         self.decoder = StreamDecoder()
-        self._unsent = b""  # the tail of a frame the socket took only part of
+        #: frames the socket could not take yet (its buffer full: a slow peer), the first
+        #: perhaps in part (txqueue Rule 3)
+        self.queue = TxQueue()
         self.connections = 0
 
     def open(self, loop: asyncio.AbstractEventLoop, deliver: Deliver) -> None:
@@ -134,7 +137,9 @@ class StreamPort(Port):
             self.conn.close()
         self.conn = None
         self.decoder = StreamDecoder()
-        self._unsent = b""
+        lost = self.queue.clear()
+        if lost:
+            self.drops["tx-no-peer"] += lost
         self.set_up(False)
 
     def _readable(self) -> None:
@@ -166,36 +171,34 @@ class StreamPort(Port):
         if conn is None:
             self.drops["tx-no-peer"] += 1
             return
-        if self._unsent:  # still finishing an earlier frame: this one cannot go now
-            self.drops[TX_FULL] += 1
-            return
         wire = encode_frame(data)
-        try:
-            sent = conn.send(wire)
-        except BlockingIOError:
-            self.drops[TX_FULL] += 1
-            return
-        except OSError:
-            self._drop_peer()
-            return
+        if self.queue:  # behind what waits (txqueue Rule 1)
+            if not self.queue.put(wire):
+                self.drops[TX_FULL] += 1
+                return
+        else:
+            try:
+                sent = conn.send(wire)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._drop_peer()
+                return
+            if sent < len(wire):  # a frame is never cut: its tail waits, and what follows
+                self.queue.put(wire[sent:])
+                assert self.loop is not None
+                self.loop.add_writer(conn.fileno(), self._flush)
         self.tx_frames += 1
         self.tx_bytes += len(data)
-        if sent < len(wire):  # a frame must never be cut: keep its tail and finish it first
-            self._unsent = wire[sent:]
-            assert self.loop is not None
-            self.loop.add_writer(conn.fileno(), self._flush)
 
     def _flush(self) -> None:
         assert self.conn is not None and self.loop is not None
         try:
-            sent = self.conn.send(self._unsent)
-        except BlockingIOError:
-            return
+            empty = self.queue.flush(self.conn.send)
         except OSError:
             self._drop_peer()
             return
-        self._unsent = self._unsent[sent:]
-        if not self._unsent:
+        if empty:
             self.loop.remove_writer(self.conn.fileno())
 
     def close(self) -> None:
