@@ -1,7 +1,8 @@
 """Build a tiny bootable guest image from files Debian packages installed on this host.
 
 The guest is the distribution kernel (`linux-image-amd64`) plus a gzip'd newc cpio initramfs
-holding a static busybox (`busybox-static`) and the virtio-net modules. Nothing is downloaded:
+holding a static busybox (`busybox-static`) and the virtio-net and e1000 modules. Nothing is
+downloaded:
 tests must be able to build the guest offline, from what the machine already has.
 
 The cpio archive is written in pure Python (newc is a trivial format), so no `cpio` binary and no
@@ -25,8 +26,10 @@ from pathlib import Path
 
 BUSYBOX = Path("/bin/busybox")
 
-# insmod has no dependency resolution, so the order matters (it follows modules.dep).
-VIRTIO_NET_MODULES: tuple[str, ...] = (
+# insmod has no dependency resolution, so the order matters (it follows modules.dep).  e1000 is
+# qemu's default NIC for many guest images: a guest with it makes qemu turn the TAP's offloads
+# off, which is the case a virtio-only matrix never sees.
+NIC_MODULES: tuple[str, ...] = (
     "drivers/virtio/virtio_ring",
     "drivers/virtio/virtio",
     "drivers/virtio/virtio_pci_modern_dev",
@@ -35,6 +38,7 @@ VIRTIO_NET_MODULES: tuple[str, ...] = (
     "net/core/failover",
     "drivers/net/net_failover",
     "drivers/net/virtio_net",
+    "drivers/net/ethernet/intel/e1000/e1000",
 )
 
 # Applets the prelude and typical test scripts use; each becomes a /bin symlink to busybox.
@@ -44,6 +48,7 @@ APPLETS: tuple[str, ...] = (
     "tail", "wc", "seq", "printf", "test", "[", "true", "false", "timeout", "nc", "arping",
     "hostname", "dmesg", "uname", "mkdir", "rm", "cp", "date", "tr", "cut", "sysctl", "arp",
     "traceroute", "tftp", "netstat", "usleep", "kill", "ps", "dd", "hexdump", "md5sum", "ping6",
+    "mkfifo",
 )
 
 # The busybox udhcpc does not apply a lease itself: it runs this script. Shipped at both
@@ -70,7 +75,7 @@ exit 0
 """
 
 # Runs before the caller's script. The modules are loaded before /dev is replaced because
-# insmod only needs the files; eth0 exists once virtio_net is loaded (probe is synchronous).
+# insmod only needs the files; eth0 exists once its driver is loaded (probe is synchronous).
 PRELUDE = """#!/bin/sh
 export PATH=/bin
 echo  # end the line SeaBIOS left open ("Booting from ROM..")
@@ -186,7 +191,7 @@ def _module_blobs(modules_dir: Path) -> tuple[tuple[str, bytes], ...]:
     modules (and Debian 12's own are uncompressed anyway).
     """
     blobs = []
-    for rel in VIRTIO_NET_MODULES:
+    for rel in NIC_MODULES:
         base = modules_dir / "kernel" / rel
         for suffix, unpack in ((".ko", None), (".ko.xz", lzma.decompress),
                                (".ko.gz", gzip.decompress)):
@@ -240,7 +245,7 @@ def build_initramfs(
     modules_dir: Path | None = None,
     name: str = "initramfs.cpio.gz",
 ) -> Path:
-    """Write out_dir/name: busybox + virtio-net modules + /init (prelude, init_script, poweroff).
+    """Write out_dir/name: busybox + NIC modules + /init (prelude, init_script, poweroff).
 
     init_script is plain sh run as PID 1 after eth0 is up; print `MARK <word>` lines for tests.
     extra_files maps absolute guest paths (e.g. "/etc/hosts") to contents (mode 0755).

@@ -39,7 +39,7 @@ class GuestTimeout(TimeoutError):
 
 
 class QemuGuest:
-    """One qemu-system-x86_64 process with a single virtio-net NIC.
+    """One qemu-system-x86_64 process with a single NIC (``model``: virtio-net-pci, e1000).
 
     netdev is the full -netdev value and must use id=n0, e.g.
     "tap,id=n0,ifname=tapg,script=no,downscript=no" or
@@ -61,6 +61,7 @@ class QemuGuest:
         extra_args: Sequence[str] = (),
         append: str = "console=ttyS0 panic=-1 quiet",
         pass_fds: Sequence[int] = (),
+        model: str = "virtio-net-pci",
     ) -> None:
         self.cmd: list[str] = [
             *prefix,
@@ -70,7 +71,7 @@ class QemuGuest:
             "-append", append,
             "-netdev", netdev,
             # romfile=: no iPXE option ROM; we never netboot and it only slows the BIOS.
-            "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile=",
+            "-device", f"{model},netdev=n0,mac={mac},romfile=",
             *extra_args,
         ]
         # Pass log_path to keep the console for a failure report; otherwise a temp file that

@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import require
 from tests.guest.image import (
     BUSYBOX,
-    VIRTIO_NET_MODULES,
+    NIC_MODULES,
     boot_kernel,
     build_initramfs,
     find_kernel,
@@ -55,7 +55,7 @@ def test_initramfs_contents(tmp_path: Path) -> None:
     init = entries["init"][1].decode()
     assert init.startswith("#!/bin/sh") and "echo MARK hi" in init
     assert init.rstrip().endswith("poweroff -f")
-    names = [m.rsplit("/", 1)[1] for m in VIRTIO_NET_MODULES]
+    names = [m.rsplit("/", 1)[1] for m in NIC_MODULES]
     order = [init.index(f"insmod /lib/modules/{n}.ko") for n in names]
     assert order == sorted(order)
     assert entries["bin/sh"] == (0o120777, b"busybox")
