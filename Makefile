@@ -46,6 +46,7 @@ bench: venv
 	$(PY) -m bench.services
 	$(PY) -m bench.nat
 	$(PY) -m bench.egress
+	$(PY) -m bench.offloads
 	$(PY) -m bench.cold
 
 lint: venv

@@ -31,7 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,7 +135,12 @@ class Setup:
     log: Path | None = None
 
 
-def build_kernel(lab: Lab) -> Setup:
+#: ``ethtool -K`` arguments that leave a device no transmit offload (as an e1000 guest's TAP)
+NO_OFFLOAD_FEATURES = ("tx", "off", "tso", "off", "gso", "off")
+
+
+def build_kernel(lab: Lab, b_features: Sequence[str] = ()) -> Setup:
+    """The kernel bridge; ``b_features``: ethtool -K settings for its port toward B."""
     a, b = lab.netns("ka"), lab.netns("kb")
     br = lab.name("kbr")
     sh(["ip", "link", "add", br, "type", "bridge"])
@@ -145,16 +150,21 @@ def build_kernel(lab: Lab) -> Setup:
         lab.veth(outer, ns)
         sh(["ip", "link", "set", outer, "master", br])
         lab.addr(ns, "eth0", f"{ip}/24")
+    if b_features:
+        sh(["ethtool", "-K", lab.name("kvb"), *b_features])
     sh(["ip", "link", "set", br, "up"])
     return Setup(a, b, ("eth0", "eth0"))
 
 
-def build_vswitch(lab: Lab, attach: bool) -> Setup:
+def build_vswitch(lab: Lab, attach: bool, b_features: Sequence[str] = ()) -> Setup:
+    """vswitch with internal or attach ports; ``b_features`` as for ``build_kernel``."""
     a, b = lab.netns("va"), lab.netns("vb")
     ports, devs = [], []
     for ns, side, ip in ((a, "a", IP_A), (b, "b", IP_B)):
         if attach:  # the guest end must be up before the port has carrier
             outer = lab.veth(lab.name(f"vv{side}"), ns)
+            if side == "b" and b_features:
+                sh(["ethtool", "-K", outer, *b_features])
             lab.addr(ns, "eth0", f"{ip}/24")
             ports.append(f'[[port]]\nname = "p{side}"\ntype = "attach"\ninterface = "{outer}"\n')
             devs.append("eth0")

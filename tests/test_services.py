@@ -171,7 +171,10 @@ def test_dhcpcd_gets_renews_and_releases_a_lease(svc):
     # The guest talks to the gateway (so its ARP entry exists: dhcpcd unicasts RELEASE and then
     # removes the address at once, which would strand a RELEASE still waiting for ARP).
     assert svc.lab.run(ns, ["ping", "-c", "1", "-W", "2", GW], check=False).returncode == 0
-    svc.lab.run(ns, ["dhcpcd", "-4", "-k", "eth0"], timeout=30)  # release
+    # release; dhcpcd -k exits 1 when its daemon, busy on a loaded machine, has not exited
+    # within the client's own wait ("pid N failed to exit") though it sent the RELEASE: what
+    # vswitch must do is asserted next, not how long dhcpcd took to quit
+    svc.lab.run(ns, ["dhcpcd", "-4", "-k", "eth0"], timeout=30, check=False)
     wait_for(lambda: svc.lease(first["ip"]) is None, 20, "the released lease to disappear")
     assert svc.daemon.show("dhcp")["released"] == 1
 

@@ -117,15 +117,17 @@ class Port:
     def _write_frame(self, data: bytes | memoryview) -> None:
         raise NotImplementedError
 
-    def use_fd(self, fd: int, offloads: Offloads = EVERY_OFFLOAD) -> None:
+    def use_fd(self, fd: int, offloads: Offloads = EVERY_OFFLOAD,
+               kernel_cuts: bool = False) -> None:
         """Send packets, virtio-net header and all, to ``fd`` (a TAP or packet socket) whose
         device takes ``offloads``; call again when they change.
 
         ``send`` is rebound per instance to a closure with the write inline: two method calls
         fewer per frame on the hot path.  A full device drops (Rule 1); an error that means
         "nobody there" (no carrier, peer gone) is counted apart from real errors.  A device that
-        takes every offload gets no test at all; any other gets packets it cannot take as plain
-        frames behind ``NO_OFFLOAD`` (Rule 2).
+        takes every offload gets no test at all.  Any other gets packets it cannot take (Rule
+        2) as they are when ``kernel_cuts`` (a packet socket going through the qdisc layer,
+        where the kernel's GSO cuts them in C), else as plain frames behind ``NO_OFFLOAD``.
         """
         self._fd = fd
         self.offloads = offloads
@@ -147,6 +149,17 @@ class Port:
 
         if taken is None:
             self.send = send_fd  # type: ignore[method-assign]
+            return
+        if kernel_cuts:
+            def send_counted(packet: bytes) -> None:
+                if (packet[0] & FLAG_NEEDS_CSUM or packet[1]) and not taken(packet):
+                    if packet[1] & 0x7F:
+                        self.soft_segmented += 1
+                    else:
+                        self.soft_checksummed += 1
+                send_fd(packet)
+
+            self.send = send_counted  # type: ignore[method-assign]
             return
         plain_frames = self.plain_frames
 

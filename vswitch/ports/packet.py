@@ -14,7 +14,7 @@ import struct
 from vswitch.ports.base import RX_OVERFLOW, Port
 from vswitch.ports.features import device_offloads
 from vswitch.ports.tun import has_carrier
-from vswitch.vnet import NO_OFFLOADS
+from vswitch.vnet import NO_OFFLOADS, Offloads, taken_as_is
 
 log = logging.getLogger("vswitch.port")
 
@@ -38,7 +38,8 @@ def open_packet_socket(interface: str) -> socket.socket:
     - ``PACKET_IGNORE_OUTGOING``: our own transmissions are not read back (else the switch
       would loop them: DESIGN.md, known pitfalls).
     - ``PACKET_MR_PROMISC``: a NIC hears unicast for the guests' MACs, not just its own.
-    - ``PACKET_QDISC_BYPASS``: transmit straight to the driver; the switch drops, not the qdisc.
+    - ``PACKET_QDISC_BYPASS``: transmit straight to the driver; the switch drops, not the
+      qdisc (while the device takes every offload: ``PacketSocketPort.send_by``).
     """
     try:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
@@ -85,11 +86,32 @@ class PacketSocketPort(Port):
         self.sock = open_packet_socket(self.interface)
         fd = self.sock.fileno()
         offloads = device_offloads(self.interface) or NO_OFFLOADS
-        self.use_fd(fd, offloads)
+        self.send_by(offloads)
         log.info("port %s: %s takes offloads: %s", self.name, self.interface,
                  " ".join(offloads.names()) or "none")
         loop.add_reader(fd, self.read_fd_batch, fd)
         self.poll()
+
+    def send_by(self, offloads: Offloads) -> None:
+        """Send as the device's ``offloads`` allow (vswitch.vnet Rule 3).
+
+        A device that takes every offload gets packets straight from the socket to its driver
+        (``PACKET_QDISC_BYPASS``).  Any other gets them through the qdisc layer, where
+        ``validate_xmit_skb`` cuts super-frames (``skb_gso_segment``) and finishes checksums in
+        C for a device without the feature; bypassing it drops them instead.  All of a port's
+        packets take the one path, so none overtakes another.  bench.offloads measured TCP to
+        such a device at 0.85 Gbit/s when cut in Python (vswitch.gso, 13 µs a segment) against
+        7.4 for the kernel bridge; the kernel's cut is the one worth taking.  If the socket
+        cannot leave bypass, the packets are cut in Python.
+        """
+        assert self.sock is not None
+        everything = taken_as_is(offloads) is None
+        try:
+            self.sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, int(everything))
+            kernel_cuts = not everything
+        except OSError:
+            kernel_cuts = False
+        self.use_fd(self.sock.fileno(), offloads, kernel_cuts)
 
     def poll(self) -> None:
         """Offloads, carrier, and frames the kernel dropped because our receive queue was full
@@ -110,7 +132,7 @@ class PacketSocketPort(Port):
         if offloads is not None and offloads != self.offloads:
             log.info("port %s: %s now takes offloads: %s", self.name, self.interface,
                      " ".join(offloads.names()) or "none")
-            self.use_fd(self.sock.fileno(), offloads)
+            self.send_by(offloads)
 
     def close(self) -> None:
         if self.sock is not None:

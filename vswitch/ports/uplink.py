@@ -57,9 +57,10 @@ class RawUplink(PacketSocketPort):
         if self.client is not None:
             self._dhcp(self.client.start(loop.time()))
 
-    def use_fd(self, fd: int, offloads: Offloads = EVERY_OFFLOAD) -> None:
+    def use_fd(self, fd: int, offloads: Offloads = EVERY_OFFLOAD,
+               kernel_cuts: bool = False) -> None:
         """As ``Port.use_fd``; the router sends through the new ``send`` too."""
-        super().use_fd(fd, offloads)
+        super().use_fd(fd, offloads, kernel_cuts)
         self.router_port.to_uplink = self.send
 
     def read_fd_batch(self, fd: int) -> None:
