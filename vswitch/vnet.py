@@ -20,10 +20,11 @@ Rule 2: the header is little-endian (virtio 1.0; x86 hosts, and what TUN uses un
 
 Rule 3: a device takes a packet as it is only if it offers the packet's GSO type and can finish
 its partial checksum (``Offloads``, read from the device's transmit features).  Anything else is
-segmented and checksummed in software first.  A packet socket with ``PACKET_QDISC_BYPASS``
-cannot leave that to the kernel: ``__dev_direct_xmit`` drops every packet that
-``validate_xmit_skb`` had to segment, so a TSO frame sent to a device without TSO (a TAP whose
-qemu drives an e1000, a NIC with ``ethtool -K tso off``) vanishes.
+segmented and checksummed in software first: by the kernel's GSO when a packet socket sends
+through the qdisc layer (``PacketSocketPort.send_by``), else by ``vswitch.gso``.  A packet
+socket with ``PACKET_QDISC_BYPASS`` must not be handed such a packet: ``__dev_direct_xmit``
+drops every packet that ``validate_xmit_skb`` had to segment, so a TSO frame sent to a device
+without TSO (a TAP whose qemu drives an e1000, a NIC with ``ethtool -K tso off``) vanishes.
 """
 
 from __future__ import annotations

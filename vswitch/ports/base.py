@@ -4,9 +4,9 @@ Rule 1: a port never blocks and never queues: a packet the destination cannot ta
         dropped and counted with its reason (a switch drops, it does not buffer forever).
 Rule 2: a port that speaks the virtio-net header (``vnet = True``) sends packets as they are,
         GSO included, when its device takes them (``vswitch.vnet`` Rule 3: ``offloads``); any
-        other packet, and everything for a port without the header, leaves as plain frames,
-        segmented and checksummed in software and counted (``soft_segmented``,
-        ``soft_checksummed``).
+        other packet is segmented and checksummed in software (by the kernel on a packet
+        socket's qdisc path, else here) and counted (``soft_segmented``,
+        ``soft_checksummed``), and a port without the header gets plain frames.
 Rule 3: reads are drained in batches of at most ``BATCH`` per wake-up, for fairness between ports.
 """
 
