@@ -1,1 +1,1 @@
-"""Benchmarks: vswitch measured against kernel baselines in the same run (TESTING.md)."""
+"""Benchmarks: vswitch measured against kernel baselines in the same run (docs/testing.md)."""

@@ -12,7 +12,7 @@ from round to round, so drift on this shared machine does not always favour the 
 Per variant and round: iperf3 TCP (receiver bits/s), 64-byte UDP delivered at the receiver
 (pkt/s), ping RTT median and p99, and for vswitch its CPU (% of one core) during the TCP and UDP
 tests and its peak RSS (VmHWM).  Verdicts use ratios of medians against the kernel of this run
-(TESTING.md, "Benchmark protocol"); absolute numbers are for orientation only.
+(docs/testing.md, "Benchmark protocol"); absolute numbers are for orientation only.
 
 The parsers (``iperf_tcp_bps``, ``iperf_udp_pps``, ``ping_rtts_ms``, ``percentile``,
 ``cpu_ticks``, ``vm_hwm_kib``, ``snmp_counter``) are pure functions of text or JSON, for unit tests.

@@ -27,7 +27,7 @@ request/response RTT (``rr-client``: one connection, TCP_NODELAY, 1-byte echo, 2
 trips after 100 untimed ones: median and p99).  For vswitch and slirp4netns also their CPU (% of
 one core) per test (for TCP RR the window includes the helper's Python start-up, so it reads
 low) and peak RSS (VmHWM).  Verdicts (issue 5) use ratios of medians of this run
-(TESTING.md, "Benchmark protocol"): vswitch TCP upload and download >= 2x slirp4netns, vswitch
+(docs/testing.md, "Benchmark protocol"): vswitch TCP upload and download >= 2x slirp4netns, vswitch
 ping and TCP RR medians <= slirp4netns; the ratios against the kernel are for orientation.
 
 The parsers (``ping_summary``, ``rr_summary``, ``rr_result``, ``has_default_route``,

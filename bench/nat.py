@@ -20,7 +20,7 @@ connections/s).  For vswitch also its CPU (% of one core) per test, peak RSS and
 router and conntrack counters.  Once per run, in a child process: the memory of 1 M UDP
 conntrack entries (``ct-memory``: ``nat.conntrack.Conntrack.outbound`` with fresh key objects, as
 the daemon makes them; VmRSS delta / entries).  Verdicts use ratios of medians against the kernel
-of this run (TESTING.md, "Benchmark protocol"); absolute numbers are for orientation only.
+of this run (docs/testing.md, "Benchmark protocol"); absolute numbers are for orientation only.
 
 The parsers (``rss_kib``, ``cps_summary``, ``router_drops``, ``counter_delta``) are pure, for
 unit tests; the other parsers, the CPU sampling and the plot style come from ``bench.bridge``.

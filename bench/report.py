@@ -51,7 +51,7 @@ FAILURES = (RuntimeError, TimeoutError, ValueError, KeyError, OSError,
 
 def alternate_rounds(report: dict[str, Any], rounds: int, variants: Sequence[str],
                      measure: Measure, start: float, lab_prefix: str) -> None:
-    """The benchmark protocol (TESTING.md): ``rounds`` rounds, each variant once per round in
+    """The benchmark protocol (docs/testing.md): ``rounds`` rounds, each variant once per round in
     an order that rotates, each built from scratch in its own Lab and torn down after.  A
     variant that fails is recorded as an error for that round; the others go on."""
     for n in range(rounds):

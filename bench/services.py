@@ -24,7 +24,7 @@ Metrics (each from the client namespace, each server the same tools and argument
 Also: the server's CPU (% of one core) per test and peak RSS (VmHWM); perfdhcp drops, orphans,
 rejected and non-unique leases; dnsperf lost queries and non-NOERROR answers; the upstream's
 query log (a cached name must not be forwarded again); for vswitch its DHCP/DNS/port counters
-and the warnings in its log.  Verdicts are ratios vswitch/dnsmasq of medians (TESTING.md,
+and the warnings in its log.  Verdicts are ratios vswitch/dnsmasq of medians (docs/testing.md,
 "Benchmark protocol"); absolute numbers are for orientation only.
 
 The parsers (``perfdhcp_summary``, ``dnsperf_summary``, ``upstream_queries``, ``lease_count``,

@@ -1,1 +1,2 @@
-"""The NAT router: gateway, conntrack with SNAT/DNAT, network modes (its own issue)."""
+"""The router behind the gateway: the gateway's own stack, routing and network modes, the raw
+uplink's conntrack and NAT, and the host uplink (docs/architecture.md)."""

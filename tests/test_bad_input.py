@@ -1,6 +1,6 @@
 """Hostile frames into a port while two guests ping: counted, dropped, the daemon lives on.
 
-TESTING.md's Ethernet list: runts, frames above the MTU up to 65535 bytes, stacked VLAN tags,
+docs/testing.md's Ethernet list: runts, frames above the MTU up to 65535 bytes, stacked VLAN tags,
 multicast or all-zero source MACs, random bytes.  Then a MAC flood: 100k random source MACs
 from one port must keep the table within its limit and leave the other ports' entries alone.
 """
@@ -57,7 +57,7 @@ path = "{tmp_path}/junk.sock"
 
 
 def junk_frames(rng: random.Random, count: int):
-    """TESTING.md's Ethernet bad-input list, cycled."""
+    """docs/testing.md's Ethernet bad-input list, cycled."""
     unicast = bytes.fromhex("525400abcdef")
     for i in range(count):
         kind = i % 8

@@ -98,7 +98,7 @@ def test_bytes_after_end_are_padding():
     assert decode_message(data).options == {53: b"\x01"}
 
 
-# TESTING.md, DHCP: < 240 bytes, no end option, option overrunning the buffer, message type of
+# docs/testing.md, DHCP: < 240 bytes, no end option, option overrunning the buffer, message type of
 # length 0 or 2, junk option overload, client-id of length 0/1 -- plus the other size checks.
 BAD = {
     "empty": b"",

@@ -194,7 +194,7 @@ def test_tcp_framer_rejects_frames_above_its_limit():
         encode_tcp_frame(b"x" * 65536)
 
 
-# --- TESTING.md bad input: each is MalformedPacket, never another exception -----------------------
+# --- docs/testing.md bad input: each is MalformedPacket, never another exception ------------------
 
 
 def rr(rtype: int, rdlength: int, rdata: bytes, rclass: int = 1) -> bytes:

@@ -372,7 +372,7 @@ def test_truncated_upstream_replies_are_passed_on_but_not_cached():
     assert msg.tc and r.cache_size_now() == 0
 
 
-# --- bad queries (TESTING.md) ---------------------------------------------------------------------
+# --- bad queries (docs/testing.md) ----------------------------------------------------------------
 
 
 def test_short_queries_and_responses_are_dropped():

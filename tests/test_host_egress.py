@@ -292,7 +292,7 @@ def test_the_host_address_is_the_hosts_loopback(lab, egress_lab):
 
 
 def test_malformed_traffic_toward_the_host_uplink_is_counted_and_survived(lab, egress_lab):
-    """TESTING.md's IPv4, TCP, UDP, ICMP and fragment lists, 20k frames from a guest toward
+    """docs/testing.md's IPv4, TCP, UDP, ICMP and fragment lists, 20k frames from a guest toward
     the internet: the daemon lives, counts them, and the guests still get out."""
     from tests.test_router import JUNK
 

@@ -1,5 +1,6 @@
 """nat/reassembly.py: fragments made by scapy (an independent fragmenter) come back whole;
-the bad ones of RFC 1858 and TESTING.md's fragment list are refused, and memory stays bounded."""
+the bad ones of RFC 1858 and of docs/testing.md's bad input are refused, and memory stays
+bounded."""
 
 from __future__ import annotations
 

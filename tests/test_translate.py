@@ -383,7 +383,7 @@ def test_no_icmp_error_where_rfc_1812_forbids_one(packet):
     assert icmp_error(packet, 3, 13, addr(GW)) is None
 
 
-# --- bad input (TESTING.md): MalformedPacket and nothing else ----------------------------------
+# --- bad input (docs/testing.md): MalformedPacket and nothing else --------------------------------
 
 
 def raw_ip(header: bytes, rest: bytes = b"") -> bytes:

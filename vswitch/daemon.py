@@ -2,7 +2,7 @@
 
 Nothing else wires objects together.  Per frame, the work is one synchronous call chain from a
 port's reader callback: read -> ``Switch.receive`` -> ``Port.send`` on each output port; no queue,
-future or task sits in between (DESIGN.md: one asyncio hop costs more than the decision).
+future or task sits in between (docs/architecture.md: one asyncio hop costs more than the decision).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The one error type every parser raises on bad input (DESIGN.md: counted, never a crash)."""
+"""The one error type every parser raises on bad input (docs/testing.md: counted, never a
+crash)."""
 
 
 class MalformedPacket(ValueError):

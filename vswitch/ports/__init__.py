@@ -1,1 +1,1 @@
-"""Port adapters: one module per transport (DESIGN.md, port types)."""
+"""Port adapters: one module per transport (docs/architecture.md, who owns what)."""

@@ -36,7 +36,7 @@ def open_packet_socket(interface: str) -> socket.socket:
 
     - ``PACKET_VNET_HDR``: GSO frames come and go whole, with their offload metadata.
     - ``PACKET_IGNORE_OUTGOING``: our own transmissions are not read back (else the switch
-      would loop them: DESIGN.md, known pitfalls).
+      would loop them).
     - ``PACKET_MR_PROMISC``: a NIC hears unicast for the guests' MACs, not just its own.
     - ``PACKET_QDISC_BYPASS``: transmit straight to the driver; the switch drops, not the
       qdisc (while the device takes every offload: ``PacketSocketPort.send_by``).

@@ -81,7 +81,7 @@ def link_setup(name: str, mtu: int, ipv6: bool, up: bool = True) -> None:
 
     A TAP is an ordinary host interface: the host would give it an IPv6 link-local address and
     send router solicitations and MLD into the guest network, so IPv6 is off on guest-facing
-    devices (DESIGN.md, known pitfalls).
+    devices (its router solicitations would reach every guest).
     """
     if not ipv6:
         disable_ipv6(name)
