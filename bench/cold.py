@@ -22,10 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nat.gateway import Gateway
-from nat.packets import ETH_P_IP, PROTO_ICMP, encode_ethernet, encode_icmp, encode_ipv4
 from vswitch.fdb import ForwardingTable
 from vswitch.switch import Switch
-from vswitch.vnet import NO_OFFLOAD
+from wire.packets import ETH_P_IP, PROTO_ICMP, encode_ethernet, encode_icmp, encode_ipv4
+from wire.vnet import NO_OFFLOAD
 
 GW_MAC, GUEST_MAC = bytes.fromhex("525400000001"), bytes.fromhex("525400000002")
 GW_IP, GUEST_IP = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])

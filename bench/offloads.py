@@ -4,7 +4,7 @@
 
 A guest behind an e1000 NIC, a USB adapter or a NIC with ``ethtool -K tso off`` takes only
 wire-sized frames with full checksums.  The kernel bridge then segments each 64 KiB super-frame
-in C (``skb_gso_segment``); vswitch cuts it in Python (``vswitch.gso``) and writes each
+in C (``skb_gso_segment``); vswitch cuts it in Python (``wire.gso``) and writes each
 segment.  Alternating rounds in one run, each variant built from scratch:
 
   kernel              kernel bridge, offloads on everywhere (the reference)

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from vswitch.errors import MalformedPacket
+from wire.errors import MalformedPacket
 
 from .message import (
     ZERO_IP,

@@ -33,8 +33,8 @@ from dhcp.leases import (
 )
 from dhcp.server import SERVER_PORT, DhcpConfig, DhcpServer, StaticHost
 from vswitch.config import NetworkConfig
-from vswitch.errors import MalformedPacket
 from vswitch.ports.router import RouterPort
+from wire.errors import MalformedPacket
 
 log = logging.getLogger("vswitch.dhcp")
 

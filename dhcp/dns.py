@@ -57,7 +57,7 @@ from ipaddress import IPv4Address, IPv4Network, ip_address
 from itertools import count
 from typing import Any, Final, Literal
 
-from vswitch.errors import MalformedPacket
+from wire.errors import MalformedPacket
 
 from .dnsmsg import (
     CLASS_IN,

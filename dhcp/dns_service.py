@@ -17,8 +17,8 @@ from typing import Any
 from dhcp.dns import Answer, DnsResponder, Forward, Release
 from dhcp.dnsmsg import TcpFramer, encode_tcp_frame
 from nat.tcp_server import Key, TcpServer
-from vswitch.errors import MalformedPacket
 from vswitch.ports.router import RouterPort
+from wire.errors import MalformedPacket
 
 log = logging.getLogger("vswitch.dns")
 DNS_PORT = 53

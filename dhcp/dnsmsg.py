@@ -17,7 +17,7 @@ Rule 6: with ``max_size``, questions and OPT are always kept; answer and authori
         and TC set (RFC 1035 4.2.1).  Additional records that do not fit are dropped without TC
         (RFC 2181 9: TC only when required data is missing).
 
-Every decode failure is ``MalformedPacket`` (vswitch/errors.py); invalid input to an encoder (a
+Every decode failure is ``MalformedPacket`` (wire/errors.py); invalid input to an encoder (a
 label of 64 octets, an ID above 65535) is a programming error and raises plain ``ValueError``.
 """
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Final
 
-from vswitch.errors import MalformedPacket
+from wire.errors import MalformedPacket
 
 Name = tuple[bytes, ...]
 

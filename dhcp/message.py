@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Final
 
-from vswitch.errors import MalformedPacket
+from wire.errors import MalformedPacket
 
 
 class Op(IntEnum):

@@ -54,7 +54,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from nat.packets import (
+from nat.reassembly import Reassembly
+from nat.tcp_server import reset_for
+from nat.tcp_splice import Splice
+from nat.translate import admin_prohibited, icmp_error
+from wire.errors import MalformedPacket
+from wire.gso import fragment_ipv4, to_plain_frames
+from wire.packets import (
     ETH_P_IP,
     PROTO_ICMP,
     PROTO_TCP,
@@ -65,13 +71,7 @@ from nat.packets import (
     encode_ipv4,
     encode_udp,
 )
-from nat.reassembly import Reassembly
-from nat.tcp_server import reset_for
-from nat.tcp_splice import Splice
-from nat.translate import admin_prohibited, icmp_error
-from vswitch.errors import MalformedPacket
-from vswitch.gso import fragment_ipv4, to_plain_frames
-from vswitch.vnet import NO_OFFLOAD, VNET_HDR_LEN
+from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN
 
 log = logging.getLogger("vswitch.egress")
 

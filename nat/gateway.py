@@ -26,7 +26,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
-from nat.packets import (
+from wire.errors import MalformedPacket
+from wire.packets import (
     BROADCAST_IP,
     ETH,
     ETH_P_ARP,
@@ -45,7 +46,6 @@ from nat.packets import (
     encode_ipv4,
     encode_udp,
 )
-from vswitch.errors import MalformedPacket
 
 #: A UDP service: (client MAC, client IP, client port, destination IP, payload, now) -> frames.
 UdpService = Callable[[bytes, bytes, int, bytes, bytes, float], list[bytes]]

@@ -33,7 +33,10 @@ from typing import Final, NamedTuple, Protocol
 
 from nat.conntrack import Conntrack, Drop
 from nat.gateway import Gateway
-from nat.packets import (
+from nat.translate import admin_prohibited, frag_needed, icmp_error, nat_packet, time_exceeded
+from wire.errors import MalformedPacket
+from wire.gso import fragment_ipv4, to_plain_frames
+from wire.packets import (
     BROADCAST_MAC,
     ETH_P_ARP,
     ETH_P_IP,
@@ -45,10 +48,7 @@ from nat.packets import (
     encode_icmp,
     encode_ipv4,
 )
-from nat.translate import admin_prohibited, frag_needed, icmp_error, nat_packet, time_exceeded
-from vswitch.errors import MalformedPacket
-from vswitch.gso import fragment_ipv4, to_plain_frames
-from vswitch.vnet import FLAG_NEEDS_CSUM, NO_OFFLOAD, VNET_HDR_LEN
+from wire.vnet import FLAG_NEEDS_CSUM, NO_OFFLOAD, VNET_HDR_LEN
 
 ETH: Final = VNET_HDR_LEN  # offset of the Ethernet header in a packet
 IP: Final = VNET_HDR_LEN + 14

@@ -24,9 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from nat.packets import PROTO_TCP, Ipv4, pseudo_header_sum
-from vswitch.errors import MalformedPacket
-from vswitch.gso import internet_checksum
+from wire.errors import MalformedPacket
+from wire.gso import internet_checksum
+from wire.packets import PROTO_TCP, Ipv4, pseudo_header_sum
 
 if TYPE_CHECKING:
     from nat.gateway import Gateway

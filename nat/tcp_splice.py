@@ -54,10 +54,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
-from nat.packets import ETH_P_IP, IPV4, PROTO_TCP, pseudo_header_sum
-from vswitch.errors import MalformedPacket
-from vswitch.gso import internet_checksum
-from vswitch.vnet import FLAG_NEEDS_CSUM, GSO_TCPV4, VNET_HDR, VNET_HDR_LEN
+from wire.errors import MalformedPacket
+from wire.gso import internet_checksum
+from wire.packets import ETH_P_IP, IPV4, PROTO_TCP, pseudo_header_sum
+from wire.vnet import FLAG_NEEDS_CSUM, GSO_TCPV4, VNET_HDR, VNET_HDR_LEN
 
 TCP: Final = struct.Struct("!HHIIBBHHH")
 PORTS: Final = struct.Struct("!HH")
@@ -82,7 +82,7 @@ MAX_RTO: Final = 60.0  # RFC 6298 2.5
 SYN_TRIES: Final = 5
 MAX_TIMEOUTS: Final = 12
 #: Payload of one GSO super-frame before rounding down to a multiple of the MSS: the Ethernet frame
-#: (14 + 20 + 20 + payload) must stay within 64 KiB (vswitch.gso.MAX_FRAME, Linux's GSO limit).
+#: (14 + 20 + 20 + payload) must stay within 64 KiB (wire.gso.MAX_FRAME, Linux's GSO limit).
 MAX_GSO_PAYLOAD: Final = 0xFFFF - 14 - 20 - 20
 
 IP_AT: Final = VNET_HDR_LEN + 14  # IPv4 header offset in a packet

@@ -1,6 +1,6 @@
 """Packet rewriting for the NAT: read a packet's flow, translate it, translate and make ICMP errors.
 
-Rule 1: a packet is a virtio-net header then an Ethernet frame (``vswitch/vnet.py``).  Untagged
+Rule 1: a packet is a virtio-net header then an Ethernet frame (``wire/vnet.py``).  Untagged
         IPv4 is translated (IPv6 comes later); every offset is checked before it is read and bad
         input raises ``MalformedPacket``, nothing else.  Functions are pure: bytes in, bytes out.
 Rule 2: checksums of translated packets are updated, not recomputed: RFC 1624 eqn. 3 over the
@@ -40,10 +40,10 @@ from nat.conntrack import (
     FlowKey,
     Translation,
 )
-from nat.packets import ETH_P_IP, IPV4, encode_ethernet, encode_icmp, encode_ipv4
-from vswitch.errors import MalformedPacket
-from vswitch.gso import internet_checksum
-from vswitch.vnet import FLAG_NEEDS_CSUM, NO_OFFLOAD, VNET_HDR, VNET_HDR_LEN
+from wire.errors import MalformedPacket
+from wire.gso import internet_checksum
+from wire.packets import ETH_P_IP, IPV4, encode_ethernet, encode_icmp, encode_ipv4
+from wire.vnet import FLAG_NEEDS_CSUM, NO_OFFLOAD, VNET_HDR, VNET_HDR_LEN
 
 #: Offset of the IPv4 header in a packet: virtio-net header, then an untagged Ethernet header.
 L3: Final = VNET_HDR_LEN + 14

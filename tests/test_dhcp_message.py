@@ -16,7 +16,7 @@ from dhcp.message import (
     decode_message,
     encode_message,
 )
-from vswitch.errors import MalformedPacket
+from wire.errors import MalformedPacket
 
 MAC = bytes.fromhex("525400000001")
 

@@ -25,7 +25,7 @@ from dhcp.message import (
     encode_message,
 )
 from dhcp.server import DhcpConfig, DhcpServer, Reply, StaticHost
-from vswitch.errors import MalformedPacket
+from wire.errors import MalformedPacket
 
 from .test_dhcp_message import BAD
 

@@ -34,7 +34,7 @@ from dhcp.dnsmsg import (
     reverse_name,
     soa_minimum,
 )
-from vswitch.errors import MalformedPacket
+from wire.errors import MalformedPacket
 
 N = name_from_text
 

@@ -6,8 +6,8 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from nat.egress import fragments
-from nat.packets import PROTO_UDP, encode_udp, pseudo_header_sum
-from vswitch.gso import internet_checksum
+from wire.gso import internet_checksum
+from wire.packets import PROTO_UDP, encode_udp, pseudo_header_sum
 
 SRC, DST = bytes([10, 95, 0, 1]), bytes([10, 96, 0, 11])
 

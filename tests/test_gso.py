@@ -10,9 +10,9 @@ from scapy.packet import Packet, Raw
 from scapy.utils import checksum
 
 from nat.reassembly import Reassembly
-from vswitch.errors import MalformedPacket
-from vswitch.gso import fragment_ipv4, internet_checksum, to_plain_frames
-from vswitch.vnet import (
+from wire.errors import MalformedPacket
+from wire.gso import fragment_ipv4, internet_checksum, to_plain_frames
+from wire.vnet import (
     FLAG_DATA_VALID,
     FLAG_NEEDS_CSUM,
     GSO_ECN,

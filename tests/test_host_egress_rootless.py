@@ -42,7 +42,7 @@ def public_copy(root: Path) -> tuple[list[str], dict[str, str]]:
     import pytun
     import uvloop
 
-    for package in ("vswitch", "nat", "dhcp"):
+    for package in ("wire", "vswitch", "nat", "dhcp"):
         shutil.copytree(REPO / package, root / package,
                         ignore=shutil.ignore_patterns("__pycache__"))
     for module in (uvloop, netaddr, pyroute2):

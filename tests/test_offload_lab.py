@@ -7,7 +7,7 @@
     raw:  an AF_PACKET uplink on H's ru -- veth -- I's eth0, offloads off on ru too
 
 A packet socket that bypasses the qdisc (as ports do) cannot hand the kernel a TSO frame for a
-device without TSO: the kernel drops it (vswitch.vnet Rule 3).  Every byte here must arrive
+device without TSO: the kernel drops it (wire.vnet Rule 3).  Every byte here must arrive
 anyway, at offload speed, cut and checksummed in software, and be verified by the receiving
 kernel's checksum checks (frames cross veth as CHECKSUM_NONE once cut).
 """

@@ -1,4 +1,4 @@
-"""Which packets a device takes as it is (vswitch.vnet Rule 3), and what a port whose device
+"""Which packets a device takes as it is (wire.vnet Rule 3), and what a port whose device
 lacks an offload sends instead (vswitch.ports.base Rule 2): plain frames behind a zero
 virtio-net header, every checksum right, counted.
 
@@ -16,7 +16,7 @@ from scapy.packet import Raw
 
 from tests.test_gso import MACS, V4, V6, check_tcp_segments, offload, payload, rebuilt
 from vswitch.ports.base import Port
-from vswitch.vnet import (
+from wire.vnet import (
     EVERY_OFFLOAD,
     GSO_ECN,
     GSO_TCPV4,

@@ -1,7 +1,7 @@
 """Real qemu guests moving megabytes, with the NIC models and ports users run.
 
 An e1000 guest makes qemu turn its TAP's offloads off (TUNSETOFFLOAD 0): every TSO frame
-vswitch sends it must be cut in software first, or it never arrives (vswitch.vnet Rule 3).
+vswitch sends it must be cut in software first, or it never arrives (wire.vnet Rule 3).
 qemu's dgram netdev reads from a unix datagram socket that holds 10 datagrams, so a port that
 drops on the first EAGAIN loses most of every burst (vswitch.ports.txqueue).
 

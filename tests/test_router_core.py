@@ -10,7 +10,7 @@ from nat.conntrack import Conntrack
 from nat.gateway import Gateway
 from nat.reassembly import Reassembly
 from nat.router import Router, Uplink
-from vswitch.vnet import FLAG_NEEDS_CSUM, encode_header, wrap
+from wire.vnet import FLAG_NEEDS_CSUM, encode_header, wrap
 
 GW_MAC, UP_MAC, HOP_MAC = "52:54:00:aa:00:01", "52:54:00:aa:00:02", "52:54:00:bb:00:01"
 GUEST_MAC = "52:54:00:00:00:05"

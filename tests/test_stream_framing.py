@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from vswitch.errors import MalformedPacket
 from vswitch.ports.stream import MAX_FRAME, StreamDecoder, encode_frame
+from wire.errors import MalformedPacket
 
 
 def test_round_trip_in_any_chunking():

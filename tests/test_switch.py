@@ -3,7 +3,7 @@
 from vswitch.events import MacMoved
 from vswitch.fdb import ForwardingTable
 from vswitch.switch import BAD_SOURCE, OVERSIZE, PORT_DOWN, RUNT, SAME_PORT, Switch
-from vswitch.vnet import GSO_TCPV4, encode_header, wrap
+from wire.vnet import GSO_TCPV4, encode_header, wrap
 
 A = bytes.fromhex("525400000001")
 B = bytes.fromhex("525400000002")

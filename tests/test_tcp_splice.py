@@ -1,6 +1,6 @@
 """The TCP splice core: a guest's TCP on a host socket, driven with a hand-advanced clock.
 
-Guest segments are built with nat.packets / nat.tcp_server; the core's packets are read back with
+Guest segments are built with wire.packets / nat.tcp_server; the core's packets are read back with
 a local parser that checks every header (and every checksum it can) on the way.
 """
 
@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import pytest
 
 from nat import tcp_splice
-from nat.packets import ETH_P_IP, PROTO_TCP, encode_ethernet, encode_ipv4, pseudo_header_sum
 from nat.tcp_server import encode_tcp
 from nat.tcp_splice import ACK, FIN, PSH, RST, SYN, Splice, seq_le, seq_lt, seq_sub
-from vswitch.errors import MalformedPacket
-from vswitch.gso import internet_checksum, to_plain_frames
-from vswitch.vnet import FLAG_NEEDS_CSUM, GSO_TCPV4, NO_OFFLOAD, VNET_HDR, encode_header
+from wire.errors import MalformedPacket
+from wire.gso import internet_checksum, to_plain_frames
+from wire.packets import ETH_P_IP, PROTO_TCP, encode_ethernet, encode_ipv4, pseudo_header_sum
+from wire.vnet import FLAG_NEEDS_CSUM, GSO_TCPV4, NO_OFFLOAD, VNET_HDR, encode_header
 
 GUEST, REMOTE = bytes([192, 168, 122, 10]), bytes([93, 184, 216, 34])
 GPORT, RPORT = 40000, 80

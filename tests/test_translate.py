@@ -30,9 +30,9 @@ from nat.translate import (
     translate,
     translate_icmp_error,
 )
-from vswitch.errors import MalformedPacket
-from vswitch.gso import internet_checksum, to_plain_frames
-from vswitch.vnet import FLAG_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, encode_header, wrap
+from wire.errors import MalformedPacket
+from wire.gso import internet_checksum, to_plain_frames
+from wire.vnet import FLAG_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, encode_header, wrap
 
 GUEST_MAC, ROUTER_MAC = "52:54:00:00:00:0a", "52:54:00:00:00:01"
 EXT, A, B = "203.0.113.1", "192.168.122.10", "192.168.122.11"
@@ -495,8 +495,8 @@ def test_every_ip_id_leaves_with_a_valid_header_checksum():
     one packet in 65536.  Every identification value must give a valid header."""
     from nat.conntrack import Translation
     from nat.translate import flow_of, translate
-    from vswitch.gso import internet_checksum
-    from vswitch.vnet import wrap
+    from wire.gso import internet_checksum
+    from wire.vnet import wrap
 
     base = bytearray(wrap(bytes(Ether(src="52:54:00:00:00:05", dst="52:54:00:aa:00:01")
                                / IP(src="10.80.0.5", dst="10.81.0.1", ttl=64)

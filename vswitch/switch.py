@@ -8,7 +8,7 @@ Rule 3: a frame whose source MAC is multicast or all zeros is dropped: no statio
 Rule 4: runts (shorter than an Ethernet header) and frames above the ingress port's MTU that are
         not GSO packets are dropped.  Every drop is counted per port with its reason.
 
-Packets are vswitch packets (``vswitch.vnet`` Rule 1: virtio-net header + frame).  The core is
+Packets are vswitch packets (``wire.vnet`` Rule 1: virtio-net header + frame).  The core is
 sans-I/O: ``receive(packet, port, now)`` returns a tuple of port ids and never touches a socket.
 """
 
@@ -18,8 +18,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Final
 
+from wire.vnet import DST_MAC, ETH_HLEN, MIN_PACKET, SRC_MAC, VNET_HDR_LEN
+
 from .fdb import Event, ForwardingTable
-from .vnet import DST_MAC, ETH_HLEN, MIN_PACKET, SRC_MAC, VNET_HDR_LEN
 
 ZERO_MAC: Final = bytes(6)
 NOWHERE: Final[tuple[int, ...]] = ()

@@ -3,7 +3,7 @@
 Rule 1: a port never blocks and never queues: a packet the destination cannot take right now is
         dropped and counted with its reason (a switch drops, it does not buffer forever).
 Rule 2: a port that speaks the virtio-net header (``vnet = True``) sends packets as they are,
-        GSO included, when its device takes them (``vswitch.vnet`` Rule 3: ``offloads``); any
+        GSO included, when its device takes them (``wire.vnet`` Rule 3: ``offloads``); any
         other packet is segmented and checksummed in software (by the kernel on a packet
         socket's qdisc path, else here) and counted (``soft_segmented``,
         ``soft_checksummed``), and a port without the header gets plain frames.
@@ -19,9 +19,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from vswitch.errors import MalformedPacket
-from vswitch.gso import to_plain_frames
-from vswitch.vnet import (
+from wire.errors import MalformedPacket
+from wire.gso import to_plain_frames
+from wire.vnet import (
     EVERY_OFFLOAD,
     FLAG_NEEDS_CSUM,
     NO_OFFLOAD,

@@ -20,7 +20,7 @@ import os
 import socket
 from pathlib import Path
 
-from vswitch.vnet import NO_OFFLOAD
+from wire.vnet import NO_OFFLOAD
 
 from .base import BATCH, READ_SIZE, RX_ERROR, TX_FULL, Deliver, Port
 from .txqueue import TxQueue

@@ -13,7 +13,7 @@ import functools
 
 from pyroute2.ethtool.ioctl import IoctlEthtool
 
-from vswitch.vnet import Offloads
+from wire.vnet import Offloads
 
 #: ethtool's feature names -> the ``Offloads`` fields they stand for.
 FEATURES = {

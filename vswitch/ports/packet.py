@@ -14,7 +14,7 @@ import struct
 from vswitch.ports.base import RX_OVERFLOW, Port
 from vswitch.ports.features import device_offloads
 from vswitch.ports.tun import has_carrier
-from vswitch.vnet import NO_OFFLOADS, Offloads, taken_as_is
+from wire.vnet import NO_OFFLOADS, Offloads, taken_as_is
 
 log = logging.getLogger("vswitch.port")
 
@@ -93,14 +93,14 @@ class PacketSocketPort(Port):
         self.poll()
 
     def send_by(self, offloads: Offloads) -> None:
-        """Send as the device's ``offloads`` allow (vswitch.vnet Rule 3).
+        """Send as the device's ``offloads`` allow (wire.vnet Rule 3).
 
         A device that takes every offload gets packets straight from the socket to its driver
         (``PACKET_QDISC_BYPASS``).  Any other gets them through the qdisc layer, where
         ``validate_xmit_skb`` cuts super-frames (``skb_gso_segment``) and finishes checksums in
         C for a device without the feature; bypassing it drops them instead.  All of a port's
         packets take the one path, so none overtakes another.  bench.offloads measured TCP to
-        such a device at 0.85 Gbit/s when cut in Python (vswitch.gso, 13 µs a segment) against
+        such a device at 0.85 Gbit/s when cut in Python (wire.gso, 13 µs a segment) against
         7.4 for the kernel bridge; the kernel's cut is the one worth taking.  If the socket
         cannot leave bypass, the packets are cut in Python.
         """

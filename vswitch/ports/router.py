@@ -16,14 +16,14 @@ import asyncio
 from collections.abc import Callable
 
 from nat.gateway import Gateway
-from nat.packets import decode_ipv4
 from nat.reassembly import Reassembly
 from nat.router import Out, Router
 from nat.translate import icmp_error
-from vswitch.errors import MalformedPacket
-from vswitch.gso import fragment_ipv4, to_plain_frames
 from vswitch.ports.base import TX_MALFORMED, Deliver, Port
-from vswitch.vnet import NO_OFFLOAD, VNET_HDR_LEN
+from wire.errors import MalformedPacket
+from wire.gso import fragment_ipv4, to_plain_frames
+from wire.packets import decode_ipv4
+from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN
 
 ROUTER_PORT = 0
 

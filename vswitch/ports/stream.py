@@ -19,8 +19,8 @@ import socket
 import struct
 from pathlib import Path
 
-from vswitch.errors import MalformedPacket
-from vswitch.vnet import ETH_HLEN, NO_OFFLOAD
+from wire.errors import MalformedPacket
+from wire.vnet import ETH_HLEN, NO_OFFLOAD
 
 from .base import BATCH, RX_FRAMING, TX_FULL, Deliver, Port
 from .txqueue import TxQueue

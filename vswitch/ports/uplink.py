@@ -16,7 +16,12 @@ import os
 from collections.abc import Callable
 
 from dhcp.client import Bound, DhcpClient, Lost, Send
-from nat.packets import (
+from vswitch.ports.base import BATCH, READ_SIZE, RX_ERROR
+from vswitch.ports.packet import PacketSocketPort
+from vswitch.ports.router import RouterPort
+from vswitch.ports.tun import link_is_up, run_ip
+from wire.errors import MalformedPacket
+from wire.packets import (
     BROADCAST_MAC,
     ETH_P_IP,
     PROTO_UDP,
@@ -26,12 +31,7 @@ from nat.packets import (
     encode_ipv4,
     encode_udp,
 )
-from vswitch.errors import MalformedPacket
-from vswitch.ports.base import BATCH, READ_SIZE, RX_ERROR
-from vswitch.ports.packet import PacketSocketPort
-from vswitch.ports.router import RouterPort
-from vswitch.ports.tun import link_is_up, run_ip
-from vswitch.vnet import EVERY_OFFLOAD, Offloads
+from wire.vnet import EVERY_OFFLOAD, Offloads
 
 
 class RawUplink(PacketSocketPort):

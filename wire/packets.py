@@ -11,8 +11,8 @@ import struct
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
-from vswitch.errors import MalformedPacket
-from vswitch.gso import internet_checksum
+from wire.errors import MalformedPacket
+from wire.gso import internet_checksum
 
 ETH: Final = struct.Struct("!6s6sH")
 ARP: Final = struct.Struct("!HHBBH6s4s6s4s")

@@ -21,8 +21,8 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from vswitch.errors import MalformedPacket
-from vswitch.vnet import (
+from wire.errors import MalformedPacket
+from wire.vnet import (
     FLAG_NEEDS_CSUM,
     GSO_ECN,
     GSO_NONE,

@@ -5,7 +5,7 @@ followed by the Ethernet frame.  Ports that speak it natively (TAPs opened with
 ``IFF_VNET_HDR``, AF_PACKET sockets with ``PACKET_VNET_HDR``) read packets as they are and write
 them as they are when the device takes them (Rule 3); ports that do not (stream, dgram) get
 ``NO_OFFLOAD`` prepended on the way in and, on the way out, have GSO packets segmented and
-partial checksums finished in software (``vswitch.gso``).
+partial checksums finished in software (``wire.gso``).
 
 Rule 2: the header is little-endian (virtio 1.0; x86 hosts, and what TUN uses unless
 ``TUNSETVNETBE`` is set).  Layout (virtio spec 5.1.6, ``linux/virtio_net.h``)::
@@ -21,7 +21,7 @@ Rule 2: the header is little-endian (virtio 1.0; x86 hosts, and what TUN uses un
 Rule 3: a device takes a packet as it is only if it offers the packet's GSO type and can finish
 its partial checksum (``Offloads``, read from the device's transmit features).  Anything else is
 segmented and checksummed in software first: by the kernel's GSO when a packet socket sends
-through the qdisc layer (``PacketSocketPort.send_by``), else by ``vswitch.gso``.  A packet
+through the qdisc layer (``PacketSocketPort.send_by``), else by ``wire.gso``.  A packet
 socket with ``PACKET_QDISC_BYPASS`` must not be handed such a packet: ``__dev_direct_xmit``
 drops every packet that ``validate_xmit_skb`` had to segment, so a TSO frame sent to a device
 without TSO (a TAP whose qemu drives an e1000, a NIC with ``ethtool -K tso off``) vanishes.
