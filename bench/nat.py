@@ -197,7 +197,8 @@ def ct_memory(flows: int, budget: float) -> None:
     fresh objects, as the daemon makes them from frames.  Stops at ``budget`` seconds; the
     parent extrapolates then.  Prints JSON: flows, seconds, rss_delta_kib, estimator bytes.
     """
-    from nat.conntrack import PROTO_UDP, Conntrack
+    from nat.conntrack import Conntrack
+    from wire.packets import PROTO_UDP
 
     per_endpoint = 16
     gc.collect()

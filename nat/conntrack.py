@@ -61,19 +61,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final, Literal, NamedTuple
 
-PROTO_ICMP: Final = 1
-PROTO_TCP: Final = 6
-PROTO_UDP: Final = 17
+from wire.packets import PROTO_ICMP, PROTO_TCP, PROTO_UDP
+from wire.tcp import ACK, FIN, RST, SYN
 
 #: (proto, source address, source port, destination address, destination port).
 FlowKey = tuple[int, bytes, int, bytes, int]
 Filtering = Literal["endpoint-independent", "address-dependent"]
-
-#: TCP header flags (RFC 9293 section 3.1).
-FIN: Final = 0x01
-SYN: Final = 0x02
-RST: Final = 0x04
-ACK: Final = 0x10
 
 # What a TCP flow has seen, as bits of Entry.state (Rule 5).
 _SYN_ORIGINAL: Final = 1

@@ -55,7 +55,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from nat.reassembly import Reassembly
-from nat.tcp_server import reset_for
 from nat.tcp_splice import Splice
 from nat.translate import admin_prohibited, icmp_error
 from wire.errors import MalformedPacket
@@ -71,6 +70,7 @@ from wire.packets import (
     encode_ipv4,
     encode_udp,
 )
+from wire.tcp import reset_for
 from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN
 
 log = logging.getLogger("vswitch.egress")

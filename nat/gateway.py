@@ -46,6 +46,7 @@ from wire.packets import (
     encode_ipv4,
     encode_udp,
 )
+from wire.tcp import reset_for
 
 #: A UDP service: (client MAC, client IP, client port, destination IP, payload, now) -> frames.
 UdpService = Callable[[bytes, bytes, int, bytes, bytes, float], list[bytes]]
@@ -168,8 +169,6 @@ class Gateway:
 
     def tcp_reset(self, frame: bytes, ip: Ipv4) -> list[bytes]:
         """RST for a segment to a closed port (RFC 793 3.4); never in answer to a RST."""
-        from nat.tcp_server import reset_for
-
         reset = reset_for(self.ip, frame, ip)
         if reset is None:
             return []

@@ -33,7 +33,7 @@ import struct
 from collections import Counter
 from typing import Final
 
-from wire.gso import internet_checksum
+from wire.checksum import internet_checksum
 
 MF: Final = 0x2000
 DF: Final = 0x4000

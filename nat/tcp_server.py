@@ -22,61 +22,30 @@ import secrets
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from wire.errors import MalformedPacket
-from wire.gso import internet_checksum
-from wire.packets import PROTO_TCP, Ipv4, pseudo_header_sum
+from wire.packets import PROTO_TCP, Ipv4
+from wire.tcp import ACK, FIN, PSH, RST, SYN, decode_tcp, encode_tcp
 
-if TYPE_CHECKING:
-    from nat.gateway import Gateway
 
-TCP = struct.Struct("!HHIIBBHHH")
-FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+class Station(Protocol):
+    """What the server needs of the station it serves on (the gateway): its address, frames
+    from it, and its RST for a segment nobody takes."""
+
+    ip: bytes
+
+    def ip_frame(self, dst_mac: bytes, dst_ip: bytes, proto: int, payload: bytes,
+                 source: bytes | None = None) -> bytes: ...
+
+    def tcp_reset(self, frame: bytes, ip: Ipv4) -> list[bytes]: ...
+
+
 MSS = 1460
-WINDOW = 65535
 RTO, MAX_TRIES = 1.0, 5
 
 Key = tuple[bytes, int]  # (peer IP, peer port)
 #: The application: (key, in-order bytes, now) -> bytes to send now (b"" for nothing yet).
 App = Callable[[Key, bytes, float], bytes]
-
-
-def encode_tcp(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int,
-               payload: bytes = b"", options: bytes = b"", window: int = WINDOW) -> bytes:
-    offset = (20 + len(options)) // 4
-    header = TCP.pack(sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, offset << 4, flags,
-                      window, 0, 0) + options
-    segment = header + payload
-    csum = internet_checksum(pseudo_header_sum(src, dst, PROTO_TCP, len(segment)) + segment)
-    return segment[:16] + struct.pack("!H", csum) + segment[18:]
-
-
-def decode_tcp(frame: bytes, ip: Ipv4) -> tuple[int, int, int, int, int, bytes]:
-    """(sport, dport, seq, ack, flags, payload) of the segment in ``ip``'s payload."""
-    if ip.end - ip.start < 20:
-        raise MalformedPacket("TCP header truncated")
-    sport, dport, seq, ack, off, flags, _, _, _ = TCP.unpack_from(frame, ip.start)
-    hlen = (off >> 4) * 4
-    if hlen < 20 or ip.start + hlen > ip.end:
-        raise MalformedPacket("TCP data offset < 5 or beyond the segment")
-    if flags & SYN and flags & FIN:
-        raise MalformedPacket("TCP SYN+FIN")
-    return sport, dport, seq, ack, flags, frame[ip.start + hlen:ip.end]
-
-
-def reset_for(local_ip: bytes, frame: bytes, ip: Ipv4) -> bytes | None:
-    """The RST answering a segment nobody listens for (RFC 793 3.4), or None for a RST."""
-    try:
-        sport, dport, seq, ack, flags, payload = decode_tcp(frame, ip)
-    except MalformedPacket:
-        return None
-    if flags & RST:
-        return None
-    if flags & ACK:
-        return encode_tcp(local_ip, ip.src, dport, sport, ack, 0, RST)
-    length = len(payload) + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
-    return encode_tcp(local_ip, ip.src, dport, sport, 0, seq + length, RST | ACK)
 
 
 @dataclass(slots=True)
@@ -105,10 +74,10 @@ class TcpServer:
         self.max_conns = max_conns
         self.idle = idle
         self.conns: dict[Key, Connection] = {}
-        self.gateway: Gateway | None = None
+        self.gateway: Station | None = None
         self.refused = 0
 
-    def handle_segment(self, gateway: Gateway, frame: bytes, ip: Ipv4, now: float) -> list[bytes]:
+    def handle_segment(self, gateway: Station, frame: bytes, ip: Ipv4, now: float) -> list[bytes]:
         """Frames answering one segment: steps per Rules 1-4."""
         self.gateway = gateway
         sport, _, seq, ack, flags, payload = decode_tcp(frame, ip)

@@ -54,22 +54,16 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
+from wire.checksum import internet_checksum, pseudo_header_sum
 from wire.errors import MalformedPacket
-from wire.gso import internet_checksum
-from wire.packets import ETH_P_IP, IPV4, PROTO_TCP, pseudo_header_sum
+from wire.packets import ETH_P_IP, IPV4, PROTO_TCP
+from wire.tcp import ACK, FIN, PSH, RST, SYN, TCP
 from wire.vnet import FLAG_NEEDS_CSUM, GSO_TCPV4, VNET_HDR, VNET_HDR_LEN
 
-TCP: Final = struct.Struct("!HHIIBBHHH")
 PORTS: Final = struct.Struct("!HH")
 U16: Final = struct.Struct("!H")
 MSS_OPTION: Final = struct.Struct("!BBH")
 WSCALE_OPTION: Final = bytes([1, 3, 3])  # NOP, kind 3, length 3 (the shift follows)
-
-FIN: Final = 0x01
-SYN: Final = 0x02
-RST: Final = 0x04
-PSH: Final = 0x08
-ACK: Final = 0x10
 
 SEQ_MASK: Final = 0xFFFFFFFF
 WSCALE: Final = 7  # our shift when scaling is agreed

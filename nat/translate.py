@@ -30,19 +30,19 @@ from __future__ import annotations
 import struct
 from typing import Final, NamedTuple
 
-from nat.conntrack import (
-    NO_MAPPING,
+from nat.conntrack import NO_MAPPING, Conntrack, Drop, FlowKey, Translation
+from wire.checksum import adjust_checksum, checksum_delta, internet_checksum
+from wire.errors import MalformedPacket
+from wire.packets import (
+    ETH_P_IP,
+    IPV4,
     PROTO_ICMP,
     PROTO_TCP,
     PROTO_UDP,
-    Conntrack,
-    Drop,
-    FlowKey,
-    Translation,
+    encode_ethernet,
+    encode_icmp,
+    encode_ipv4,
 )
-from wire.errors import MalformedPacket
-from wire.gso import internet_checksum
-from wire.packets import ETH_P_IP, IPV4, encode_ethernet, encode_icmp, encode_ipv4
 from wire.vnet import FLAG_NEEDS_CSUM, NO_OFFLOAD, VNET_HDR, VNET_HDR_LEN
 
 #: Offset of the IPv4 header in a packet: virtio-net header, then an untagged Ethernet header.
@@ -228,26 +228,9 @@ def is_icmp_error(packet: bytes) -> bool:
 # --- checksums (Rule 2) ------------------------------------------------------------------------
 
 
-def _delta(old: bytes, new: bytes) -> int:
-    """The sum of (m' - m) over the 16-bit words m of ``old`` that became m' in ``new`` (even
-    lengths, even offsets), modulo 0xFFFF: ones' complement arithmetic, where a number read
-    big-endian is congruent to the sum of its words (see ``internet_checksum``)."""
-    return (int.from_bytes(new, "big") - int.from_bytes(old, "big")) % 0xFFFF
-
-
-def _adjust(check: int, delta: int) -> int:
-    """RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), with the sum of the ~m + m' given as ``delta``
-    (adding ~m is subtracting m).  End-around carries fold the sum back to 16 bits: twice,
-    since the first fold of a sum like 0x1FFFF leaves 0x10000 (one fold stored 0xFFFF where
-    0xFFFE was due: about one packet in 65536 left with a bad header checksum)."""
-    total = (~check & 0xFFFF) + delta
-    total = (total & 0xFFFF) + (total >> 16)
-    return ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
-
-
 def _fix(buf: bytearray, at: int, old: bytes, new: bytes) -> int:
     """Update the checksum stored at ``at`` for ``old`` -> ``new``; returns the new value."""
-    check = _adjust(_U16.unpack_from(buf, at)[0], _delta(old, new))
+    check = adjust_checksum(_U16.unpack_from(buf, at)[0], checksum_delta(old, new))
     _U16.pack_into(buf, at, check)
     return check
 
@@ -277,12 +260,12 @@ def translate(packet: bytes, flow: Flow, to: Translation,
     if decrement_ttl and flow.ttl <= 1:
         raise MalformedPacket("TTL would reach 0: the router answers with time exceeded")
     # 1.
-    addresses = _delta(packet[L3 + 12:L3 + 20], to.src + to.dst)
+    addresses = checksum_delta(packet[L3 + 12:L3 + 20], to.src + to.dst)
     # 2.
     buf = bytearray(packet)
     ttl, ip_delta = ((flow.ttl - 1, (addresses + _TTL_DELTA) % 0xFFFF) if decrement_ttl
                      else (flow.ttl, addresses))
-    ip_check = _adjust(_U16.unpack_from(packet, L3 + 10)[0], ip_delta)
+    ip_check = adjust_checksum(_U16.unpack_from(packet, L3 + 10)[0], ip_delta)
     _IP_TAIL.pack_into(buf, L3 + 8, ttl, flow.proto, ip_check, to.src, to.dst)
     # 3.
     if flow.fragment == LATER:
@@ -299,7 +282,7 @@ def translate(packet: bytes, flow: Flow, to: Translation,
     if flow.proto == PROTO_ICMP:
         _U16.pack_into(buf, l4 + 4, to.sport)
         if not partial:
-            _U16.pack_into(buf, at, _adjust(check, (to.sport - flow.sport) % 0xFFFF))
+            _U16.pack_into(buf, at, adjust_checksum(check, (to.sport - flow.sport) % 0xFFFF))
         return buf
     # 5.
     PORTS.pack_into(buf, l4, to.sport, to.dport)
@@ -309,7 +292,7 @@ def translate(packet: bytes, flow: Flow, to: Translation,
         _U16.pack_into(buf, at, (total & 0xFFFF) + (total >> 16))
     elif check or flow.proto == PROTO_TCP:
         ports = to.sport + to.dport - flow.sport - flow.dport
-        check = _adjust(check, (addresses + ports) % 0xFFFF)
+        check = adjust_checksum(check, (addresses + ports) % 0xFFFF)
         if check == 0 and flow.proto == PROTO_UDP:
             check = 0xFFFF  # RFC 768: a computed 0 is sent as all ones
         _U16.pack_into(buf, at, check)
@@ -392,7 +375,8 @@ def translate_icmp_error(packet: bytes, conntrack: Conntrack, from_outside: bool
     new_ttl = ttl - 1 if decrement_ttl else ttl
     old_outer = packet[L3 + 8:L3 + 10] + packet[L3 + 12:L3 + 20]
     new_outer = bytes((new_ttl, PROTO_ICMP)) + outer_src + to.dst
-    outer_check = _adjust(_U16.unpack_from(packet, L3 + 10)[0], _delta(old_outer, new_outer))
+    outer_check = adjust_checksum(_U16.unpack_from(packet, L3 + 10)[0],
+                                  checksum_delta(old_outer, new_outer))
     _IP_TAIL.pack_into(buf, L3 + 8, new_ttl, PROTO_ICMP, outer_check, outer_src, to.dst)
     # 6.
     _U16.pack_into(buf, l4 + 2, 0)

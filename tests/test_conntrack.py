@@ -7,14 +7,7 @@ import tracemalloc
 import pytest
 
 from nat.conntrack import (
-    ACK,
-    FIN,
     NO_MAPPING,
-    PROTO_ICMP,
-    PROTO_TCP,
-    PROTO_UDP,
-    RST,
-    SYN,
     Conntrack,
     Drop,
     Forward,
@@ -22,6 +15,8 @@ from nat.conntrack import (
     Timeouts,
     Translation,
 )
+from wire.packets import PROTO_ICMP, PROTO_TCP, PROTO_UDP
+from wire.tcp import ACK, FIN, RST, SYN
 
 EXT = bytes([203, 0, 113, 1])
 A = bytes([192, 168, 122, 10])

@@ -6,8 +6,9 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from nat.egress import fragments
+from wire.checksum import pseudo_header_sum
 from wire.gso import internet_checksum
-from wire.packets import PROTO_UDP, encode_udp, pseudo_header_sum
+from wire.packets import PROTO_UDP, encode_udp
 
 SRC, DST = bytes([10, 95, 0, 1]), bytes([10, 96, 0, 11])
 

@@ -7,7 +7,8 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, UDPerror
 from scapy.layers.l2 import ARP, Ether
 
 from nat.gateway import Gateway
-from nat.tcp_server import ACK, FIN, PSH, TcpServer
+from nat.tcp_server import TcpServer
+from wire.tcp import ACK, FIN, PSH
 
 GW_MAC, GW_IP = "52:54:00:aa:bb:01", "192.168.122.1"
 GUEST_MAC, GUEST_IP = "52:54:00:00:00:05", "192.168.122.5"

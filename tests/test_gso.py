@@ -10,8 +10,9 @@ from scapy.packet import Packet, Raw
 from scapy.utils import checksum
 
 from nat.reassembly import Reassembly
+from wire.checksum import internet_checksum
 from wire.errors import MalformedPacket
-from wire.gso import fragment_ipv4, internet_checksum, to_plain_frames
+from wire.gso import fragment_ipv4, to_plain_frames
 from wire.vnet import (
     FLAG_DATA_VALID,
     FLAG_NEEDS_CSUM,

@@ -462,7 +462,7 @@ def test_a_udp_traceroute_sees_the_routers_beyond_the_host(lab, egress_lab):
 
 RAW_ECHO = """
 import socket, struct, sys
-from wire.gso import internet_checksum
+from wire.checksum import internet_checksum
 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
 for seq in range(3):
     body = struct.pack("!BBHHH", 8, 0, 0, int(sys.argv[2]), seq) + b"not the guest's"

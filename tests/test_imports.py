@@ -21,9 +21,6 @@ KNOWN: set[tuple[str, str]] = {
     ("dhcp.dhcp_service", "vswitch.ports.router"),
     ("dhcp.dns_service", "nat.tcp_server"),  # DNS over TCP rides the gateway's small TCP
     ("dhcp.dns_service", "vswitch.ports.router"),
-    # the gateway hands TCP to its server, which builds frames with the gateway
-    ("nat.gateway", "nat.tcp_server"),
-    ("nat.tcp_server", "nat.gateway"),
 }
 
 

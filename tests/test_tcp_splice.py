@@ -13,11 +13,12 @@ from dataclasses import dataclass
 import pytest
 
 from nat import tcp_splice
-from nat.tcp_server import encode_tcp
-from nat.tcp_splice import ACK, FIN, PSH, RST, SYN, Splice, seq_le, seq_lt, seq_sub
+from nat.tcp_splice import Splice, seq_le, seq_lt, seq_sub
+from wire.checksum import internet_checksum, pseudo_header_sum
 from wire.errors import MalformedPacket
-from wire.gso import internet_checksum, to_plain_frames
-from wire.packets import ETH_P_IP, PROTO_TCP, encode_ethernet, encode_ipv4, pseudo_header_sum
+from wire.gso import to_plain_frames
+from wire.packets import ETH_P_IP, PROTO_TCP, encode_ethernet, encode_ipv4
+from wire.tcp import ACK, FIN, PSH, RST, SYN, encode_tcp
 from wire.vnet import FLAG_NEEDS_CSUM, GSO_TCPV4, NO_OFFLOAD, VNET_HDR, encode_header
 
 GUEST, REMOTE = bytes([192, 168, 122, 10]), bytes([93, 184, 216, 34])

@@ -30,8 +30,9 @@ from nat.translate import (
     translate,
     translate_icmp_error,
 )
+from wire.checksum import internet_checksum
 from wire.errors import MalformedPacket
-from wire.gso import internet_checksum, to_plain_frames
+from wire.gso import to_plain_frames
 from wire.vnet import FLAG_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, encode_header, wrap
 
 GUEST_MAC, ROUTER_MAC = "52:54:00:00:00:0a", "52:54:00:00:00:01"
@@ -495,7 +496,7 @@ def test_every_ip_id_leaves_with_a_valid_header_checksum():
     one packet in 65536.  Every identification value must give a valid header."""
     from nat.conntrack import Translation
     from nat.translate import flow_of, translate
-    from wire.gso import internet_checksum
+    from wire.checksum import internet_checksum
     from wire.vnet import wrap
 
     base = bytearray(wrap(bytes(Ether(src="52:54:00:00:00:05", dst="52:54:00:aa:00:01")

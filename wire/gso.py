@@ -21,7 +21,11 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from wire.checksum import internet_checksum
 from wire.errors import MalformedPacket
+from wire.tcp import CWR as TCP_CWR
+from wire.tcp import FIN as TCP_FIN
+from wire.tcp import PSH as TCP_PSH
 from wire.vnet import (
     FLAG_NEEDS_CSUM,
     GSO_ECN,
@@ -54,9 +58,6 @@ IPV4_FRAG_OFFSET: Final = 0x1FFF
 IPV6_HLEN: Final = 40
 TCP_MIN_HLEN: Final = 20
 UDP_HLEN: Final = 8
-TCP_FIN: Final = 0x01
-TCP_PSH: Final = 0x08
-TCP_CWR: Final = 0x80
 
 #: What each GSO type must carry: (IPv4?, L4 protocol); None = either IP version.
 #: UFO (GSO_UDP) is IPv4 only: IPv6 fragmentation is not supported here, such a packet raises
@@ -67,30 +68,6 @@ _GSO_CARRIES: Final[dict[int, tuple[bool | None, int]]] = {
     GSO_UDP_L4: (None, IPPROTO_UDP),
     GSO_UDP: (True, IPPROTO_UDP),
 }
-
-
-def internet_checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
-    """The RFC 1071 Internet checksum of ``data`` (a byte buffer): the inverted 16-bit sum.
-
-    ``initial`` is a partial sum to add in, e.g. a pseudo header: any non-negative integer whose
-    16-bit words are to be summed (only its value modulo 0xFFFF, and whether it is 0, matter).
-
-    Why ``int.from_bytes(data) % 0xFFFF`` is the ones'-complement sum: read big-endian, ``data``
-    is the number sum(word_i * 2**(16*k_i)), and 2**16 = 0xFFFF + 1 is 1 modulo 0xFFFF, so the
-    number is congruent to the plain sum of its 16-bit words.  Ones'-complement addition with
-    end-around carry (RFC 1071 section 1) is exactly addition modulo 0xFFFF, with one twist:
-    0 and 0xFFFF are both "zero".  A sum of words that are not all zero folds to 0xFFFF ("negative
-    zero"), never to 0, so a remainder of 0 is mapped to 0xFFFF unless the input was all zeros.
-    An odd length is padded with a zero byte (section 4.1), i.e. the number is shifted by 8 bits.
-    One big-integer operation in C replaces a Python loop over 32768 words.
-    """
-    total = int.from_bytes(data, "big")
-    if len(data) & 1:
-        total <<= 8
-    total += initial
-    if total == 0:
-        return 0xFFFF  # the sum of nothing but zeros is +0, its complement 0xFFFF
-    return 0xFFFF - (total % 0xFFFF or 0xFFFF)
 
 
 def to_plain_frames(packet: bytes) -> list[bytes]:

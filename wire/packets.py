@@ -11,8 +11,8 @@ import struct
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
+from wire.checksum import internet_checksum, pseudo_header_sum
 from wire.errors import MalformedPacket
-from wire.gso import internet_checksum
 
 ETH: Final = struct.Struct("!6s6sH")
 ARP: Final = struct.Struct("!HHBBH6s4s6s4s")
@@ -76,11 +76,6 @@ def encode_ipv4(src: bytes, dst: bytes, proto: int, payload: bytes, ttl: int = 6
 
 def encode_ethernet(dst: bytes, src: bytes, ethertype: int, payload: bytes) -> bytes:
     return ETH.pack(dst, src, ethertype) + payload
-
-
-def pseudo_header_sum(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
-    """The RFC 768 / RFC 793 pseudo-header, to prepend when computing an L4 checksum."""
-    return src + dst + struct.pack("!BBH", 0, proto, length)
 
 
 def encode_udp(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> bytes:
