@@ -1,8 +1,8 @@
 """The composition root's small decisions: DHCP options per mode, upstreams from resolv.conf."""
 
-from dhcp.dhcp_service import dhcp_config, ip_int
 from vswitch.config import parse_config
 from vswitch.daemon import gateway_mac, host_resolvers
+from vswitch.dhcp_service import dhcp_config, ip_int
 
 
 def network(mode: str):

@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from dhcp.client import Bound, DhcpClient
-from dhcp.dhcp_service import DhcpService, dhcp_config, ip_text
 from dhcp.dns import DnsResponder
-from dhcp.dns_service import DnsService
 from nat.conntrack import Conntrack, Timeouts
 from nat.egress import HostEgress
 from nat.gateway import Gateway
 from nat.router import Out, Router, Uplink
 from vswitch.config import Config, PortConfig
 from vswitch.control import ControlError, ControlServer
+from vswitch.dhcp_service import DhcpService, dhcp_config, ip_text
+from vswitch.dns_service import DnsService
 from vswitch.events import MacAged, MacEvicted, MacFlapping, MacMoved
 from vswitch.fdb import Event, ForwardingTable
 from vswitch.ports.attach import AttachPort
