@@ -38,6 +38,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from wire.packets import format_mac
+
 _T = TypeVar("_T")
 
 
@@ -211,10 +213,6 @@ class LeaseFileError(ValueError):
         self.path = path
         self.line = line
         self.reason = reason
-
-
-def format_mac(mac: bytes) -> str:
-    return mac.hex(":")
 
 
 def encode_lease(lease: Lease) -> str:

@@ -71,7 +71,7 @@ from wire.packets import (
     encode_udp,
 )
 from wire.tcp import reset_for
-from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN
+from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN, is_gso
 
 log = logging.getLogger("vswitch.egress")
 
@@ -277,14 +277,14 @@ class HostEgress:
             self.counters["malformed"] += 1
             return
         if ip.fragment & 0x3FFF:  # Rule 1
-            if packet[1] & 0x7F:
+            if is_gso(packet):
                 self.counters["malformed"] += 1  # a fragment cannot be a GSO frame
                 return
             whole = self.reassembly.add(packet[:ip.end], now, IP)
             if whole is not None:
                 self.from_guest(NO_OFFLOAD + whole[VNET_HDR_LEN:], now)
             return
-        if packet[1] & 0x7F and ip.proto != PROTO_TCP:  # UDP GSO: the datagrams it stands for
+        if is_gso(packet) and ip.proto != PROTO_TCP:  # UDP GSO: the datagrams it stands for
             try:
                 frames = to_plain_frames(packet)
             except MalformedPacket:

@@ -48,7 +48,7 @@ from wire.packets import (
     encode_icmp,
     encode_ipv4,
 )
-from wire.vnet import FLAG_NEEDS_CSUM, NO_OFFLOAD, VNET_HDR_LEN
+from wire.vnet import FLAG_NEEDS_CSUM, NO_OFFLOAD, VNET_HDR_LEN, is_gso
 
 ETH: Final = VNET_HDR_LEN  # offset of the Ethernet header in a packet
 IP: Final = VNET_HDR_LEN + 14
@@ -182,7 +182,7 @@ class Router:
             return self._refuse(icmp_error(packet, 3, 0, self.gateway.ip), out, "no-uplink")
         if packet[IP + 8] <= 1:
             return self._refuse(time_exceeded(packet, self.gateway.ip), out, "ttl-exceeded")
-        if not packet[1] & 0x7F and packet[IP + 6] & 0x40:  # not GSO, DF set
+        if not is_gso(packet) and packet[IP + 6] & 0x40:  # not GSO, DF set
             if struct.unpack_from("!H", packet, IP + 2)[0] > self.uplink.mtu:
                 return self._refuse(frag_needed(packet, self.gateway.ip, self.uplink.mtu), out,
                                     "frag-needed")
@@ -235,7 +235,7 @@ class Router:
 
     def _too_big_for_guests(self, packet: bytes) -> bool:
         """Rule 3: DF, not GSO, and over the guest link's MTU."""
-        return (not packet[1] & 0x7F and packet[IP + 6] & 0x40 != 0
+        return (not is_gso(packet) and packet[IP + 6] & 0x40 != 0
                 and struct.unpack_from("!H", packet, IP + 2)[0] > self.gateway.mtu)
 
     def _nat(self, packet: bytes, from_outside: bool, now: float,
@@ -285,7 +285,7 @@ class Router:
                 continue
             frame = packet if type(packet) is bytearray else bytearray(packet)
             frame[ETH:ETH + 12] = mac + src_mac
-            if len(frame) - IP > mtu and not frame[1] & 0x7F:
+            if len(frame) - IP > mtu and not is_gso(frame):
                 if frame[IP + 6] & 0x40:  # DF: refused before translation; never cut it here
                     self.counters["drop-too-big"] += 1
                     continue

@@ -43,7 +43,7 @@ from wire.packets import (
     encode_icmp,
     encode_ipv4,
 )
-from wire.vnet import FLAG_NEEDS_CSUM, NO_OFFLOAD, VNET_HDR, VNET_HDR_LEN
+from wire.vnet import FLAG_NEEDS_CSUM, NO_OFFLOAD, VNET_HDR, VNET_HDR_LEN, is_gso
 
 #: Offset of the IPv4 header in a packet: virtio-net header, then an untagged Ethernet header.
 L3: Final = VNET_HDR_LEN + 14
@@ -322,7 +322,7 @@ def translate_icmp_error(packet: bytes, conntrack: Conntrack, from_outside: bool
     l4, end, proto, src, _, ttl, _, frag = _ipv4(packet)
     if proto != PROTO_ICMP or frag & (MF | OFFSET):
         raise MalformedPacket("not an unfragmented ICMP message")
-    if packet[0] & FLAG_NEEDS_CSUM or packet[1] & 0x7F:
+    if packet[0] & FLAG_NEEDS_CSUM or is_gso(packet):
         raise MalformedPacket("an ICMP error with offloads")
     if end - l4 < 8 + 20 + 8 or packet[l4] not in ICMP_ERRORS:
         raise MalformedPacket("not a translated ICMP error, or its quote is truncated")

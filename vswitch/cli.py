@@ -11,6 +11,7 @@ from typing import Any
 
 from vswitch.config import Config, ConfigError, default_socket, load_config
 from vswitch.control import ControlError, request
+from wire.packets import format_mac, qemu_mac
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,10 +156,7 @@ def render(table: list[list[str]]) -> str:
 
 def guest_mac(port: str) -> str:
     """A stable locally administered MAC in qemu's 52:54:00 range, from the port name."""
-    import zlib
-
-    h = zlib.crc32(port.encode()).to_bytes(4, "big")
-    return "52:54:00:" + ":".join(f"{b:02x}" for b in h[:3])
+    return format_mac(qemu_mac(port))
 
 
 def qemu_args(config: Config, port: str, mac: str | None = None) -> str:

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import signal
 import socket
-import zlib
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -38,13 +37,10 @@ from vswitch.ports.stream import StreamPort
 from vswitch.ports.tap import TapPort
 from vswitch.ports.uplink import RawUplink
 from vswitch.switch import Switch
+from wire.packets import format_mac, qemu_mac
 
 log = logging.getLogger("vswitch")
 TICK = 1.0  # link polling and FDB ageing granularity, seconds
-
-
-def format_mac(mac: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in mac)
 
 
 def make_port(port_id: int, pc: PortConfig) -> Port:
@@ -95,8 +91,7 @@ SHOWABLE = ("ports", "fdb", "leases", "dhcp", "dns", "conntrack", "forwards", "r
 
 def derived_mac(config: Config, role: str) -> bytes:
     """A stable MAC in qemu's 52:54:00 range for one of the router's own stations."""
-    digest = zlib.crc32(f"{role}:{config.name}".encode()).to_bytes(4, "big")
-    return b"\x52\x54\x00" + digest[:3]
+    return qemu_mac(f"{role}:{config.name}")
 
 
 def uplink_mac(config: Config) -> bytes:

@@ -26,7 +26,6 @@ from dhcp.leases import (
     LeaseState,
     append_leases,
     compact_after,
-    format_mac,
     load_leases,
     quarantine,
     save_leases,
@@ -35,6 +34,7 @@ from dhcp.server import SERVER_PORT, DhcpConfig, DhcpServer, StaticHost
 from vswitch.config import NetworkConfig
 from vswitch.ports.router import RouterPort
 from wire.errors import MalformedPacket
+from wire.packets import format_mac
 
 log = logging.getLogger("vswitch.dhcp")
 

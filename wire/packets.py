@@ -8,6 +8,7 @@ Rule 2: one ``struct.Struct`` per header, module level; no object per header on 
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
@@ -76,6 +77,17 @@ def encode_ipv4(src: bytes, dst: bytes, proto: int, payload: bytes, ttl: int = 6
 
 def encode_ethernet(dst: bytes, src: bytes, ethertype: int, payload: bytes) -> bytes:
     return ETH.pack(dst, src, ethertype) + payload
+
+
+def format_mac(mac: bytes) -> str:
+    """``52:54:00:12:34:56``: a MAC as people and ``ip link`` write it."""
+    return mac.hex(":")
+
+
+def qemu_mac(seed: str) -> bytes:
+    """A stable MAC in qemu's locally administered 52:54:00 range, from ``seed`` (a port name,
+    or a role and the switch's name)."""
+    return b"\x52\x54\x00" + zlib.crc32(seed.encode()).to_bytes(4, "big")[:3]
 
 
 def encode_udp(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> bytes:

@@ -61,9 +61,15 @@ def wrap(frame: bytes) -> bytes:
     return NO_OFFLOAD + frame
 
 
+def is_gso(packet: bytes | bytearray) -> bool:
+    """True if ``packet`` is a GSO super-frame: a gso_type other than NONE (the ECN bit alone
+    is not one)."""
+    return packet[1] & ~GSO_ECN != GSO_NONE
+
+
 def needs_software(packet: bytes) -> bool:
     """True if a port without offloads cannot take ``packet`` as it is (GSO or partial csum)."""
-    return packet[0] & FLAG_NEEDS_CSUM != 0 or packet[1] & 0x7F != GSO_NONE
+    return packet[0] & FLAG_NEEDS_CSUM != 0 or is_gso(packet)
 
 
 def encode_header(

@@ -27,6 +27,7 @@ from wire.vnet import (
     NO_OFFLOAD,
     NO_OFFLOADS,
     Offloads,
+    is_gso,
     needs_software,
     taken_as_is,
 )
@@ -108,7 +109,7 @@ class Port:
         except MalformedPacket:
             self.drops[TX_MALFORMED] += 1
             return None
-        if packet[1] & 0x7F:
+        if is_gso(packet):
             self.soft_segmented += 1
         else:
             self.soft_checksummed += 1
@@ -153,7 +154,7 @@ class Port:
         if kernel_cuts:
             def send_counted(packet: bytes) -> None:
                 if (packet[0] & FLAG_NEEDS_CSUM or packet[1]) and not taken(packet):
-                    if packet[1] & 0x7F:
+                    if is_gso(packet):
                         self.soft_segmented += 1
                     else:
                         self.soft_checksummed += 1

@@ -22,8 +22,8 @@ from nat.translate import icmp_error
 from vswitch.ports.base import TX_MALFORMED, Deliver, Port
 from wire.errors import MalformedPacket
 from wire.gso import fragment_ipv4, to_plain_frames
-from wire.packets import decode_ipv4
-from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN
+from wire.packets import decode_ipv4, format_mac
+from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN, is_gso
 
 ROUTER_PORT = 0
 
@@ -64,7 +64,7 @@ class RouterPort(Port):
             # GSO frames are cut into the segments they stand for; a partial checksum is left
             # as it is: the gateway stack verifies none (a virtual link, nat.tcp_server), and
             # finishing it cost a tenth of a DNS answer's time.
-            frames = to_plain_frames(packet) if packet[1] & 0x7F else [packet[10:]]
+            frames = to_plain_frames(packet) if is_gso(packet) else [packet[10:]]
         except MalformedPacket:
             self.drops[TX_MALFORMED] += 1
             return
@@ -162,4 +162,4 @@ class RouterPort(Port):
 
     def detail(self) -> str:
         gw = self.gateway
-        return f"{'.'.join(map(str, gw.ip))} {':'.join(f'{b:02x}' for b in gw.mac)}"
+        return f"{'.'.join(map(str, gw.ip))} {format_mac(gw.mac)}"
