@@ -67,6 +67,7 @@ from wire.packets import (
     Ipv4,
     decode_ipv4,
     encode_icmp,
+    encode_icmp_error,
     encode_ipv4,
     encode_udp,
 )
@@ -432,10 +433,10 @@ class HostEgress:
         """An ICMP error about a guest's packet, as the guest's own router would pass it on:
         from the router that reported it, quoting the packet as the guest sent it (RFC 792;
         RFC 1812 4.3.2.3: at most 576 bytes)."""
-        rest = struct.pack("!HH", 0, info & 0xFFFF) if (icmp_type, code) == (3, 4) \
+        word = struct.pack("!HH", 0, info & 0xFFFF) if (icmp_type, code) == (3, 4) \
             else bytes(4)  # frag needed carries the next-hop MTU (RFC 1191)
         self.counters[f"icmp-{icmp_type}/{code}-to-guest"] += 1
-        error = encode_icmp(icmp_type, code, rest + quoted[:548])
+        error = encode_icmp_error(icmp_type, code, quoted, word)
         return [ip_packet(self._seen(reporter), guest_ip, PROTO_ICMP, error)]
 
     def _udp_to_guest(self, src: bytes, sport: int, dst: bytes, dport: int,

@@ -43,6 +43,7 @@ from wire.packets import (
     encode_arp,
     encode_ethernet,
     encode_icmp,
+    encode_icmp_error,
     encode_ipv4,
     encode_udp,
 )
@@ -165,7 +166,7 @@ class Gateway:
         quoted = frame[14:min(ip.end, ip.start + 8)]
         self.counters[f"icmp-{icmp_type}/{code}-sent"] += 1
         return self.ip_frame(frame[6:12], ip.src, PROTO_ICMP,
-                             encode_icmp(icmp_type, code, bytes(4) + quoted))
+                             encode_icmp_error(icmp_type, code, quoted))
 
     def tcp_reset(self, frame: bytes, ip: Ipv4) -> list[bytes]:
         """RST for a segment to a closed port (RFC 793 3.4); never in answer to a RST."""

@@ -35,12 +35,13 @@ from wire.checksum import adjust_checksum, checksum_delta, internet_checksum
 from wire.errors import MalformedPacket
 from wire.packets import (
     ETH_P_IP,
+    ICMP_QUOTE_MAX,
     IPV4,
     PROTO_ICMP,
     PROTO_TCP,
     PROTO_UDP,
     encode_ethernet,
-    encode_icmp,
+    encode_icmp_error,
     encode_ipv4,
 )
 from wire.vnet import FLAG_NEEDS_CSUM, NO_OFFLOAD, VNET_HDR, VNET_HDR_LEN, is_gso
@@ -463,9 +464,8 @@ def icmp_error(packet: bytes, icmp_type: int, code: int, source: bytes,
     if proto == PROTO_ICMP and (end == l4 or packet[l4] in _ANY_ICMP_ERROR):
         return None
     # 3.
-    quote = packet[L3:min(end, L3 + 576 - 20 - 8)]
+    message = encode_icmp_error(icmp_type, code, packet[L3:min(end, L3 + ICMP_QUOTE_MAX)], rest)
     # 4.
-    message = encode_icmp(icmp_type, code, rest + quote)
     ip = encode_ipv4(source, src, PROTO_ICMP, message, ttl=64, ident=0, dont_fragment=True)
     frame_dst, frame_src = packet[VNET_HDR_LEN + 6:L3 - 2], packet[VNET_HDR_LEN:VNET_HDR_LEN + 6]
     return NO_OFFLOAD + encode_ethernet(frame_dst, frame_src, ETH_P_IP, ip)

@@ -142,3 +142,16 @@ def encode_icmp(icmp_type: int, code: int, rest: bytes) -> bytes:
     """An ICMP message: type, code, checksum, then ``rest`` (RFC 792)."""
     body = struct.pack("!BBH", icmp_type, code, 0) + rest
     return body[:2] + struct.pack("!H", internet_checksum(body)) + body[4:]
+
+
+#: RFC 1812 4.3.2.3: an ICMP error is at most 576 bytes, so after the IP header (20) and the
+#: ICMP header (8), 548 bytes of the offending datagram may be quoted.
+ICMP_QUOTE_MAX: Final = 576 - 20 - 8
+
+
+def encode_icmp_error(icmp_type: int, code: int, quoted: bytes,
+                      word: bytes = bytes(4)) -> bytes:
+    """An ICMP error message (RFC 792) quoting the offending datagram from its IP header,
+    cut to ``ICMP_QUOTE_MAX``; ``word`` is the header's second word: unused (zero), the
+    next-hop MTU of fragmentation needed (RFC 1191), or a parameter problem's pointer."""
+    return encode_icmp(icmp_type, code, word + quoted[:ICMP_QUOTE_MAX])
