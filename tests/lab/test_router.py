@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab.test_host_egress import UDP_ECHO, serve
 from tests.support import Daemon, tcp_transfer
-from tests.test_host_egress import UDP_ECHO, serve
 from vswitch.lab import wait_for
 
 pytestmark = pytest.mark.privileged
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 INET, EXTERNAL, GW = "10.254.0.1", "10.254.0.2", "10.70.0.1"
 WEB_MAC, WEB = "52:54:00:70:00:50", "10.70.0.50"
 SCRIPT = str(REPO / "tests/peers/udhcpc.script")

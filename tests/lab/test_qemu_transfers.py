@@ -21,8 +21,8 @@ import pytest
 
 from tests.guest.image import boot_kernel, build_initramfs
 from tests.guest.qemu import QemuGuest, markers
+from tests.lab.test_host_egress import internet
 from tests.support import Daemon
-from tests.test_host_egress import internet
 from vswitch.cli import qemu_args
 from vswitch.config import load_config
 

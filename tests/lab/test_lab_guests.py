@@ -19,7 +19,7 @@ from vswitch.lab import wait_for
 
 pytestmark = pytest.mark.privileged
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ADDR = {"g1": "10.231.0.1", "g2": "10.231.0.2", "g3": "10.231.0.3", "g4": "10.231.0.4"}
 
 

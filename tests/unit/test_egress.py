@@ -1,4 +1,4 @@
-"""nat/egress.py's pure helpers (the socket side is tested in tests/test_host_egress.py)."""
+"""nat/egress.py's pure helpers (the socket side is tested in tests/lab/test_host_egress.py)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FLOORS = {"wire": 0, "nat": 1, "dhcp": 1, "vswitch": 2}
 
 #: (importer, imported) pairs that break a rule and are being moved (none now: keep it so).

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.privileged
 
 INET, HOST = "10.95.0.1", "10.95.0.2"
 GW, G1, G2 = "10.96.0.1", "10.96.0.11", "10.96.0.12"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 UDP_ECHO = """
 import socket, sys
@@ -294,7 +294,7 @@ def test_the_host_address_is_the_hosts_loopback(lab, egress_lab):
 def test_malformed_traffic_toward_the_host_uplink_is_counted_and_survived(lab, egress_lab):
     """docs/testing.md's IPv4, TCP, UDP, ICMP and fragment lists, 20k frames from a guest toward
     the internet: the daemon lives, counts them, and the guests still get out."""
-    from tests.test_router import JUNK
+    from tests.lab.test_router import JUNK
 
     daemon, host, inet, guests = egress_lab
     ns, dev = guests["e2"], lab.name("e2")

@@ -14,7 +14,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from tests.test_gso import MACS, V4, V6, check_tcp_segments, offload, payload, rebuilt
+from tests.unit.test_gso import MACS, V4, V6, check_tcp_segments, offload, payload, rebuilt
 from vswitch.ports.base import Port
 from wire.vnet import (
     EVERY_OFFLOAD,

@@ -21,15 +21,15 @@ import pytest
 
 from tests.guest.image import boot_kernel, build_initramfs
 from tests.guest.qemu import QemuGuest, markers
+from tests.lab.test_host_egress import HOST, INET, UDP_ASK, UDP_ECHO, internet, serve
 from tests.support import Daemon, ping
-from tests.test_host_egress import HOST, INET, UDP_ASK, UDP_ECHO, internet, serve
 from vswitch.cli import qemu_args
 from vswitch.config import load_config
 from vswitch.lab import wait_for
 
 pytestmark = pytest.mark.privileged
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 GUEST = "10.97.0.11"
 

@@ -19,7 +19,7 @@ from vswitch.lab import sh, wait_for
 
 pytestmark = pytest.mark.privileged
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GW, UPSTREAM = "10.253.0.1", "10.252.0.2"
 FIXED_MAC, FIXED_IP = "52:54:00:fe:00:04", "10.253.0.50"
 UDHCPC_SCRIPT = str(REPO / "tests/peers/udhcpc.script")
