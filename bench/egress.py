@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.bridge import (
+from bench.common import (
     REPO,
     cpu_percent,
     cpu_sample,
@@ -68,7 +68,7 @@ from bench.bridge import (
     show_ports,
     vm_hwm_kib,
 )
-from bench.bridge import Setup as BridgeSetup
+from bench.common import Setup as BridgeSetup
 from bench.report import new_report, ratio_bars, round_rows, run_and_save
 from bench.services import log_problems
 from vswitch.lab import Lab, sh, wait_for

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.bridge import (
+from bench.common import (
     REPO,
     check_alive,
     cpu_note,
@@ -62,7 +62,7 @@ from bench.bridge import (
     vm_hwm_kib,
     vswitch_bin,
 )
-from bench.bridge import Setup as BridgeSetup
+from bench.common import Setup as BridgeSetup
 from bench.report import new_report, ratio_bars, round_rows, run_and_save
 from bench.services import log_problems
 from vswitch.lab import Lab, sh, wait_for

@@ -26,11 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.bridge import (
-    NO_OFFLOAD_FEATURES,
+from bench.bridge import NO_OFFLOAD_FEATURES, build_kernel, build_vswitch
+from bench.common import (
     Setup,
-    build_kernel,
-    build_vswitch,
     check_alive,
     cpu_percent,
     cpu_sample,

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.bridge import (
+from bench.common import (
     CLK_TCK,
     cpu_ticks,
     interrupt,

@@ -2,8 +2,8 @@
 
 import pytest
 
-from bench.bridge import (
-    compare,
+from bench.bridge import compare
+from bench.common import (
     cpu_ticks,
     iperf_tcp_bps,
     iperf_udp_pps,
