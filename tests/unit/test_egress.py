@@ -1,4 +1,4 @@
-"""nat/egress.py's pure helpers (the socket side is tested in tests/lab/test_host_egress.py)."""
+"""nat/egress pure helpers (the socket side is tested in tests/lab/test_host_egress.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from nat.egress import fragments
-from wire.checksum import pseudo_header_sum
-from wire.gso import internet_checksum
+from wire.checksum import internet_checksum, pseudo_header_sum
 from wire.packets import PROTO_UDP, encode_udp
 
 SRC, DST = bytes([10, 95, 0, 1]), bytes([10, 96, 0, 11])

@@ -1,0 +1,171 @@
+"""``HostEgress``: the host uplink as the router and the daemon see it; it routes each guest
+packet to its protocol's adapter and gathers their timers, rows and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import Counter
+from typing import Any
+
+from nat.egress.echo import EchoAdapter
+from nat.egress.flows import EchoFlow, FlowTable
+from nat.egress.forwards import Forwards, Listener
+from nat.egress.frames import IP, Emit, forwardable
+from nat.egress.side import HostSide
+from nat.egress.sockets import local_address
+from nat.egress.tcp import TcpAdapter
+from nat.egress.udp import UdpAdapter
+from nat.reassembly import Reassembly
+from nat.translate import icmp_error
+from wire.errors import MalformedPacket
+from wire.gso import to_plain_frames
+from wire.packets import PROTO_ICMP, PROTO_TCP, PROTO_UDP, decode_ipv4
+from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN, is_gso
+
+
+class HostEgress:
+    def __init__(self, loop: asyncio.AbstractEventLoop, emit: Emit, deliver: Emit,
+                 gateway_ip: bytes, host_address: bytes | None, mtu: int = 1500,
+                 max_flows: int = 262144,
+                 endpoint_independent: bool = False, udp_timeout: float = 300.0,
+                 icmp_timeout: float = 60.0, tcp_established: float = 7440.0,
+                 tcp_transitory: float = 240.0, fragment_timeout: float = 30.0,
+                 buffer_budget: int = 256 << 20) -> None:
+        self.side = HostSide(loop, emit, deliver, gateway_ip, host_address, mtu, max_flows)
+        self.flows = FlowTable(udp_timeout, icmp_timeout, endpoint_independent)
+        self.udp = UdpAdapter(self.side, self.flows)
+        self.echo = EchoAdapter(self.side, self.flows)
+        self.tcp = TcpAdapter(self.side, tcp_established, tcp_transitory, buffer_budget)
+        self.forwarding = Forwards(self.side, self.tcp, self.udp, udp_timeout)
+        self.side.flows_in_use = lambda: len(self.flows) + len(self.tcp)  # Rule 6
+        self.reassembly = Reassembly(fragment_timeout)
+        self._by_proto = {PROTO_TCP: self.tcp.from_guest, PROTO_UDP: self.udp.from_guest,
+                          PROTO_ICMP: self.echo.from_guest}
+
+    # -- what the router and the daemon read ----------------------------------------------------
+
+    @property
+    def host_address(self) -> bytes | None:
+        return self.side.host_address
+
+    @property
+    def counters(self) -> Counter[str]:
+        return self.side.counters
+
+    @property
+    def ping_mode(self) -> str:
+        return self.echo.mode
+
+    @property
+    def max_flows(self) -> int:
+        return self.side.max_flows
+
+    @property
+    def buffered(self) -> int:
+        return self.tcp.buffered
+
+    @property
+    def buffer_budget(self) -> int:
+        return self.tcp.buffer_budget
+
+    # -- the guest side ------------------------------------------------------------------------
+
+    def from_guest(self, packet: bytes, now: float) -> None:
+        """A guest's packet routed out (Router Rule 1); answers come through ``emit``."""
+        counters = self.side.counters
+        try:
+            ip = decode_ipv4(packet, IP)
+        except MalformedPacket:
+            counters["malformed"] += 1
+            return
+        if ip.fragment & 0x3FFF:  # Rule 1
+            if is_gso(packet):
+                counters["malformed"] += 1  # a fragment cannot be a GSO frame
+                return
+            whole = self.reassembly.add(packet[:ip.end], now, IP)
+            if whole is not None:
+                self.from_guest(NO_OFFLOAD + whole[VNET_HDR_LEN:], now)
+            return
+        if is_gso(packet) and ip.proto != PROTO_TCP:  # UDP GSO: the datagrams it stands for
+            try:
+                frames = to_plain_frames(packet)
+            except MalformedPacket:
+                counters["malformed"] += 1
+                return
+            for frame in frames:
+                self.from_guest(NO_OFFLOAD + frame, now)
+            return
+        if not forwardable(ip.dst):
+            counters["drop-martian"] += 1  # Rule 4
+            return
+        handle = self._by_proto.get(ip.proto)
+        try:
+            if handle is not None:
+                handle(packet, ip, now)
+            else:
+                counters["drop-protocol"] += 1
+                self.side.icmp(icmp_error(packet, 3, 2, ip.dst))  # protocol unreachable
+        except MalformedPacket:
+            counters["malformed"] += 1
+
+    # -- forwards (Rule 5) ---------------------------------------------------------------------
+
+    def add_forward(self, proto: int, ports: range, listen: str, guest_ip: bytes,
+                    guest_port: int) -> list[Listener]:
+        return self.forwarding.add(proto, ports, listen, guest_ip, guest_port)
+
+    def remove_forward(self, proto: int, ports: range, listen: str) -> None:
+        self.forwarding.remove(proto, ports, listen)
+
+    def forwards(self) -> list[Listener]:
+        return list(self.forwarding.listeners.values())
+
+    # -- timers, listing, shutdown -------------------------------------------------------------
+
+    def expire(self, now: float) -> None:
+        """UDP mappings, echo flows and forward sessions past their timeouts (TCP times itself)."""
+        self.tcp.expire(now)
+        for first in self.reassembly.expire(now):  # ICMP 11/1 (nat.reassembly Rule R4)
+            self.side.icmp(icmp_error(first, 11, 1, self.side.gateway_ip))
+        self._close(self.flows.expire(now))
+        self.forwarding.expire(now)
+
+    def _close(self, flows: list[Any]) -> None:
+        for flow in flows:
+            if isinstance(flow, EchoFlow):
+                self.echo.close_flow(flow)
+            else:
+                self.udp.close(flow)
+
+    def __len__(self) -> int:
+        return len(self.flows) + len(self.tcp) + len(self.forwarding.sessions)
+
+    def rows(self, now: float) -> list[dict[str, Any]]:
+        """``show conntrack``: the guest's tuple, and the host socket's as the translated side."""
+        def ep(address: bytes, port: int) -> str:
+            return f"{socket.inet_ntoa(address)}:{port}"
+
+        rows = self.tcp.rows(now)
+        for (gip, gport), u in self.flows.udp.items():
+            rows.append({"proto": "udp", "kind": "host", "state": "mapped",
+                         "original": f"{ep(gip, gport)} -> {ep(*u.last_peer)}",
+                         "reply": f"{ep(*u.last_peer)} -> "
+                                  f"{local_address(u.handle, self.side.real(u.last_peer[0]))}",
+                         "seconds_left": round(u.expires - now), "packets": list(u.packets),
+                         "bytes": list(u.bytes)})
+        rows += self.forwarding.rows(now)
+        for (gip, ident), e in self.flows.echo.items():
+            rows.append({"proto": "icmp", "kind": "host", "state": self.echo.mode,
+                         "original": f"{socket.inet_ntoa(gip)} id {ident} -> "
+                                     f"{socket.inet_ntoa(e.last_peer)}",
+                         "reply": f"{socket.inet_ntoa(e.last_peer)} -> host id {e.host_ident}",
+                         "seconds_left": round(e.expires - now), "packets": list(e.packets),
+                         "bytes": list(e.bytes)})
+        return rows
+
+    def close(self) -> None:
+        self.tcp.close()
+        self._close(self.flows.clear())
+        self.forwarding.close()
+        self.echo.close()
