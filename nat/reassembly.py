@@ -1,7 +1,7 @@
 """IPv4 reassembly where vswitch is the end of a datagram's road: the gateway's own stack
 (``vswitch.ports.router``), and the host uplink, whose sockets send whole datagrams only (as
 libslirp's ``ip_reass`` does).  The raw uplink's NAT never reassembles (it forwards:
-``nat.conntrack.Fragments``).
+``nat.fragments.Fragments``).
 
 Sans-I/O: ``Reassembly.add`` takes one fragment (a frame whose IPv4 header starts at ``at``) and
 returns the whole datagram once every piece is in; ``expire`` drops what did not complete.

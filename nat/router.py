@@ -31,9 +31,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple, Protocol
 
-from nat.conntrack import Conntrack, Drop
+from nat.conntrack import Conntrack
 from nat.gateway import Gateway
 from nat.translate import admin_prohibited, frag_needed, icmp_error, nat_packet, time_exceeded
+from nat.verdicts import Drop
 from wire.errors import MalformedPacket
 from wire.gso import fragment_ipv4, to_plain_frames
 from wire.packets import (

@@ -9,7 +9,7 @@ Rule 2: checksums of translated packets are updated, not recomputed: RFC 1624 eq
         it follows the address change but not the port change, since the ports are summed when
         the checksum is finished.  A UDP checksum of 0 means "none" and stays 0 (RFC 768).
         GSO super-frames are rewritten once, as they are: segmenting copies the new headers.
-Rule 3: the NAT does not reassemble (``conntrack.Fragments``): a first fragment is translated
+Rule 3: the NAT does not reassemble (``nat.fragments``): a first fragment is translated
         like a whole packet (its L4 checksum covers the whole datagram, and the update is
         linear); later fragments have no L4 header, only their addresses change.  Fragments
         that cannot be right are refused: beyond 65535 bytes, a non-last fragment that is not
@@ -30,7 +30,8 @@ from __future__ import annotations
 import struct
 from typing import Final, NamedTuple
 
-from nat.conntrack import NO_MAPPING, Conntrack, Drop, FlowKey, Translation
+from nat.conntrack import Conntrack, FlowKey
+from nat.verdicts import NO_MAPPING, Drop, Translation
 from wire.checksum import adjust_checksum, checksum_delta, internet_checksum
 from wire.errors import MalformedPacket
 from wire.packets import (

@@ -6,15 +6,9 @@ import tracemalloc
 
 import pytest
 
-from nat.conntrack import (
-    NO_MAPPING,
-    Conntrack,
-    Drop,
-    Forward,
-    Fragments,
-    Timeouts,
-    Translation,
-)
+from nat.conntrack import Conntrack, Forward, Timeouts
+from nat.fragments import Fragments
+from nat.verdicts import NO_MAPPING, Drop, Translation
 from wire.packets import PROTO_ICMP, PROTO_TCP, PROTO_UDP
 from wire.tcp import ACK, FIN, RST, SYN
 

@@ -12,7 +12,7 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 from scapy.utils import checksum
 
-from nat.conntrack import NO_MAPPING, Conntrack, Drop, Translation
+from nat.conntrack import Conntrack
 from nat.translate import (
     FIRST,
     LATER,
@@ -30,6 +30,7 @@ from nat.translate import (
     translate,
     translate_icmp_error,
 )
+from nat.verdicts import NO_MAPPING, Drop, Translation
 from wire.checksum import internet_checksum
 from wire.errors import MalformedPacket
 from wire.gso import to_plain_frames
@@ -494,8 +495,8 @@ def test_fuzz_raises_only_malformed_packet():
 def test_every_ip_id_leaves_with_a_valid_header_checksum():
     """Found by bench/nat.py: one fold of the carry stored 0xFFFF where 0xFFFE was due, about
     one packet in 65536.  Every identification value must give a valid header."""
-    from nat.conntrack import Translation
     from nat.translate import flow_of, translate
+    from nat.verdicts import Translation
     from wire.checksum import internet_checksum
     from wire.vnet import wrap
 
