@@ -34,6 +34,7 @@ from collections import Counter
 from typing import Final
 
 from wire.checksum import internet_checksum
+from wire.packets import ipv4_ihl
 
 MF: Final = 0x2000
 DF: Final = 0x4000
@@ -73,7 +74,7 @@ class Reassembly:
         """One fragment: ``packet`` holds a checked IPv4 header at ``at`` (after whatever link
         headers come first) and ends where its total length says.  Returns, when this completes
         the datagram, the first fragment's link headers and the whole datagram (Rule R6)."""
-        ihl = (packet[at] & 0x0F) * 4
+        ihl = ipv4_ihl(packet, at)
         field = _U16.unpack_from(packet, at + 6)[0]
         start = (field & OFFSET) * 8
         payload = memoryview(packet)[at + ihl:]  # pieces are views of the fragments they came in
@@ -129,7 +130,7 @@ class Reassembly:
         self.stats["reassembled"] += 1
         assert datagram.first is not None and datagram.total is not None
         first, at = datagram.first, datagram.at
-        ihl = (first[at] & 0x0F) * 4
+        ihl = ipv4_ihl(first, at)
         header = bytearray(first[at:at + ihl])
         _U16.pack_into(header, 2, ihl + datagram.total)
         _U16.pack_into(header, 6, _U16.unpack_from(header, 6)[0] & DF)

@@ -48,6 +48,7 @@ from wire.packets import (
     encode_ethernet,
     encode_icmp,
     encode_ipv4,
+    ipv4_ihl,
 )
 from wire.vnet import FLAG_NEEDS_CSUM, NO_OFFLOAD, VNET_HDR_LEN, is_gso
 
@@ -338,13 +339,13 @@ class Router:
 
     @staticmethod
     def _is_echo_request(packet: bytes) -> bool:
-        ihl = (packet[IP] & 0x0F) * 4
+        ihl = ipv4_ihl(packet, IP)
         return len(packet) > IP + ihl and packet[IP + ihl] == 8
 
     def _nat_lookup_fails(self, packet: bytes) -> bool:
         """An echo request to the uplink address that no guest's mapping answers."""
         assert self.conntrack is not None and self.uplink is not None
-        ihl = (packet[IP] & 0x0F) * 4
+        ihl = ipv4_ihl(packet, IP)
         if len(packet) < IP + ihl + 8:
             return True
         ident = struct.unpack_from("!H", packet, IP + ihl + 4)[0]
@@ -353,7 +354,7 @@ class Router:
 
     def _echo_reply(self, packet: bytes) -> bytes:
         assert self.uplink is not None
-        ihl = (packet[IP] & 0x0F) * 4
+        ihl = ipv4_ihl(packet, IP)
         total = struct.unpack_from("!H", packet, IP + 2)[0]
         body = packet[IP + ihl:IP + total]
         reply = encode_icmp(0, 0, body[4:])
@@ -379,7 +380,7 @@ def cut_to_mtu(packet: bytes | bytearray, mtu: int) -> list[bytes]:
     checksum is finished first, since no fragment can carry one (RFC 791 2.3)."""
     frame = (to_plain_frames(bytes(packet))[0] if packet[0] & FLAG_NEEDS_CSUM
              else bytes(packet[VNET_HDR_LEN:]))
-    ihl = (frame[14] & 0x0F) * 4
+    ihl = ipv4_ihl(frame, 14)
     return [NO_OFFLOAD + piece for piece in fragment_ipv4(frame, 14, 14 + ihl, mtu - ihl)]
 
 

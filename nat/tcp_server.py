@@ -80,7 +80,8 @@ class TcpServer:
     def handle_segment(self, gateway: Station, frame: bytes, ip: Ipv4, now: float) -> list[bytes]:
         """Frames answering one segment: steps per Rules 1-4."""
         self.gateway = gateway
-        sport, _, seq, ack, flags, payload = decode_tcp(frame, ip)
+        sport, _, seq, ack, flags, _, _, data, end = decode_tcp(frame, ip)
+        payload = frame[data:end]
         key = (ip.src, sport)
         conn = self.conns.get(key)
         # Rule 4: RST

@@ -6,10 +6,10 @@ This core imports no socket, no asyncio, no clock: it answers with packets for t
 (``to_guest``), bytes for the host (``to_host``) and flags (``shutdown_host``, ``abort_host``,
 ``closed``), and exposes ``next_deadline()`` / ``expire(now)``.
 
-Rule 1: a guest packet is parsed at offsets and checked for lengths only: truncated headers, IHL or
+Rule 1: a guest packet is parsed at offsets by the wire decoders: truncated headers, IHL or
         data offset < 5 or beyond the IP total length (which ends the payload, Ethernet padding
-        excluded), SYN+FIN raise ``MalformedPacket``.  TCP checksums are not verified: GSO frames
-        from the guest carry a partial one (virtio NEEDS_CSUM).
+        excluded), a bad IPv4 header checksum, SYN+FIN raise ``MalformedPacket``.  TCP checksums
+        are not verified: GSO frames from the guest carry a partial one (virtio NEEDS_CSUM).
 Rule 2: handshake.  Outbound: the guest's SYN gives its ISN, MSS (536 if absent, RFC 9293 3.7.1)
         and window-scale option; while the adapter connects, retransmitted SYNs are ignored.  Then
         SYN-ACK (host connected), RST|ACK (refused) or an ICMP error the adapter builds
@@ -56,8 +56,8 @@ from typing import Any, Final
 
 from wire.checksum import internet_checksum, pseudo_header_sum
 from wire.errors import MalformedPacket
-from wire.packets import ETH_P_IP, IPV4, PROTO_TCP
-from wire.tcp import ACK, FIN, PSH, RST, SYN, TCP
+from wire.packets import ETH_P_IP, IPV4, PROTO_TCP, Ipv4, decode_ipv4
+from wire.tcp import ACK, FIN, PSH, RST, SYN, TCP, decode_tcp
 from wire.vnet import FLAG_NEEDS_CSUM, GSO_TCPV4, VNET_HDR, VNET_HDR_LEN
 
 PORTS: Final = struct.Struct("!HH")
@@ -105,28 +105,16 @@ def seq_le(a: int, b: int) -> bool:
     return a == b or seq_lt(a, b)
 
 
-def decode_segment(packet: bytes) -> Segment:
-    """Rule 1: the TCP segment in a vswitch packet (virtio-net header, Ethernet, IPv4, TCP)."""
-    if len(packet) < IP_AT + 20:
-        raise MalformedPacket("IPv4 header truncated")
-    if U16.unpack_from(packet, IP_AT - 2)[0] != ETH_P_IP:
-        raise MalformedPacket("not an IPv4 frame")
-    vihl, _, total, _, frag, _, proto, _, _, _ = IPV4.unpack_from(packet, IP_AT)
-    ihl = (vihl & 0x0F) * 4
-    end = IP_AT + total
-    if vihl >> 4 != 4 or ihl < 20 or total < ihl or end > len(packet):
-        raise MalformedPacket("IPv4 IHL < 5 or total length beyond the frame")
-    if proto != PROTO_TCP or frag & 0x3FFF:
+def decode_segment(packet: bytes, ip: Ipv4 | None = None) -> Segment:
+    """Rule 1: the TCP segment in a vswitch packet (virtio-net header, Ethernet, IPv4, TCP);
+    ``ip`` is its IPv4 header when the caller decoded it already."""
+    if ip is None:
+        if len(packet) < IP_AT or U16.unpack_from(packet, IP_AT - 2)[0] != ETH_P_IP:
+            raise MalformedPacket("not an IPv4 frame")
+        ip = decode_ipv4(packet, IP_AT)
+    if ip.proto != PROTO_TCP or ip.fragment & 0x3FFF:
         raise MalformedPacket("not TCP, or an IPv4 fragment")
-    tcp_at = IP_AT + ihl
-    if tcp_at + 20 > end:
-        raise MalformedPacket("TCP header truncated")
-    _, _, seq, ack, offset, flags, window, _, _ = TCP.unpack_from(packet, tcp_at)
-    payload_at = tcp_at + (offset >> 4) * 4
-    if offset >> 4 < 5 or payload_at > end:
-        raise MalformedPacket("TCP data offset < 5 or beyond the IP payload")
-    if flags & SYN and flags & FIN:
-        raise MalformedPacket("TCP SYN+FIN")
+    _, _, seq, ack, flags, window, tcp_at, payload_at, end = decode_tcp(packet, ip)
     return seq, ack, flags, window, tcp_at, payload_at, end
 
 
@@ -283,11 +271,12 @@ class Splice:
 
     # --- segments from the guest --------------------------------------------------------------
 
-    def from_guest(self, packet: bytes, now: float) -> None:
-        """One segment from the guest (RFC 9293 3.10.7, simplified per Rules 2, 3, 5 and 8)."""
+    def from_guest(self, packet: bytes, now: float, ip: Ipv4 | None = None) -> None:
+        """One segment from the guest (RFC 9293 3.10.7, simplified per Rules 2, 3, 5 and 8);
+        ``ip``: its IPv4 header, when the caller decoded it already."""
         if self.closed:  # Rule 10
             return
-        seg = decode_segment(packet)
+        seg = decode_segment(packet, ip)
         self.packets_from_guest += 1
         self.bytes_from_guest += seg[6] - seg[5]
         self._last_activity = now

@@ -37,13 +37,14 @@ from wire.errors import MalformedPacket
 from wire.packets import (
     ETH_P_IP,
     ICMP_QUOTE_MAX,
-    IPV4,
     PROTO_ICMP,
     PROTO_TCP,
     PROTO_UDP,
+    decode_ipv4,
     encode_ethernet,
     encode_icmp_error,
     encode_ipv4,
+    ipv4_ihl,
 )
 from wire.vnet import FLAG_NEEDS_CSUM, NO_OFFLOAD, VNET_HDR, VNET_HDR_LEN, is_gso
 
@@ -117,25 +118,6 @@ class Flow(NamedTuple):
 # --- parsing ---------------------------------------------------------------------------------
 
 
-def _ipv4(packet: bytes) -> tuple[int, int, int, bytes, bytes, int, int, int]:
-    """(l4, end, proto, src, dst, ttl, ident, flags+offset) of the IPv4 header at ``L3``.
-
-    RFC 791 3.1: version 4, IHL >= 5, IHL and total length within the frame (Ethernet padding
-    may follow), and a good header checksum (a router verifies it: RFC 1812 5.2.2).
-    """
-    if len(packet) < L3 + 20:
-        raise MalformedPacket("IPv4 header truncated")
-    vihl, _, total, ident, frag, ttl, proto, _, src, dst = IPV4.unpack_from(packet, L3)
-    ihl = (vihl & 0x0F) * 4
-    if vihl >> 4 != 4 or ihl < 20:
-        raise MalformedPacket("not IPv4, or IHL < 5")
-    if total < ihl or L3 + total > len(packet):
-        raise MalformedPacket("IPv4 total length shorter than the header or beyond the frame")
-    if int.from_bytes(packet[L3:L3 + ihl], "big") % 0xFFFF:  # a valid header sums to -0
-        raise MalformedPacket("IPv4 header checksum")
-    return L3 + ihl, L3 + total, proto, src, dst, ttl, ident, frag
-
-
 def _is_ipv4(packet: bytes) -> bool:
     if len(packet) < L3:
         raise MalformedPacket(f"packet of {len(packet)} bytes is shorter than {L3}")
@@ -185,7 +167,7 @@ def flow_of(packet: bytes) -> Flow | None:
     """The flow of an IPv4 TCP, UDP or ICMP echo packet; None for anything else.
 
     1. Ethernet: IPv4, else None (ARP, IPv6, VLAN tags are not the NAT's).
-    2. IPv4 header checks (``_ipv4``).
+    2. IPv4 header checks (``wire.packets.decode_ipv4``).
     3. Fragments (Rule 3): offset + length <= 65535; all but the last a multiple of 8 bytes;
        a later fragment has no ports (TCP at offset 8 is refused, RFC 1858 3.2).
     4. The L4 header through a table per protocol: TCP (data offset, flags), UDP (length),
@@ -196,7 +178,7 @@ def flow_of(packet: bytes) -> Flow | None:
     if not _is_ipv4(packet):
         return None
     # 2.
-    l4, end, proto, src, dst, ttl, ident, frag = _ipv4(packet)
+    src, dst, proto, ttl, ident, frag, l4, end = decode_ipv4(packet, L3)
     # 3.
     offset = (frag & OFFSET) * 8
     if offset + end - l4 > 65535:
@@ -223,7 +205,7 @@ def is_icmp_error(packet: bytes) -> bool:
     """True for an IPv4 ICMP error the NAT translates (never raises: a cheap dispatch test)."""
     if len(packet) < L3 + 20 or packet[L3 - 2:L3] != b"\x08\x00" or packet[L3 + 9] != PROTO_ICMP:
         return False
-    l4 = L3 + (packet[L3] & 0x0F) * 4
+    l4 = L3 + ipv4_ihl(packet, L3)
     return l4 < len(packet) and packet[l4] in ICMP_ERRORS
 
 
@@ -321,7 +303,7 @@ def translate_icmp_error(packet: bytes, conntrack: Conntrack, from_outside: bool
     # 1.
     if not _is_ipv4(packet):
         raise MalformedPacket("not IPv4")
-    l4, end, proto, src, _, ttl, _, frag = _ipv4(packet)
+    src, _, proto, ttl, _, frag, l4, end = decode_ipv4(packet, L3)
     if proto != PROTO_ICMP or frag & (MF | OFFSET):
         raise MalformedPacket("not an unfragmented ICMP message")
     if packet[0] & FLAG_NEEDS_CSUM or is_gso(packet):
@@ -332,7 +314,7 @@ def translate_icmp_error(packet: bytes, conntrack: Conntrack, from_outside: bool
         raise MalformedPacket("ICMP checksum")
     # 2.
     q3 = l4 + 8
-    qihl = (packet[q3] & 0x0F) * 4
+    qihl = ipv4_ihl(packet, q3)
     if packet[q3] >> 4 != 4 or qihl < 20 or q3 + qihl + 8 > end:
         raise MalformedPacket("quoted IPv4 header malformed or truncated")
     qfrag: int = _U16.unpack_from(packet, q3 + 6)[0]
@@ -456,7 +438,7 @@ def icmp_error(packet: bytes, icmp_type: int, code: int, source: bytes,
     # 1.
     if not _is_ipv4(packet):
         return None
-    l4, end, proto, src, dst, _, _, frag = _ipv4(packet)
+    src, dst, proto, _, _, frag, l4, end = decode_ipv4(packet, L3)
     # 2.
     if frag & OFFSET or packet[VNET_HDR_LEN] & 1 or not _unicast_source(src):
         return None

@@ -23,6 +23,7 @@ from typing import Final
 
 from wire.checksum import internet_checksum
 from wire.errors import MalformedPacket
+from wire.packets import ipv4_ihl
 from wire.tcp import CWR as TCP_CWR
 from wire.tcp import FIN as TCP_FIN
 from wire.tcp import PSH as TCP_PSH
@@ -148,7 +149,7 @@ def _locate(frame: bytes) -> tuple[int, int, bool, int]:
     if ethertype == ETHERTYPE_IPV4:
         if l3 + IPV4_MIN_HLEN > len(frame) or frame[l3] >> 4 != 4:
             raise MalformedPacket("truncated or not an IPv4 header")
-        l4 = l3 + (frame[l3] & 0x0F) * 4
+        l4 = l3 + ipv4_ihl(frame, l3)
         if l4 < l3 + IPV4_MIN_HLEN or l4 > len(frame):
             raise MalformedPacket(f"IPv4 IHL {frame[l3] & 0x0F} is below 5 or beyond the frame")
         if _U16.unpack_from(frame, l3 + 6)[0] & (IPV4_MF | IPV4_FRAG_OFFSET):

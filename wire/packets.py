@@ -52,6 +52,15 @@ class Ipv4(NamedTuple):
     """Offset just past the IP payload (total length; any Ethernet padding excluded)."""
 
 
+def ipv4_ihl(packet: bytes | bytearray, at: int) -> int:
+    """The length in bytes of the IPv4 header at ``at`` (its IHL field counts 32-bit words);
+    unchecked: decode_ipv4 checks it."""
+    return (packet[at] & 0x0F) * 4
+
+
+_new = tuple.__new__  # a NamedTuple made without its keyword-parsing __new__: 2x faster
+
+
 def decode_ipv4(frame: bytes, offset: int = 14) -> Ipv4:
     """The IPv4 header at ``offset``; RFC 791 3.1 checks: version, IHL >= 5, lengths, checksum."""
     if len(frame) < offset + 20:
@@ -62,9 +71,9 @@ def decode_ipv4(frame: bytes, offset: int = 14) -> Ipv4:
         raise MalformedPacket("not IPv4, or IHL < 5")
     if total < ihl or offset + total > len(frame):
         raise MalformedPacket("IPv4 total length inconsistent with the frame")
-    if internet_checksum(frame[offset:offset + ihl]) not in (0, 0xFFFF):
-        raise MalformedPacket("IPv4 header checksum")
-    return Ipv4(src, dst, proto, ttl, ident, frag, offset + ihl, offset + total)
+    if int.from_bytes(frame[offset:offset + ihl], "big") % 0xFFFF:  # a valid header sums to -0
+        raise MalformedPacket("IPv4 header checksum")  # (wire.checksum Rule 1)
+    return _new(Ipv4, (src, dst, proto, ttl, ident, frag, offset + ihl, offset + total))
 
 
 def encode_ipv4(src: bytes, dst: bytes, proto: int, payload: bytes, ttl: int = 64,

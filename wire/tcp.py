@@ -7,7 +7,7 @@ Rule 1: a decoder checks lengths only (data offset >= 5 and inside the datagram,
 from __future__ import annotations
 
 import struct
-from typing import Final
+from typing import Final, NamedTuple
 
 from wire.checksum import internet_checksum, pseudo_header_sum
 from wire.errors import MalformedPacket
@@ -35,28 +35,50 @@ def encode_tcp(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: in
     return segment[:16] + struct.pack("!H", csum) + segment[18:]
 
 
-def decode_tcp(frame: bytes, ip: Ipv4) -> tuple[int, int, int, int, int, bytes]:
-    """(sport, dport, seq, ack, flags, payload) of the segment in ``ip``'s payload."""
-    if ip.end - ip.start < 20:
+class Tcp(NamedTuple):
+    """A decoded TCP header and where its data lies in the frame (offsets, no copy)."""
+
+    sport: int
+    dport: int
+    seq: int
+    ack: int
+    flags: int
+    window: int
+    """The window field as sent (before any scaling)."""
+    start: int
+    """Offset of the TCP header in the frame."""
+    data: int
+    """Offset of the data (after the options)."""
+    end: int
+    """Offset just past the data: the IP payload's end."""
+
+
+_new = tuple.__new__  # a NamedTuple made without its keyword-parsing __new__: 2x faster
+
+
+def decode_tcp(frame: bytes, ip: Ipv4) -> Tcp:
+    """Rule 1: the segment in ``ip``'s payload."""
+    start, end = ip.start, ip.end
+    if end - start < 20:
         raise MalformedPacket("TCP header truncated")
-    sport, dport, seq, ack, off, flags, _, _, _ = TCP.unpack_from(frame, ip.start)
-    hlen = (off >> 4) * 4
-    if hlen < 20 or ip.start + hlen > ip.end:
+    sport, dport, seq, ack, off, flags, window, _, _ = TCP.unpack_from(frame, start)
+    data = start + (off >> 4) * 4
+    if off >> 4 < 5 or data > end:
         raise MalformedPacket("TCP data offset < 5 or beyond the segment")
     if flags & SYN and flags & FIN:
         raise MalformedPacket("TCP SYN+FIN")
-    return sport, dport, seq, ack, flags, frame[ip.start + hlen:ip.end]
+    return _new(Tcp, (sport, dport, seq, ack, flags, window, start, data, end))
 
 
 def reset_for(local_ip: bytes, frame: bytes, ip: Ipv4) -> bytes | None:
     """The RST answering a segment nobody listens for (RFC 793 3.4), or None for a RST."""
     try:
-        sport, dport, seq, ack, flags, payload = decode_tcp(frame, ip)
+        sport, dport, seq, ack, flags, _, _, data, end = decode_tcp(frame, ip)
     except MalformedPacket:
         return None
     if flags & RST:
         return None
     if flags & ACK:
         return encode_tcp(local_ip, ip.src, dport, sport, ack, 0, RST)
-    length = len(payload) + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
+    length = end - data + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
     return encode_tcp(local_ip, ip.src, dport, sport, 0, seq + length, RST | ACK)

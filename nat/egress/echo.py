@@ -16,7 +16,7 @@ from nat.egress.side import HostSide
 from nat.egress.sockets import IP_RECVERR, read_icmp_error
 from nat.translate import admin_prohibited
 from wire.errors import MalformedPacket
-from wire.packets import PROTO_ICMP, Ipv4, encode_icmp, encode_ipv4
+from wire.packets import PROTO_ICMP, Ipv4, encode_icmp, encode_ipv4, ipv4_ihl
 
 log = logging.getLogger("vswitch.egress")
 BATCH: Final = 64
@@ -122,7 +122,7 @@ class EchoAdapter:
                 break
             except OSError:
                 continue
-            ihl = (datagram[0] & 0x0F) * 4 if datagram else 0
+            ihl = ipv4_ihl(datagram, 0) if datagram else 0
             message = datagram[ihl:]
             if len(message) >= 36 and message[0] in (3, 11, 12):  # an error quoting an echo?
                 out.extend(self._raw_error(message, host))
@@ -139,7 +139,7 @@ class EchoAdapter:
         """An ICMP error the raw socket heard: passed on if it quotes one of our echo requests
         to a host the guest pinged."""
         inner = message[8:]
-        inner_ihl = (inner[0] & 0x0F) * 4
+        inner_ihl = ipv4_ihl(inner, 0)
         if inner[9] != PROTO_ICMP or len(inner) < inner_ihl + 8 or inner[inner_ihl] != 8:
             return []
         flow = self.flows.echo_by_host_ident.get(U16.unpack_from(inner, inner_ihl + 4)[0])

@@ -67,7 +67,7 @@ class TcpAdapter:
         if flow is not None:
             if flow.splice.macs[0] == 0xFF:  # an inbound flow hears its guest the first time
                 flow.splice.macs = packet[16:22] + packet[10:16]
-            flow.splice.from_guest(packet, now)
+            flow.splice.from_guest(packet, now, ip)
             if not flow.dirty:  # synced once after the batch being read (Rule 3)
                 flow.dirty = True
                 if not self._dirty:

@@ -22,7 +22,7 @@ from nat.translate import icmp_error
 from vswitch.ports.base import TX_MALFORMED, Deliver, Port
 from wire.errors import MalformedPacket
 from wire.gso import fragment_ipv4, to_plain_frames
-from wire.packets import decode_ipv4, format_mac
+from wire.packets import decode_ipv4, format_mac, ipv4_ihl
 from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN, is_gso
 
 ROUTER_PORT = 0
@@ -96,7 +96,7 @@ class RouterPort(Port):
         egress = self.router.egress if self.router is not None else None
         if egress is None or packet[40:44] != egress.host_address:
             return False
-        proto, l4 = packet[33], 24 + (packet[24] & 0x0F) * 4
+        proto, l4 = packet[33], 24 + ipv4_ihl(packet, 24)
         if proto not in (6, 17) or len(packet) < l4 + 4 or packet[30:32] not in (b"\x00\x00",
                                                                                  b"\x40\x00"):
             return False  # not TCP/UDP, or a fragment: the gateway stack's business
@@ -153,7 +153,7 @@ class RouterPort(Port):
         now = self.loop.time() if now is None else now
         frames = [frame]
         if len(frame) > 14 + self.mtu and frame[12:14] == b"\x08\x00" and not frame[20] & 0x40:
-            ihl = (frame[14] & 0x0F) * 4
+            ihl = ipv4_ihl(frame, 14)
             frames = fragment_ipv4(frame, 14, 14 + ihl, self.mtu - ihl)
         for piece in frames:
             self.rx_frames += 1

@@ -30,6 +30,7 @@ from wire.packets import (
     encode_ethernet,
     encode_ipv4,
     encode_udp,
+    ipv4_ihl,
 )
 from wire.vnet import EVERY_OFFLOAD, Offloads
 
@@ -136,5 +137,5 @@ def _to_dhcp_client(packet: bytes) -> bool:
     """IPv4 UDP to port 68: a DHCP server's reply for the uplink's client."""
     if len(packet) < 10 + 14 + 28 or packet[22:24] != b"\x08\x00" or packet[33] != 17:
         return False
-    ihl = (packet[24] & 0x0F) * 4
+    ihl = ipv4_ihl(packet, 24)
     return packet[24 + ihl + 2:24 + ihl + 4] == b"\x00\x44"
