@@ -25,11 +25,12 @@ Sans-I/O: packets (virtio-net header + frame) in, ``Out(switch, uplink)`` packet
 
 from __future__ import annotations
 
+import socket
 import struct
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from nat.conntrack import Conntrack
 from nat.gateway import Gateway
@@ -69,7 +70,9 @@ class Out(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
-class Uplink:
+class UplinkAddress:
+    """The raw uplink's own station on its network (fixed, or leased by DHCP)."""
+
     ip: bytes
     """The router's own address on the uplink network."""
     prefix: int
@@ -85,7 +88,8 @@ class Uplink:
 class Egress(Protocol):
     """Where routed packets go with a host uplink (``nat.egress.HostEgress``, Rule 6)."""
 
-    host_address: bytes | None
+    @property
+    def host_address(self) -> bytes | None: ...
 
     def from_guest(self, packet: bytes, now: float) -> None: ...
 
@@ -135,7 +139,7 @@ class Neighbours:
 
 class Router:
     def __init__(self, gateway: Gateway, mode: str, subnet: tuple[int, int],
-                 uplink: Uplink | None, conntrack: Conntrack | None,
+                 uplink: UplinkAddress | None, conntrack: Conntrack | None,
                  egress: Egress | None = None) -> None:
         self.gateway = gateway
         self.mode = mode
@@ -149,7 +153,7 @@ class Router:
         self.outside = Neighbours()
         self.counters: Counter[str] = Counter()
 
-    def rebind(self, uplink: Uplink | None, conntrack: Conntrack | None) -> None:
+    def rebind(self, uplink: UplinkAddress | None, conntrack: Conntrack | None) -> None:
         """A new uplink address (a DHCP lease), or none: flows of the old address are gone."""
         self.uplink = uplink
         self.conntrack = conntrack
@@ -362,6 +366,15 @@ class Router:
         self.counters["echo-replies"] += 1
         return NO_OFFLOAD + encode_ethernet(packet[ETH + 6:ETH + 12], self.uplink.mac, ETH_P_IP,
                                            ip)
+
+    def stats(self) -> dict[str, Any]:
+        """``show router``: drops by reason, the ARP caches, the uplink's address."""
+        uplink = self.uplink
+        return dict(self.counters) | {
+            "uplink_address": "none" if uplink is None
+            else f"{socket.inet_ntoa(uplink.ip)}/{uplink.prefix}",
+            "arp_guests": len(self.guests.cache), "arp_outside": len(self.outside.cache),
+            "held_dropped": self.guests.dropped + self.outside.dropped}
 
     def expire(self, now: float) -> None:
         self.guests.expire(now)

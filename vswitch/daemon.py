@@ -12,7 +12,7 @@ import logging
 import signal
 import socket
 from collections import Counter
-from dataclasses import asdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ from dhcp.dns import DnsResponder
 from nat.conntrack import Conntrack, Timeouts
 from nat.egress import HostEgress
 from nat.gateway import Gateway
-from nat.router import Out, Router, Uplink
+from nat.router import Out, Router, UplinkAddress
+from nat.uplinks import RawNat, Uplink
 from vswitch.config import Config, PortConfig
 from vswitch.control import ControlError, ControlServer
 from vswitch.dhcp_service import DhcpService, dhcp_config, ip_text
@@ -124,7 +125,7 @@ def build_nat(config: Config, gateway: Gateway) -> tuple[Conntrack | None, Route
     if up.type == "host" or up.address == "dhcp":  # host: the egress is built by run()
         return None, Router(gateway, net.mode, subnet, None, None)
     ip, prefix = up.address.split("/")
-    uplink = Uplink(socket.inet_aton(ip), int(prefix), uplink_mac(config),
+    uplink = UplinkAddress(socket.inet_aton(ip), int(prefix), uplink_mac(config),
                     socket.inet_aton(up.gateway), up.mtu)
     conntrack = build_conntrack(config, uplink.ip) if net.mode == "nat" else None
     return conntrack, Router(gateway, net.mode, subnet, uplink, conntrack)
@@ -149,12 +150,16 @@ class Daemon:
         self.uplink: RawUplink | None = None
         self.conntrack: Conntrack | None = None
         self.egress: HostEgress | None = None
+        #: The uplink as show and forwards see it: the host egress, or the raw uplink's NAT.
+        self.outside: Uplink | None = None
         if config.network is not None:
             self.router = build_router(config)
             self.ports[0] = self.router
             self.switch.add_port(0, up=False)
             if config.uplink is not None:
                 self.conntrack, self.router.router = build_nat(config, self.router.gateway)
+                if config.uplink.type == "raw":
+                    self.outside = RawNat(self.router.router)
             if config.uplink is not None and config.uplink.type == "raw":
                 self.uplink = RawUplink(config.uplink.interface, self.router,
                                         uplink_mac(config))
@@ -241,85 +246,51 @@ class Daemon:
     # -- control ---------------------------------------------------------------------------
 
     def _show(self, request: dict[str, Any]) -> Any:
-        what = request.get("what")
-        if what == "ports":
-            rows = [self._port_row(p) for p in self.ports if p is not None]
-            if self.uplink is not None:  # not a switch port, but frames go through it too
-                rows.append(self.uplink.describe() | {"macs": 0, "mac_limit": None})
-            return rows
-        if what == "fdb":
-            assert self.loop is not None
-            return [{"mac": format_mac(mac), "port": self._name(port), "port_id": port,
-                     "ageing": round(left, 1)}
-                    for mac, port, left in self.fdb.entries(self.loop.time())]
-        if what == "leases":
-            return self.dhcp.rows() if self.dhcp is not None else []
-        if what == "conntrack":
-            if self.egress is not None:
-                assert self.loop is not None
-                return self.egress.rows(self.loop.time())
-            return [] if self.conntrack is None else self._conntrack_rows()
-        if what == "forwards":
-            if self.egress is not None:
-                return [{"proto": {6: "tcp", 17: "udp"}[f.proto], "port": str(f.port),
-                         "listen": f.listen,
-                         "to": f"{socket.inet_ntoa(f.guest_ip)}:{f.guest_port}"}
-                        for f in self.egress.forwards()]
-            return [] if self.conntrack is None else [
-                {"proto": {6: "tcp", 17: "udp"}[f.proto],
-                 "port": f"{f.ext_ports[0]}" + (f"-{f.ext_ports[-1]}" if len(f.ext_ports) > 1
-                                                else ""),
-                 "to": f"{socket.inet_ntoa(f.guest_ip)}:{f.guest_port}"}
-                for f in self.conntrack.forwards()]
-        if what == "router":
-            router = self.router.router if self.router is not None else None
-            to_gateway = {} if self.router is None else {  # fragments to the gateway itself
-                f"gateway-reassembly-{k}": v for k, v in self.router.reassembly.stats.items()}
-            if router is not None and self.egress is not None:
-                reassembly = to_gateway | {f"reassembly-{k}": v
-                                           for k, v in self.egress.reassembly.stats.items()}
-                return dict(router.counters) | dict(self.egress.counters) | reassembly | {
-                    "uplink": "host", "ping": self.egress.ping_mode,
-                    "host_address": "none" if self.egress.host_address is None
-                    else socket.inet_ntoa(self.egress.host_address),
-                    "flows": len(self.egress), "max_flows": self.egress.max_flows,
-                    "tcp_buffered": self.egress.buffered,
-                    "tcp_buffer_budget": self.egress.buffer_budget,
-                    "arp_guests": len(router.guests.cache), "held_dropped": router.guests.dropped}
-            return {} if router is None else dict(router.counters) | to_gateway | {
-                "uplink_address": "none" if router.uplink is None
-                else f"{socket.inet_ntoa(router.uplink.ip)}/{router.uplink.prefix}",
-                "conntrack": len(self.conntrack) if self.conntrack is not None else 0,
-                "arp_guests": len(router.guests.cache), "arp_outside": len(router.outside.cache),
-                "held_dropped": router.guests.dropped + router.outside.dropped}
-        if what == "dhcp":
-            return {} if self.dhcp is None else dict(self.dhcp.server.counters) | {
-                "malformed": self.dhcp.malformed, "leases": len(self.dhcp.server.leases())}
-        if what == "dns":
-            return {} if self.dns is None else asdict(self.dns.responder.stats) | {
-                "cache_entries": self.dns.responder.cache_size_now()}
-        if what == "switch":
-            return {"name": self.config.name, "mac_entries": len(self.fdb),
-                    "mac_limit": self.fdb.limit, "mac_aging": self.fdb.aging,
-                    "learned": self.fdb.learned, "moved": self.fdb.moved,
-                    "evicted": self.fdb.evicted, "aged": self.fdb.aged,
-                    "flooded": self.switch.flooded, "config": self.config.source}
-        raise ControlError(f"cannot show {what!r}; try " + ", ".join(SHOWABLE))
+        """``vswitch show WHAT``: the view each part provides for it (``views``)."""
+        view = self.views().get(str(request.get("what")))
+        if view is None:
+            raise ControlError(f"cannot show {request.get('what')!r}; try "
+                               + ", ".join(SHOWABLE))
+        return view()
 
-    def _conntrack_rows(self) -> list[dict[str, Any]]:
-        assert self.conntrack is not None and self.loop is not None
+    def views(self) -> dict[str, Callable[[], Any]]:
+        """What each part shows, by the name ``show`` takes; a part that is not there shows
+        as empty."""
+        assert self.loop is not None
+        loop, outside, dhcp, dns = self.loop, self.outside, self.dhcp, self.dns
+        return {
+            "ports": self._ports_view,
+            "fdb": lambda: [{"mac": format_mac(mac), "port": self._name(port), "port_id": port,
+                             "ageing": round(left, 1)}
+                            for mac, port, left in self.fdb.entries(loop.time())],
+            "leases": dhcp.rows if dhcp is not None else list,
+            "dhcp": dhcp.stats if dhcp is not None else dict,
+            "dns": dns.stats if dns is not None else dict,
+            "conntrack": (lambda: outside.flow_rows(loop.time())) if outside is not None
+            else list,
+            "forwards": outside.forward_rows if outside is not None else list,
+            "router": self._router_view,
+            "switch": lambda: {"name": self.config.name, "mac_entries": len(self.fdb),
+                               "mac_limit": self.fdb.limit, "mac_aging": self.fdb.aging,
+                               "learned": self.fdb.learned, "moved": self.fdb.moved,
+                               "evicted": self.fdb.evicted, "aged": self.fdb.aged,
+                               "flooded": self.switch.flooded, "config": self.config.source},
+        }
 
-        def tup(key: tuple[Any, ...]) -> str:
-            proto, src, sport, dst, dport = key
-            return f"{socket.inet_ntoa(src)}:{sport} -> {socket.inet_ntoa(dst)}:{dport}"
+    def _ports_view(self) -> list[dict[str, Any]]:
+        rows = [self._port_row(p) for p in self.ports if p is not None]
+        if self.uplink is not None:  # not a switch port, but frames go through it too
+            rows.append(self.uplink.describe() | {"macs": 0, "mac_limit": None})
+        return rows
 
-        names = {1: "icmp", 6: "tcp", 17: "udp"}
-        return [{"proto": names.get(r.original[0], str(r.original[0])), "kind": r.kind,
-                 "state": r.state, "original": tup(r.original), "reply": tup(r.reply),
-                 "seconds_left": round(r.seconds_left), "packets": [r.packets_original,
-                                                                    r.packets_reply],
-                 "bytes": [r.bytes_original, r.bytes_reply]}
-                for r in self.conntrack.entries(self.loop.time())]
+    def _router_view(self) -> dict[str, Any]:
+        """The router's counters, the gateway's reassembly and the uplink's own stats."""
+        port = self.router
+        if port is None or port.router is None:
+            return {}
+        to_gateway = {f"gateway-reassembly-{k}": v for k, v in port.reassembly.stats.items()}
+        outside = self.outside.stats() if self.outside is not None else {}
+        return port.router.stats() | to_gateway | outside
 
     def _uplink_lease(self, bound: Bound | None) -> None:
         """The uplink's DHCP lease came, changed or went: rebind the router (and its NAT)."""
@@ -339,7 +310,7 @@ class Daemon:
             log.warning("uplink DHCP lease %s has no router option: nothing can leave",
                         socket.inet_ntoa(bound.address))
             return
-        uplink = Uplink(bound.address, bound.prefix, uplink_mac(config), bound.router,
+        uplink = UplinkAddress(bound.address, bound.prefix, uplink_mac(config), bound.router,
                         bound.mtu or config.uplink.mtu)
         self.conntrack = build_conntrack(config, bound.address) if net.mode == "nat" else None
         router.rebind(uplink, self.conntrack)
@@ -348,10 +319,13 @@ class Daemon:
                  socket.inet_ntoa(bound.router))
 
     def _forward(self, request: dict[str, Any]) -> Any:
-        """`vswitch forward add|del`: DNAT forwards at run time; open flows are kept."""
+        """`vswitch forward add|del`: forwards at run time; open flows are kept."""
         from vswitch.config import ConfigError, parse_listen, parse_ports
 
-        if self.conntrack is None and self.egress is None:
+        outside = self.outside
+        router = self.router.router if self.router is not None else None
+        if outside is None or router is None or self.config.network is None \
+                or self.config.network.mode != "nat":
             raise ControlError("forwards need [network] mode = \"nat\"")
         proto = PROTOS.get(str(request.get("proto")))
         if proto is None:
@@ -362,46 +336,20 @@ class Daemon:
         except ConfigError as exc:
             raise ControlError(str(exc)) from None
         ports = range(first, last + 1)
-        if self.egress is not None:
-            return self._host_forward(request, proto, ports, listen)
-        assert self.conntrack is not None
-        try:
-            if request.get("action") == "add":
-                host, _, port = str(request.get("to", "")).rpartition(":")
-                forward = self.conntrack.add_forward(proto, ports, socket.inet_aton(host),
-                                                     int(port))
-                log.info("forward %s %s added to %s", request["proto"], request["port"],
-                         request.get("to"))
-                return {"added": f"{request['proto']} {request['port']} -> {request.get('to')}",
-                        "ports": len(forward.ext_ports)}
-            if request.get("action") == "del":
-                self.conntrack.remove_forward(proto, ports)
-                log.info("forward %s %s removed", request["proto"], request["port"])
-                return {"removed": f"{request['proto']} {request['port']}"}
-        except (KeyError, ValueError, OSError) as exc:
-            raise ControlError(f"forward {request.get('action')}: {exc}") from None
-        raise ControlError("action must be add or del")
-
-    def _host_forward(self, request: dict[str, Any], proto: int, ports: range,
-                      listen: str) -> Any:
-        """`vswitch forward add|del` with the host uplink: listening sockets come and go;
-        connections already carried go on."""
-        assert self.egress is not None
-        what = f"{request['proto']} {listen} {request['port']}"
+        what = f"{request['proto']} {listen} {request['port']}" if outside.kind == "host" \
+            else f"{request['proto']} {request['port']}"
         try:
             if request.get("action") == "add":
                 host, _, port = str(request.get("to", "")).rpartition(":")
                 guest = socket.inet_aton(host)
-                router = self.router.router if self.router is not None else None
-                if (router is None or not router.local(guest)
-                        or not 0 < int(port) <= 65536 - len(ports)):
+                if not router.local(guest) or not 0 < int(port) <= 65536 - len(ports):
                     raise ValueError(f"{request.get('to')!r} is not guest_ip:port in the guest "
                                      "network")
-                opened = self.egress.add_forward(proto, ports, listen, guest, int(port))
+                count = outside.add_forward(proto, ports, listen, guest, int(port))
                 log.info("forward %s added to %s", what, request.get("to"))
-                return {"added": f"{what} -> {request.get('to')}", "ports": len(opened)}
+                return {"added": f"{what} -> {request.get('to')}", "ports": count}
             if request.get("action") == "del":
-                self.egress.remove_forward(proto, ports, listen)
+                outside.remove_forward(proto, ports, listen)
                 log.info("forward %s removed", what)
                 return {"removed": what}
         except (KeyError, ValueError, OSError) as exc:
@@ -489,6 +437,7 @@ class Daemon:
             tcp_transitory=n.tcp_transitory, fragment_timeout=n.fragments,
             buffer_budget=up.buffer_mib << 20)
         router.egress = self.egress
+        self.outside = self.egress
         if host is not None and host != self.router.gateway.ip:
             self.router.gateway.aliases = frozenset({host})
         for f in config.forwards:

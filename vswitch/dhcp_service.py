@@ -168,6 +168,11 @@ class DhcpService:
                  "client_id": lease.client.hex(":")}
                 for lease in self.server.leases()]
 
+    def stats(self) -> dict[str, Any]:
+        """``show dhcp``: the server's counters, malformed messages, leases held."""
+        return dict(self.server.counters) | {"malformed": self.malformed,
+                                             "leases": len(self.server.leases())}
+
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()

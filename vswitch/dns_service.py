@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from dataclasses import asdict
 from typing import Any
 
 from dhcp.dns import Answer, DnsResponder, Forward, Release
@@ -161,6 +162,10 @@ class DnsService:
         frames = self._perform(self.responder.expire(now), now)
         self._emit(frames + self.tcp.expire(now))
         self._rearm()
+
+    def stats(self) -> dict[str, Any]:
+        """``show dns``: the responder's counters and its cache's size."""
+        return asdict(self.responder.stats) | {"cache_entries": self.responder.cache_size_now()}
 
     def close(self) -> None:
         for key in list(self._sockets) + list(self._tasks):

@@ -18,6 +18,7 @@ from nat.egress.tcp import TcpAdapter
 from nat.egress.udp import UdpAdapter
 from nat.reassembly import Reassembly
 from nat.translate import icmp_error
+from nat.uplinks import PROTO_NAMES
 from wire.errors import MalformedPacket
 from wire.gso import to_plain_frames
 from wire.packets import PROTO_ICMP, PROTO_TCP, PROTO_UDP, decode_ipv4
@@ -25,6 +26,10 @@ from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN, is_gso
 
 
 class HostEgress:
+    """The host kind of ``nat.uplinks.Uplink``."""
+
+    kind = "host"
+
     def __init__(self, loop: asyncio.AbstractEventLoop, emit: Emit, deliver: Emit,
                  gateway_ip: bytes, host_address: bytes | None, mtu: int = 1500,
                  max_flows: int = 262144,
@@ -112,14 +117,31 @@ class HostEgress:
     # -- forwards (Rule 5) ---------------------------------------------------------------------
 
     def add_forward(self, proto: int, ports: range, listen: str, guest_ip: bytes,
-                    guest_port: int) -> list[Listener]:
-        return self.forwarding.add(proto, ports, listen, guest_ip, guest_port)
+                    guest_port: int) -> int:
+        return len(self.forwarding.add(proto, ports, listen, guest_ip, guest_port))
 
     def remove_forward(self, proto: int, ports: range, listen: str) -> None:
         self.forwarding.remove(proto, ports, listen)
 
     def forwards(self) -> list[Listener]:
         return list(self.forwarding.listeners.values())
+
+    def forward_rows(self) -> list[dict[str, Any]]:
+        """``show forwards``."""
+        return [{"proto": PROTO_NAMES[f.proto], "port": str(f.port), "listen": f.listen,
+                 "to": f"{socket.inet_ntoa(f.guest_ip)}:{f.guest_port}"}
+                for f in self.forwards()]
+
+    def stats(self) -> dict[str, Any]:
+        """``show router``: this uplink's counters and limits."""
+        side = self.side
+        return dict(side.counters) | {
+            f"reassembly-{k}": v for k, v in self.reassembly.stats.items()} | {
+            "uplink": "host", "ping": self.echo.mode,
+            "host_address": "none" if side.host_address is None
+            else socket.inet_ntoa(side.host_address),
+            "flows": len(self), "max_flows": side.max_flows,
+            "tcp_buffered": self.tcp.buffered, "tcp_buffer_budget": self.tcp.buffer_budget}
 
     # -- timers, listing, shutdown -------------------------------------------------------------
 
@@ -141,7 +163,7 @@ class HostEgress:
     def __len__(self) -> int:
         return len(self.flows) + len(self.tcp) + len(self.forwarding.sessions)
 
-    def rows(self, now: float) -> list[dict[str, Any]]:
+    def flow_rows(self, now: float) -> list[dict[str, Any]]:
         """``show conntrack``: the guest's tuple, and the host socket's as the translated side."""
         def ep(address: bytes, port: int) -> str:
             return f"{socket.inet_ntoa(address)}:{port}"

@@ -9,7 +9,7 @@ from scapy.utils import checksum
 from nat.conntrack import Conntrack
 from nat.gateway import Gateway
 from nat.reassembly import Reassembly
-from nat.router import Router, Uplink
+from nat.router import Router, UplinkAddress
 from wire.vnet import FLAG_NEEDS_CSUM, encode_header, wrap
 
 GW_MAC, UP_MAC, HOP_MAC = "52:54:00:aa:00:01", "52:54:00:aa:00:02", "52:54:00:bb:00:01"
@@ -22,7 +22,7 @@ def mac(text: str) -> bytes:
 
 def router(mode: str = "nat", mtu: int = 1500) -> Router:
     gateway = Gateway(mac(GW_MAC), bytes([10, 70, 0, 1]), 24)
-    uplink = Uplink(bytes([10, 254, 0, 2]), 24, mac(UP_MAC), bytes([10, 254, 0, 1]), mtu)
+    uplink = UplinkAddress(bytes([10, 254, 0, 2]), 24, mac(UP_MAC), bytes([10, 254, 0, 1]), mtu)
     conntrack = Conntrack(uplink.ip) if mode == "nat" else None
     return Router(gateway, mode, (0x0A460000, 24), uplink, conntrack)
 
