@@ -34,11 +34,9 @@ from collections import Counter
 from typing import Final
 
 from wire.checksum import internet_checksum
-from wire.packets import ipv4_ihl
+from wire.packets import IPV4_DF, IPV4_MF, IPV4_OFFSET, ipv4_ihl
 
-MF: Final = 0x2000
-DF: Final = 0x4000
-OFFSET: Final = 0x1FFF
+MF, DF, OFFSET = IPV4_MF, IPV4_DF, IPV4_OFFSET
 MAX_DATAGRAM: Final = 65535
 FRAGMENT_COST: Final = 128  # bytes of bookkeeping a held fragment is charged for (Rule R5)
 _U16: Final = struct.Struct("!H")

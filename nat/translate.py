@@ -37,6 +37,8 @@ from wire.errors import MalformedPacket
 from wire.packets import (
     ETH_P_IP,
     ICMP_QUOTE_MAX,
+    IPV4_MF,
+    IPV4_OFFSET,
     PROTO_ICMP,
     PROTO_TCP,
     PROTO_UDP,
@@ -57,9 +59,7 @@ _UDP: Final = struct.Struct("!HHH")
 _IP_TAIL: Final = struct.Struct("!BBH4s4s")
 _U16: Final = struct.Struct("!H")
 
-# IPv4 flags and fragment offset (RFC 791 3.1).
-MF: Final = 0x2000
-OFFSET: Final = 0x1FFF
+MF, OFFSET = IPV4_MF, IPV4_OFFSET  # IPv4 flags and fragment offset (RFC 791 3.1)
 
 # ICMP types (RFC 792).
 ECHO_REPLY: Final = 0

@@ -13,6 +13,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,7 @@ MODES = ("nat", "route", "isolated", "open")
 class StaticHost:
     mac: str | None
     """Hardware address, lowercase colon form (DHCP hosts only)."""
-    ip: str
+    ip: IPv4Address
     """IPv4 address in the subnet."""
     name: str | None
     """Host name served by DNS."""
@@ -85,15 +86,16 @@ class StaticHost:
 class NetworkConfig:
     mode: str = "nat"
     """nat, route, isolated or open, as libvirt's forward modes."""
-    subnet: str = "192.168.122.0/24"
-    """The guest network, CIDR."""
-    gateway: str = "192.168.122.1"
+    subnet: IPv4Network = IPv4Network("192.168.122.0/24")
+    """The guest network."""
+    gateway: IPv4Address = IPv4Address("192.168.122.1")
     """The router port's address: gateway, DHCP server and DNS server for the guests."""
     gateway_mac: str = ""
     """The router port's MAC (default: derived from the switch name, in 52:54:00)."""
     dhcp: bool = True
     """Serve DHCP."""
-    dhcp_range: tuple[str, str] = ("192.168.122.2", "192.168.122.254")
+    dhcp_range: tuple[IPv4Address, IPv4Address] = (IPv4Address("192.168.122.2"),
+                                                   IPv4Address("192.168.122.254"))
     """First and last address handed out."""
     lease_time: int = 3600
     """Seconds a lease lasts."""
@@ -119,18 +121,20 @@ class NetworkConfig:
 class UplinkConfig:
     interface: str = ""
     """raw: the L2 interface the router stands on as a host of its own."""
-    address: str = ""
-    """raw: the router's address there, CIDR, or "dhcp" to lease one as a DHCP client."""
-    gateway: str = ""
-    """raw: the next hop for everything off both networks ("" with dhcp: the lease's router)."""
+    address: IPv4Interface | None = None
+    """raw: the router's address there and its network (None with ``dhcp``)."""
+    dhcp: bool = False
+    """raw: lease the address as a DHCP client (``address = "dhcp"``)."""
+    gateway: IPv4Address | None = None
+    """raw: the next hop for everything off both networks (None with dhcp: the lease's)."""
     mac: str = ""
     """raw: the router's MAC there (default: derived from the switch name)."""
     mtu: int = 1500
     """raw: largest IP packet sent there; DF packets above it get ICMP 3/4."""
     type: str = "host"
     """"host" (the default: the host's own sockets, no privileges) or "raw"."""
-    host_address: str = ""
-    """host: the guest-network address that stands for the host's loopback ("" for none)."""
+    host_address: IPv4Address | None = None
+    """host: the guest-network address that stands for the host's loopback (None: none)."""
     buffer_mib: int = 256
     """host: MiB of TCP data all flows may hold together before their windows narrow."""
 
@@ -162,7 +166,7 @@ class ForwardConfig:
     """"tcp" or "udp"."""
     ports: tuple[int, int]
     """First and last external port."""
-    to_ip: str
+    to_ip: IPv4Address
     """Guest address."""
     to_port: int
     """Guest port for the first external port (the rest follow in order)."""
@@ -382,8 +386,8 @@ def _network(data: dict[str, Any], switch_name: str) -> NetworkConfig:
     if subnet.prefixlen > 30:
         raise ConfigError("network.subnet", f"{text!r} leaves no room for guests; use /30 or "
                           "shorter")
-    subnet = subnet.cidr
-    gateway = _address(net, "network.gateway", str(subnet.network + 1), subnet)
+    subnet = IPv4Network(str(subnet.cidr))
+    gateway = _address(net, "network.gateway", subnet.network_address + 1, subnet)
     mac = _get(net, "network.gateway_mac", str, "")
     if mac:
         mac = _mac(mac, "network.gateway_mac")
@@ -391,16 +395,16 @@ def _network(data: dict[str, Any], switch_name: str) -> NetworkConfig:
     dhcp = _table(data, "dhcp")
     _only(dhcp, "dhcp.", {"enabled", "range", "lease_time", "lease_file", "authoritative",
                           "max_leases", "host"})
-    first, last = subnet.network + 2, subnet.broadcast - 1
+    first, last = subnet.network_address + 2, subnet.broadcast_address - 1
     raw_range = dhcp.get("range", [str(first), str(last)])
     if not (isinstance(raw_range, list) and len(raw_range) == 2):
         raise ConfigError("dhcp.range", "must be [first, last], e.g. "
                           f'["{first}", "{last}"]')
     lo = _address({"range": raw_range[0]}, "dhcp.range", "", subnet)
     hi = _address({"range": raw_range[1]}, "dhcp.range", "", subnet)
-    if netaddr.IPAddress(lo) > netaddr.IPAddress(hi):
+    if lo > hi:
         raise ConfigError("dhcp.range", f"first {lo} is after last {hi}")
-    if netaddr.IPAddress(lo) <= netaddr.IPAddress(gateway) <= netaddr.IPAddress(hi):
+    if lo <= gateway <= hi:
         raise ConfigError("dhcp.range", f"includes the gateway {gateway}; start after it")
     lease_time = int(_number(dhcp, "dhcp.lease_time", 3600, 120, 10**7, integer=True))
     lease_file = _get(dhcp, "dhcp.lease_file", str, str(state_dir() / f"{switch_name}.leases"))
@@ -427,14 +431,11 @@ def _network(data: dict[str, Any], switch_name: str) -> NetworkConfig:
     for i, raw in enumerate(_array(dns, "dns.host")):
         key = f"dns.host[{i}]"
         _only(raw, key + ".", {"name", "ip"})
-        ip = _get(raw, key + ".ip", str, None, required="the address the name resolves to")
-        try:
-            netaddr.IPAddress(ip, version=4)
-        except (netaddr.AddrFormatError, ValueError):
-            raise ConfigError(key + ".ip", f"{ip!r} is not an IPv4 address") from None
+        ip = _ipv4(_get(raw, key + ".ip", str, None,
+                        required="the address the name resolves to"), key + ".ip")
         dns_hosts.append(StaticHost(None, ip, _hostname(raw, key + ".name", required=True)))
     return NetworkConfig(
-        mode=mode, subnet=str(subnet), gateway=gateway, gateway_mac=mac,
+        mode=mode, subnet=subnet, gateway=gateway, gateway_mac=mac,
         dhcp=_get(dhcp, "dhcp.enabled", bool, True), dhcp_range=(lo, hi),
         lease_time=lease_time, lease_file=lease_file,
         authoritative=_get(dhcp, "dhcp.authoritative", bool, False),
@@ -456,17 +457,23 @@ def _array(table: dict[str, Any], key: str) -> list[dict[str, Any]]:
     return value
 
 
-def _address(table: dict[str, Any], key: str, default: Any, subnet: Any) -> str:
+def _address(table: dict[str, Any], key: str, default: Any, subnet: IPv4Network) -> IPv4Address:
+    """An IPv4 host address of ``subnet`` (not its network or broadcast address)."""
+    text = _get(table, key, str, None if default is None else str(default),
+                required="" if default else "an IPv4 address")
+    addr = _ipv4(text, key)
+    if addr not in subnet or addr in (subnet.network_address, subnet.broadcast_address):
+        raise ConfigError(key, f"{text} is not a host address in {subnet}")
+    return addr
+
+
+def _ipv4(text: str, key: str) -> IPv4Address:
     import netaddr
 
-    text = _get(table, key, str, default, required="" if default else "an IPv4 address")
     try:
-        addr = netaddr.IPAddress(text, version=4)
+        return IPv4Address(str(netaddr.IPAddress(text, version=4)))
     except (netaddr.AddrFormatError, ValueError):
         raise ConfigError(key, f"{text!r} is not an IPv4 address") from None
-    if addr not in subnet or addr in (subnet.network, subnet.broadcast):
-        raise ConfigError(key, f"{text} is not a host address in {subnet}")
-    return str(addr)
 
 
 def _mac(text: str, key: str) -> str:
@@ -527,12 +534,11 @@ def _uplink(data: dict[str, Any], network: NetworkConfig) -> UplinkConfig | None
                               "which host sockets cannot; use type = \"raw\" or mode \"nat\"")
         if network.mode != "nat":
             return None
-        host = up.get("host_address", network.gateway)
-        if host != "":
-            host = _address(up, "uplink.host_address", network.gateway,
-                            netaddr.IPNetwork(network.subnet))
-            first, last = (netaddr.IPAddress(a) for a in network.dhcp_range)
-            if host != network.gateway and first <= netaddr.IPAddress(host) <= last:
+        host = None
+        if up.get("host_address", str(network.gateway)) != "":
+            host = _address(up, "uplink.host_address", network.gateway, network.subnet)
+            first, last = network.dhcp_range
+            if host != network.gateway and first <= host <= last:
                 raise ConfigError("uplink.host_address", f"{host} is in the DHCP range; pick "
                                   "an address outside it, or the gateway (the default)")
         return UplinkConfig(type="host", host_address=host, buffer_mib=buffer_mib)
@@ -548,15 +554,15 @@ def _uplink(data: dict[str, Any], network: NetworkConfig) -> UplinkConfig | None
         if "gateway" in up:
             raise ConfigError("uplink.gateway", "comes from the DHCP lease with address = "
                               "\"dhcp\"; remove it, or give a static address")
-        return UplinkConfig(interface=interface, address="dhcp", gateway="", mac=mac, mtu=mtu,
-                            type="raw")
+        return UplinkConfig(interface=interface, dhcp=True, mac=mac, mtu=mtu, type="raw")
     try:
         net = netaddr.IPNetwork(address, version=4)
     except (netaddr.AddrFormatError, ValueError):
         raise ConfigError("uplink.address", f"{address!r} is not an IPv4 address with a "
                           "prefix, like 203.0.113.2/24") from None
-    gateway = _address(up, "uplink.gateway", None, net.cidr)
-    return UplinkConfig(interface=interface, address=str(net), gateway=gateway, mac=mac, mtu=mtu,
+    own = IPv4Interface(str(net))
+    gateway = _address(up, "uplink.gateway", None, own.network)
+    return UplinkConfig(interface=interface, address=own, gateway=gateway, mac=mac, mtu=mtu,
                         type="raw")
 
 
@@ -609,12 +615,12 @@ def _forward(raw: dict[str, Any], i: int, network: NetworkConfig | None,
         guest_port = int(port)
         if not 0 < guest_port < 65536 or guest_port + ports[1] - ports[0] > 65535:
             raise ValueError
-        addr = netaddr.IPAddress(host, version=4)
+        addr = IPv4Address(str(netaddr.IPAddress(host, version=4)))
     except (netaddr.AddrFormatError, ValueError):
         raise ConfigError(key + ".to", f"{to!r} must be \"guest_ip:port\"") from None
-    if network is not None and addr not in netaddr.IPNetwork(network.subnet):
+    if network is not None and addr not in network.subnet:
         raise ConfigError(key + ".to", f"{host} is not in the guest network {network.subnet}")
-    return ForwardConfig(proto, ports, str(addr), guest_port, listen)
+    return ForwardConfig(proto, ports, addr, guest_port, listen)
 
 
 def parse_listen(value: str, key: str) -> str:

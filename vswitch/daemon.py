@@ -111,7 +111,7 @@ def build_conntrack(config: Config, external: bytes) -> Conntrack:
                           n.max_entries, n.filtering)
     for f in config.forwards:
         conntrack.add_forward(PROTOS[f.proto], range(f.ports[0], f.ports[1] + 1),
-                              socket.inet_aton(f.to_ip), f.to_port)
+                              f.to_ip.packed, f.to_port)
     return conntrack
 
 
@@ -120,13 +120,12 @@ def build_nat(config: Config, gateway: Gateway) -> tuple[Conntrack | None, Route
     an address: at once when static, on the first lease with DHCP)."""
     net, up = config.network, config.uplink
     assert net is not None and up is not None
-    network, subnet_prefix = net.subnet.split("/")
-    subnet = (int.from_bytes(socket.inet_aton(network), "big"), int(subnet_prefix))
-    if up.type == "host" or up.address == "dhcp":  # host: the egress is built by run()
+    subnet = (int(net.subnet.network_address), net.subnet.prefixlen)
+    if up.type == "host" or up.dhcp:  # host: the egress is built by run()
         return None, Router(gateway, net.mode, subnet, None, None)
-    ip, prefix = up.address.split("/")
-    uplink = UplinkAddress(socket.inet_aton(ip), int(prefix), uplink_mac(config),
-                    socket.inet_aton(up.gateway), up.mtu)
+    assert up.address is not None and up.gateway is not None
+    uplink = UplinkAddress(up.address.ip.packed, up.address.network.prefixlen,
+                           uplink_mac(config), up.gateway.packed, up.mtu)
     conntrack = build_conntrack(config, uplink.ip) if net.mode == "nat" else None
     return conntrack, Router(gateway, net.mode, subnet, uplink, conntrack)
 
@@ -134,8 +133,7 @@ def build_nat(config: Config, gateway: Gateway) -> tuple[Conntrack | None, Route
 def build_router(config: Config) -> RouterPort:
     net = config.network
     assert net is not None
-    prefix = int(net.subnet.split("/")[1])
-    gateway = Gateway(gateway_mac(config), socket.inet_aton(net.gateway), prefix)
+    gateway = Gateway(gateway_mac(config), net.gateway.packed, net.subnet.prefixlen)
     return RouterPort(gateway, fragment_timeout=config.nat.fragments)
 
 
@@ -163,7 +161,7 @@ class Daemon:
             if config.uplink is not None and config.uplink.type == "raw":
                 self.uplink = RawUplink(config.uplink.interface, self.router,
                                         uplink_mac(config))
-                if config.uplink.address == "dhcp":
+                if config.uplink.dhcp:
                     self.uplink.lease_by_dhcp(DhcpClient(uplink_mac(config), config.name),
                                               self._uplink_lease)
         for pc in config.ports:
@@ -390,10 +388,11 @@ class Daemon:
                 except OSError as exc:
                     raise SystemExit(f"vswitch: uplink {self.uplink.interface}: {exc}") from exc
                 opened.append(self.uplink)
+                up, net = self.config.uplink, self.config.network
+                assert up is not None and net is not None
                 log.info("uplink %s: %s via %s, mode %s", self.uplink.interface,
-                         self.config.uplink.address if self.config.uplink else "?",
-                         self.config.uplink.gateway if self.config.uplink else "?",
-                         self.config.network.mode if self.config.network else "?")
+                         "dhcp" if up.dhcp else up.address,
+                         "the lease's router" if up.dhcp else up.gateway, net.mode)
             await self.control.start()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.loop.add_signal_handler(sig, self._stop.set)
@@ -427,7 +426,7 @@ class Daemon:
         def deliver(packets: list[bytes]) -> None:
             port.dispatch(Out(packets, []))
 
-        host = socket.inet_aton(up.host_address) if up.host_address else None
+        host = up.host_address.packed if up.host_address is not None else None
         n = config.nat
         self.egress = HostEgress(
             loop, emit, deliver, self.router.gateway.ip, host, mtu=port.mtu,
@@ -443,7 +442,7 @@ class Daemon:
         for f in config.forwards:
             try:
                 self.egress.add_forward(PROTOS[f.proto], range(f.ports[0], f.ports[1] + 1),
-                                        f.listen, socket.inet_aton(f.to_ip), f.to_port)
+                                        f.listen, f.to_ip.packed, f.to_port)
             except OSError as exc:
                 raise SystemExit(f"vswitch: forward {f.proto} {f.listen} port {f.ports[0]}: "
                                  f"{exc.strerror or exc}") from exc
@@ -463,7 +462,7 @@ class Daemon:
                      net.lease_file)
         if net.dns:
             upstreams = net.forwarders if net.forwarders is not None else host_resolvers()
-            static = {h.name: h.ip for h in (*net.dns_hosts, *net.dhcp_hosts) if h.name}
+            static = {h.name: str(h.ip) for h in (*net.dns_hosts, *net.dhcp_hosts) if h.name}
             dhcp = self.dhcp
 
             def hosts() -> dict[str, str]:

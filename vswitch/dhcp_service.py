@@ -39,10 +39,6 @@ from wire.packets import format_mac
 log = logging.getLogger("vswitch.dhcp")
 
 
-def ip_int(text: str) -> int:
-    return int.from_bytes(socket.inet_aton(text), "big")
-
-
 def ip_text(value: int) -> str:
     return socket.inet_ntoa(value.to_bytes(4, "big"))
 
@@ -50,14 +46,14 @@ def ip_text(value: int) -> str:
 def dhcp_config(net: NetworkConfig) -> DhcpConfig:
     """The server's config from [network]/[dhcp]/[dns]: router unless isolated (libvirt's
     isolated networks give no default route), DNS on the gateway when DNS is served."""
-    network, prefix = net.subnet.split("/")
-    gateway = ip_int(net.gateway)
+    gateway = int(net.gateway)
     return DhcpConfig(
-        server_ip=gateway, network=ip_int(network), prefix=int(prefix),
-        range_first=ip_int(net.dhcp_range[0]), range_last=ip_int(net.dhcp_range[1]),
+        server_ip=gateway, network=int(net.subnet.network_address),
+        prefix=net.subnet.prefixlen,
+        range_first=int(net.dhcp_range[0]), range_last=int(net.dhcp_range[1]),
         lease_time=net.lease_time, router=None if net.mode == "isolated" else gateway,
         dns_servers=(gateway,) if net.dns else (), domain=net.domain if net.dns else None,
-        static_hosts=tuple(StaticHost(bytes.fromhex(h.mac.replace(":", "")), ip_int(h.ip),
+        static_hosts=tuple(StaticHost(bytes.fromhex(h.mac.replace(":", "")), int(h.ip),
                                       h.name or "") for h in net.dhcp_hosts if h.mac),
         authoritative=net.authoritative, max_leases=net.max_leases or None)
 

@@ -23,7 +23,7 @@ from typing import Final
 
 from wire.checksum import internet_checksum
 from wire.errors import MalformedPacket
-from wire.packets import ipv4_ihl
+from wire.packets import IPV4_MF, IPV4_OFFSET, ipv4_ihl
 from wire.tcp import CWR as TCP_CWR
 from wire.tcp import FIN as TCP_FIN
 from wire.tcp import PSH as TCP_PSH
@@ -54,8 +54,6 @@ IPPROTO_TCP: Final = 6
 IPPROTO_UDP: Final = 17
 
 IPV4_MIN_HLEN: Final = 20
-IPV4_MF: Final = 0x2000
-IPV4_FRAG_OFFSET: Final = 0x1FFF
 IPV6_HLEN: Final = 40
 TCP_MIN_HLEN: Final = 20
 UDP_HLEN: Final = 8
@@ -152,7 +150,7 @@ def _locate(frame: bytes) -> tuple[int, int, bool, int]:
         l4 = l3 + ipv4_ihl(frame, l3)
         if l4 < l3 + IPV4_MIN_HLEN or l4 > len(frame):
             raise MalformedPacket(f"IPv4 IHL {frame[l3] & 0x0F} is below 5 or beyond the frame")
-        if _U16.unpack_from(frame, l3 + 6)[0] & (IPV4_MF | IPV4_FRAG_OFFSET):
+        if _U16.unpack_from(frame, l3 + 6)[0] & (IPV4_MF | IPV4_OFFSET):
             raise MalformedPacket("GSO packet is an IPv4 fragment")
         return l3, l4, True, frame[l3 + 9]
     if ethertype == ETHERTYPE_IPV6:

@@ -21,6 +21,11 @@ IPV4: Final = struct.Struct("!BBHHHBBH4s4s")
 UDP: Final = struct.Struct("!HHHH")
 ICMP_ECHO: Final = struct.Struct("!BBHHH")
 
+#: IPv4 flags and fragment offset (RFC 791 3.1), the 16-bit word at offset 6.
+IPV4_DF: Final = 0x4000
+IPV4_MF: Final = 0x2000
+IPV4_OFFSET: Final = 0x1FFF
+
 ETH_P_IP: Final = 0x0800
 ETH_P_ARP: Final = 0x0806
 PROTO_ICMP: Final = 1

@@ -1,5 +1,7 @@
 """Config validation: every bad value gets one error naming the key."""
 
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
 import pytest
 
 from vswitch.config import ConfigError, load_config, parse_config
@@ -12,8 +14,9 @@ def test_embedded_default_mirrors_a_usable_switch():
         ("vsw-a", "tap"), ("vsw-b", "tap"), ("vsw-s", "stream")]
     net = config.network
     assert net is not None and (net.mode, net.subnet, net.gateway) == (
-        "nat", "192.168.122.0/24", "192.168.122.1")
-    assert net.dhcp_range == ("192.168.122.2", "192.168.122.254") and net.lease_time == 3600
+        "nat", IPv4Network("192.168.122.0/24"), IPv4Address("192.168.122.1"))
+    assert net.dhcp_range == (IPv4Address("192.168.122.2"), IPv4Address("192.168.122.254"))
+    assert net.lease_time == 3600
 
 
 def test_full_config_round_trips_into_dataclasses(tmp_path):
@@ -124,17 +127,21 @@ def test_the_host_uplink_is_the_default_in_nat_mode():
     config = parse_config({"network": {}, "forward": [{"proto": "tcp", "port": 2222,
                                                        "to": "192.168.122.10:22"}]})
     assert config.uplink is not None and config.uplink.type == "host"
-    assert config.uplink.host_address == "192.168.122.1"
+    assert config.uplink.host_address == IPv4Address("192.168.122.1"), "parsed once, at load"
     assert config.forwards[0].listen == "0.0.0.0"
     assert parse_config({"network": {"mode": "isolated"}}).uplink is None
     off = parse_config({"network": {}, "uplink": {"host_address": ""}})
-    assert off.uplink is not None and off.uplink.host_address == ""
+    assert off.uplink is not None and off.uplink.host_address is None
     v6 = parse_config({"network": {}, "forward": [{"proto": "udp", "port": 53, "listen": "[::1]",
                                                    "to": "192.168.122.10:53"}]})
     assert v6.forwards[0].listen == "::1"
     raw = parse_config({"network": {}, "uplink": {"interface": "e", "address": "10.9.0.2/24",
                                                   "gateway": "10.9.0.1"}})
     assert raw.uplink is not None and raw.uplink.type == "raw", "an interface means raw"
+    assert (raw.uplink.address, raw.uplink.gateway, raw.uplink.dhcp) == (
+        IPv4Interface("10.9.0.2/24"), IPv4Address("10.9.0.1"), False)
+    leased = parse_config({"network": {}, "uplink": {"interface": "e", "address": "dhcp"}})
+    assert leased.uplink is not None and leased.uplink.dhcp and leased.uplink.address is None
 
 
 def test_nat_timeouts_have_defaults_and_can_be_set():

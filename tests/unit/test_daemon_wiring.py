@@ -1,8 +1,10 @@
 """The composition root's small decisions: DHCP options per mode, upstreams from resolv.conf."""
 
+from ipaddress import IPv4Address
+
 from vswitch.config import parse_config
 from vswitch.daemon import gateway_mac, host_resolvers
-from vswitch.dhcp_service import dhcp_config, ip_int
+from vswitch.dhcp_service import dhcp_config
 
 
 def network(mode: str):
@@ -14,9 +16,11 @@ def network(mode: str):
 def test_isolated_mode_hands_out_no_default_route():
     assert dhcp_config(network("isolated").network).router is None
     nat = dhcp_config(network("nat").network)
-    assert nat.router == ip_int("10.7.0.1") and nat.dns_servers == (ip_int("10.7.0.1"),)
+    gateway = int(IPv4Address("10.7.0.1"))
+    assert nat.router == gateway and nat.dns_servers == (gateway,)
     assert nat.static_hosts[0].mac == bytes.fromhex("525400000009")
-    assert (nat.range_first, nat.range_last) == (ip_int("10.7.0.2"), ip_int("10.7.0.254"))
+    assert (nat.range_first, nat.range_last) == (int(IPv4Address("10.7.0.2")),
+                                                 int(IPv4Address("10.7.0.254")))
 
 
 def test_upstreams_come_from_resolv_conf(tmp_path):
