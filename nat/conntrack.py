@@ -62,6 +62,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from nat.fragments import Fragments
+from nat.mappings import Mapping, Mappings
 from nat.verdicts import (
     FILTERED,
     NO_MAPPING,
@@ -155,48 +156,6 @@ class ConntrackRow:
     """IP bytes seen in the reply direction."""
 
 
-class Mapping:
-    """One external port lent to one guest endpoint (Rule 2), or held by a forward (Rule 8)."""
-
-    __slots__ = ("proto", "guest_ip", "guest_port", "port", "flows", "static", "remote",
-                 "remote_flows", "remotes")
-
-    def __init__(self, proto: int, guest_ip: bytes, guest_port: int, port: int, static: bool):
-        self.proto = proto
-        self.guest_ip = guest_ip
-        self.guest_port = guest_port
-        self.port = port
-        self.flows = 0
-        self.static = static
-        # Live flows per remote address (Rule 3).  Most mappings talk to one address: it is
-        # kept in `remote`; flows to other addresses are counted in the dict `remotes`.
-        self.remote: bytes | None = None
-        self.remote_flows = 0
-        self.remotes: dict[bytes, int] | None = None
-
-    def has_flow_to(self, address: bytes) -> bool:
-        return address == self.remote or (self.remotes is not None and address in self.remotes)
-
-    def count_remote(self, address: bytes, delta: int) -> None:
-        """One more (+1) or one less (-1) live flow to ``address``; an address is counted in
-        ``remote`` or in ``remotes``, never in both."""
-        if address == self.remote:
-            self.remote_flows += delta
-            if not self.remote_flows:
-                self.remote = None
-            return
-        if self.remote is None and (self.remotes is None or address not in self.remotes):
-            self.remote, self.remote_flows = address, delta
-            return
-        remotes = self.remotes if self.remotes is not None else {}
-        left = remotes.get(address, 0) + delta
-        if left:
-            remotes[address] = left
-        else:
-            del remotes[address]
-        self.remotes = remotes or None
-
-
 class Entry:
     """One tracked flow.  Mutable and slotted: the per-packet path updates it in place."""
 
@@ -250,15 +209,8 @@ class Conntrack:
         self._tables = {SNAT: (self._inside, self._outside), DNAT: (self._outside, self._inside),
                         HAIRPIN: (self._inside, self._inside)}
         self._count = 0
-        protos = (PROTO_ICMP, PROTO_TCP, PROTO_UDP)
-        # Mappings per protocol: by external port, and by guest endpoint (ip, port): the
-        # dynamic ones (Rule 2) and the forwards' static ones (Rule 8).
-        self._by_port: dict[int, dict[int, Mapping]] = {p: {} for p in protos}
-        self._by_guest: dict[int, dict[tuple[bytes, int], Mapping]] = {p: {} for p in protos}
-        self._static: dict[int, dict[tuple[bytes, int], Mapping]] = {p: {} for p in protos}
-        self._ranges = {PROTO_TCP: port_range, PROTO_UDP: port_range, PROTO_ICMP: (0, 65535)}
-        self._held: Counter[int] = Counter()  # ports of each protocol's range in use
-        self._cursor: dict[int, int] = {}
+        # Mappings (Rule 2), and the forwards' static ones (Rule 8): nat.mappings.
+        self.mappings = Mappings(port_range)
         self._address_dependent = filtering == "address-dependent"
         # Flows in the order they were made; the replied and the dead are skipped (Rule 7).
         self._unreplied: deque[Entry] = deque()
@@ -292,7 +244,7 @@ class Conntrack:
         if proto == PROTO_TCP and tcp_flags & (SYN | ACK | RST | FIN) != SYN:
             return self._drop(NOT_SYN)
         # 3.
-        by_port = self._by_port.get(proto)
+        by_port = self.mappings.by_port.get(proto)
         if by_port is None:
             return self._drop(NO_MAPPING)
         hairpin = dst == self.external_ip
@@ -306,7 +258,7 @@ class Conntrack:
         if hairpin and target is None:  # its last flow was just early-dropped
             return self._drop(NO_MAPPING)
         # 5.
-        mapping = self._mapping_for(proto, src, sport)
+        mapping = self.mappings.for_endpoint(proto, src, sport)
         if mapping is None:
             return self._drop(PORTS_EXHAUSTED)
         # 6.
@@ -339,7 +291,7 @@ class Conntrack:
         if proto not in (PROTO_TCP, PROTO_UDP) or dst != self.external_ip:
             return self._drop(NO_MAPPING)
         # 3.
-        by_port = self._by_port[proto]
+        by_port = self.mappings.by_port[proto]
         mapping = by_port.get(dport)
         if mapping is None:
             return self._drop(NO_MAPPING)
@@ -428,7 +380,7 @@ class Conntrack:
         table_original, table_reply = self._tables[kind]
         if key in table_original or reply_key in table_reply or key == reply_key:
             if not mapping.flows and not mapping.static:
-                self._release(mapping)
+                self.mappings.release(mapping)
             return self._drop(TUPLE_CLASH)
         original, reply = Translation(*key), Translation(*reply_key)
         entry = Entry(kind, original, reply, mapping, size, now)
@@ -455,68 +407,13 @@ class Conntrack:
             mapping.count_remote(entry.remote, -1)
         mapping.flows -= 1
         if not mapping.flows and not mapping.static:
-            self._release(mapping)
+            self.mappings.release(mapping)
         entry.timer = _DEAD
         self._count -= 1
 
     def _drop(self, drop: Drop) -> Drop:
         self.stats["drop:" + drop.reason] += 1
         return drop
-
-    # --- mappings (Rule 2) ---------------------------------------------------------------------
-
-    def _mapping_for(self, proto: int, ip: bytes, port: int) -> Mapping | None:
-        endpoint = (ip, port)
-        mapping = self._by_guest[proto].get(endpoint) or self._static[proto].get(endpoint)
-        if mapping is not None:
-            return mapping
-        external = self._allocate(proto, port)
-        if external is None:
-            return None
-        mapping = Mapping(proto, ip, port, external, static=False)
-        self._by_guest[proto][endpoint] = mapping
-        self._hold(mapping)
-        return mapping
-
-    def _allocate(self, proto: int, wanted: int) -> int | None:
-        """A free external port.
-
-        1. The guest's own port, if it lies in the range and is free (port preservation).
-        2. Otherwise the first free port after the last one handed out, round the range once.
-        3. None when every port of the range is held.
-        """
-        low, high = self._ranges[proto]
-        size = high - low + 1
-        by_port = self._by_port[proto]
-        if self._held[proto] >= size:  # 3.
-            return None
-        if low <= wanted <= high and wanted not in by_port:  # 1.
-            return wanted
-        start = self._cursor.get(proto, low) - low
-        for step in range(size):  # 2.
-            port = low + (start + step) % size
-            if port not in by_port:
-                self._cursor[proto] = port + 1
-                return port
-        return None
-
-    def _hold(self, mapping: Mapping) -> None:
-        self._by_port[mapping.proto][mapping.port] = mapping
-        low, high = self._ranges[mapping.proto]
-        if low <= mapping.port <= high:
-            self._held[mapping.proto] += 1
-
-    def _release(self, mapping: Mapping) -> None:
-        proto = mapping.proto
-        by_guest = self._by_guest[proto]
-        endpoint = (mapping.guest_ip, mapping.guest_port)
-        if by_guest.get(endpoint) is mapping:
-            del by_guest[endpoint]
-        if self._by_port[proto].get(mapping.port) is mapping:
-            del self._by_port[proto][mapping.port]
-            low, high = self._ranges[proto]
-            if low <= mapping.port <= high:
-                self._held[proto] -= 1
 
     # --- port forwards (Rule 8) ----------------------------------------------------------------
 
@@ -539,7 +436,7 @@ class Conntrack:
             if other.proto == proto and set(other.ext_ports) & set(ext_ports):
                 raise ValueError(f"ports {ext_ports} overlap the forward of {other.ext_ports}")
         # 2.
-        by_port = self._by_port[proto]
+        by_port = self.mappings.by_port[proto]
         for i, port in enumerate(ext_ports):
             held = by_port.get(port)
             if held is not None and (held.guest_ip, held.guest_port) != (guest_ip, guest_port + i):
@@ -550,9 +447,9 @@ class Conntrack:
             mapping = by_port.get(port)
             if mapping is None:
                 mapping = Mapping(proto, guest_ip, guest_port + i, port, static=True)
-                self._hold(mapping)
+                self.mappings.hold(mapping)
             mapping.static = True
-            self._static[proto].setdefault((guest_ip, guest_port + i), mapping)
+            self.mappings.static[proto].setdefault((guest_ip, guest_port + i), mapping)
         forward = Forward(proto, ext_ports, guest_ip, guest_port)
         self._forwards.append(forward)
         return forward
@@ -569,21 +466,21 @@ class Conntrack:
         else:
             raise KeyError(f"no forward of {proto}/{ext_ports}")
         self._forwards.remove(forward)
-        static = self._static[proto]
+        static = self.mappings.static[proto]
         for port in ext_ports:  # 1.
-            mapping = self._by_port[proto][port]
+            mapping = self.mappings.by_port[proto][port]
             mapping.static = False
             endpoint = (mapping.guest_ip, mapping.guest_port)
             if static.get(endpoint) is mapping:
                 del static[endpoint]
             if not mapping.flows:
-                self._release(mapping)
+                self.mappings.release(mapping)
             else:
-                self._by_guest[proto].setdefault(endpoint, mapping)
+                self.mappings.by_guest[proto].setdefault(endpoint, mapping)
         for other in self._forwards:  # 2.
             for i, port in enumerate(other.ext_ports if other.proto == proto else ()):
                 static.setdefault((other.guest_ip, other.guest_port + i),
-                                  self._by_port[proto][port])
+                                  self.mappings.by_port[proto][port])
         return forward
 
     def forwards(self) -> list[Forward]:
@@ -673,7 +570,7 @@ class Conntrack:
         entries = [e for _, e in zip(range(sample), self._all_entries(), strict=False)]
         own = sum(_deep_size(e, self.external_ip) for e in entries) / len(entries)
         indexes: list[object] = [self._inside, self._outside, self._unreplied, self._timers]
-        for tables in (self._by_port, self._by_guest, self._static):
+        for tables in (self.mappings.by_port, self.mappings.by_guest, self.mappings.static):
             indexes.extend(tables.values())
         shared: float = sum(sys.getsizeof(index) for index in indexes)
         shared += sum(sys.getsizeof(item) for item in self._timers)

@@ -144,7 +144,7 @@ def test_address_dependent_permits_match_the_live_flows():
         ct.expire(now)
         udp_out(ct, A, 5000, rng.choice(remotes), rng.randrange(1, 4), now)
         live = {row.original[3] for row in ct.entries(now)}
-        mapping = ct._by_port[UDP][5000]
+        mapping = ct.mappings.by_port[UDP][5000]
         assert {r for r in remotes if mapping.has_flow_to(r)} == live
 
 
