@@ -97,6 +97,12 @@ class Offloads(NamedTuple):
     tso_ecn: bool = False  #: tx-tcp-ecn-segmentation: TSO of segments with CWR set
     uso: bool = False  #: tx-udp-segmentation (GSO_UDP_L4)
 
+    @property
+    def segments_tcp(self) -> bool:
+        """Takes what most packets ask for: partial checksums and TCP segmentation, both IP
+        versions.  A packet socket bypasses the qdisc layer only to such a device."""
+        return self.csum and self.tso4 and self.tso6
+
     def names(self) -> list[str]:
         """The features that are on, by their short names (``show ports``)."""
         return [name for name, on in zip(self._fields, self, strict=True) if on]

@@ -62,6 +62,14 @@ def test_what_a_device_takes_as_it_is(offloads, packet, taken):
         assert test is not None and test(packet) is taken
 
 
+def test_only_a_device_without_tcp_segmentation_leaves_the_qdisc_bypass():
+    """A NIC without USO or ECN TSO keeps the fast path (those rare packets are cut here); a
+    device without checksums or TSO sends through the qdisc, where the kernel cuts."""
+    assert EVERY_OFFLOAD.segments_tcp and CSUM_TSO.segments_tcp
+    assert not NO_OFFLOADS.segments_tcp and not CSUM4_ONLY.segments_tcp
+    assert not EVERY_OFFLOAD._replace(tso6=False).segments_tcp
+
+
 class Recorder:
     """A port writing to a socketpair: each packet it sends is one datagram read back here."""
 

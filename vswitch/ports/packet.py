@@ -14,7 +14,7 @@ import struct
 from vswitch.ports.base import RX_OVERFLOW, Port
 from vswitch.ports.features import device_offloads
 from vswitch.ports.tun import has_carrier
-from wire.vnet import NO_OFFLOADS, Offloads, taken_as_is
+from wire.vnet import NO_OFFLOADS, Offloads
 
 log = logging.getLogger("vswitch.port")
 
@@ -93,22 +93,24 @@ class PacketSocketPort(Port):
         self.poll()
 
     def send_by(self, offloads: Offloads) -> None:
-        """Send as the device's ``offloads`` allow (wire.vnet Rule 3).
+        """Send as the device's ``offloads`` allow (vswitch.vnet Rule 3).
 
-        A device that takes every offload gets packets straight from the socket to its driver
-        (``PACKET_QDISC_BYPASS``).  Any other gets them through the qdisc layer, where
-        ``validate_xmit_skb`` cuts super-frames (``skb_gso_segment``) and finishes checksums in
-        C for a device without the feature; bypassing it drops them instead.  All of a port's
-        packets take the one path, so none overtakes another.  bench.offloads measured TCP to
-        such a device at 0.85 Gbit/s when cut in Python (wire.gso, 13 µs a segment) against
-        7.4 for the kernel bridge; the kernel's cut is the one worth taking.  If the socket
-        cannot leave bypass, the packets are cut in Python.
+        A device that takes checksums and TCP segmentation gets packets straight from the
+        socket to its driver (``PACKET_QDISC_BYPASS``); the rare packets it cannot take (UDP
+        segmentation, ECN-marked TSO, on a NIC without those) are cut in Python.  A device
+        without them (an e1000 guest's TAP, ``ethtool -K tso off``) gets every packet through
+        the qdisc layer instead, where ``validate_xmit_skb`` cuts super-frames
+        (``skb_gso_segment``) and finishes checksums in C; bypassing it would drop them.  All
+        of a port's packets take the one path, so none overtakes another.  bench.offloads
+        measured TCP to such a device at 0.85 Gbit/s when cut in Python (vswitch.gso, 13 µs a
+        segment) against 7.4 for the kernel bridge; the kernel's cut is the one worth taking.
+        If the socket cannot leave bypass, the packets are cut in Python.
         """
         assert self.sock is not None
-        everything = taken_as_is(offloads) is None
+        bypass = offloads.segments_tcp
         try:
-            self.sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, int(everything))
-            kernel_cuts = not everything
+            self.sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, int(bypass))
+            kernel_cuts = not bypass
         except OSError:
             kernel_cuts = False
         self.use_fd(self.sock.fileno(), offloads, kernel_cuts)

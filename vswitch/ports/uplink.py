@@ -12,11 +12,9 @@ daemon, which rebinds the router.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 
 from dhcp.client import Bound, DhcpClient, Lost, Send
-from vswitch.ports.base import BATCH, READ_SIZE, RX_ERROR
 from vswitch.ports.packet import PacketSocketPort
 from vswitch.ports.router import RouterPort
 from vswitch.ports.tun import link_is_up, run_ip
@@ -52,6 +50,7 @@ class RawUplink(PacketSocketPort):
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self.deliver = self._from_uplink
         if not link_is_up(self.interface):  # needs CAP_NET_ADMIN; skipped when already up
             run_ip(["ip", "link", "set", "dev", self.interface, "up"])
         self.listen(loop)  # sends go straight to the socket (use_fd)
@@ -64,25 +63,15 @@ class RawUplink(PacketSocketPort):
         super().use_fd(fd, offloads, kernel_cuts)
         self.router_port.to_uplink = self.send
 
-    def read_fd_batch(self, fd: int) -> None:
-        """Frames from the uplink network, up to BATCH per wake-up, to the router."""
+    def _from_uplink(self, packet: bytes, _port: int, now: float) -> None:
+        """A frame from the uplink network (read in batches by ``Port.read_fd_batch``): to
+        the DHCP client if it is its server's reply, else to the router."""
         router = self.router_port.router
-        assert router is not None and self.loop is not None
-        now = self.loop.time()
-        for _ in range(BATCH):
-            try:
-                packet = os.read(fd, READ_SIZE)
-            except BlockingIOError:
-                return
-            except OSError:
-                self.drops[RX_ERROR] += 1
-                return
-            self.rx_frames += 1
-            self.rx_bytes += len(packet)
-            if self.client is not None and _to_dhcp_client(packet):
-                self._dhcp_reply(packet, now)
-                continue
-            self.router_port.dispatch(router.from_uplink(packet, now))
+        assert router is not None
+        if self.client is not None and _to_dhcp_client(packet):
+            self._dhcp_reply(packet, now)
+            return
+        self.router_port.dispatch(router.from_uplink(packet, now))
 
     # -- DHCP client I/O (address = "dhcp") -----------------------------------------------
 
