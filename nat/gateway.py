@@ -29,7 +29,6 @@ from typing import Protocol
 from wire.errors import MalformedPacket
 from wire.packets import (
     BROADCAST_IP,
-    ETH,
     ETH_P_ARP,
     ETH_P_IP,
     PROTO_ICMP,
@@ -38,6 +37,7 @@ from wire.packets import (
     Arp,
     Ipv4,
     decode_arp,
+    decode_ethernet,
     decode_ipv4,
     decode_udp,
     encode_arp,
@@ -75,14 +75,15 @@ class Gateway:
 
     def handle(self, frame: bytes, now: float) -> list[bytes]:
         """Frames to send in answer to ``frame`` (Rule 6: never raises on bad input)."""
-        if len(frame) < 14:
+        try:
+            dst, _, ethertype, tags, _ = decode_ethernet(frame)
+        except MalformedPacket:
             self.counters["runt"] += 1
             return []
-        dst, _, ethertype = ETH.unpack_from(frame, 0)
         if dst != self.mac and not dst[0] & 1:
             return []  # flooded unicast for someone else
         handler = self._dispatch.get(ethertype)
-        if handler is None:
+        if handler is None or tags:  # the gateway's network is untagged
             return []
         try:
             return handler(frame, now)

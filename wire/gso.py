@@ -23,7 +23,7 @@ from typing import Final
 
 from wire.checksum import internet_checksum
 from wire.errors import MalformedPacket
-from wire.packets import IPV4_MF, IPV4_OFFSET, ipv4_ihl
+from wire.packets import IPV4_MF, IPV4_OFFSET, decode_ethernet, ipv4_ihl
 from wire.tcp import CWR as TCP_CWR
 from wire.tcp import FIN as TCP_FIN
 from wire.tcp import PSH as TCP_PSH
@@ -49,7 +49,6 @@ _U32: Final = struct.Struct(">I")
 
 ETHERTYPE_IPV4: Final = 0x0800
 ETHERTYPE_IPV6: Final = 0x86DD
-VLAN_TPIDS: Final = frozenset({0x8100, 0x88A8})  # IEEE 802.1Q C-tag, 802.1ad S-tag
 IPPROTO_TCP: Final = 6
 IPPROTO_UDP: Final = 17
 
@@ -132,18 +131,12 @@ def _finish_checksum(frame: bytes, csum_start: int, csum_offset: int) -> bytes:
 def _locate(frame: bytes) -> tuple[int, int, bool, int]:
     """(L3 offset, L4 offset, is IPv4, L4 protocol) of the IP packet in ``frame``.
 
-    VLAN tags (802.1Q/802.1ad, 4 bytes each, any depth) are skipped.  IPv4: IHL >= 5 (RFC 791
-    section 3.1) and not already a fragment.  IPv6: the next header must be the L4 protocol
-    itself (RFC 8200 section 4); extension headers are not walked, the L4 check rejects them.
+    VLAN tags (802.1Q/802.1ad) are skipped (``wire.packets.decode_ethernet``).  IPv4: IHL >= 5
+    (RFC 791 section 3.1) and not already a fragment.  IPv6: the next header must be the L4
+    protocol itself (RFC 8200 section 4); extension headers are not walked, the L4 check
+    rejects them.
     """
-    at = 12
-    ethertype: int = _U16.unpack_from(frame, at)[0]
-    while ethertype in VLAN_TPIDS:
-        at += 4
-        if at + 2 > len(frame):
-            raise MalformedPacket("frame ends inside its VLAN tags")
-        ethertype = _U16.unpack_from(frame, at)[0]
-    l3 = at + 2
+    _, _, ethertype, _, l3 = decode_ethernet(frame)
     if ethertype == ETHERTYPE_IPV4:
         if l3 + IPV4_MIN_HLEN > len(frame) or frame[l3] >> 4 != 4:
             raise MalformedPacket("truncated or not an IPv4 header")

@@ -16,6 +16,7 @@ from wire.checksum import internet_checksum, pseudo_header_sum
 from wire.errors import MalformedPacket
 
 ETH: Final = struct.Struct("!6s6sH")
+U16_BE: Final = struct.Struct("!H")
 ARP: Final = struct.Struct("!HHBBH6s4s6s4s")
 IPV4: Final = struct.Struct("!BBHHHBBH4s4s")
 UDP: Final = struct.Struct("!HHHH")
@@ -95,6 +96,41 @@ def encode_ipv4(src: bytes, dst: bytes, proto: int, payload: bytes, ttl: int = 6
     return bytes(header) + payload
 
 
+#: IEEE 802.1Q C-tag and 802.1ad S-tag: a 4-byte tag, then the type of what follows.
+VLAN_TPIDS: Final = frozenset({0x8100, 0x88A8})
+#: Tags walked before a frame counts as malformed: 802.1ad's two (QinQ), with room to spare.
+MAX_VLAN_TAGS: Final = 4
+
+
+class Ethernet(NamedTuple):
+    """An Ethernet header, and its payload's type and offset after any VLAN tags."""
+
+    dst: bytes
+    src: bytes
+    ethertype: int
+    """The type of the payload (after the tags)."""
+    tags: int
+    """How many 802.1Q/802.1ad tags stood before it."""
+    start: int
+    """Offset of the payload (its L3 header) in the frame."""
+
+
+def decode_ethernet(frame: bytes, offset: int = 0) -> Ethernet:
+    """The Ethernet header at ``offset``; VLAN tags are walked, at most ``MAX_VLAN_TAGS``."""
+    try:
+        dst, src, ethertype = ETH.unpack_from(frame, offset)
+        at, tags = offset + 14, 0
+        while ethertype in VLAN_TPIDS:
+            tags += 1
+            if tags > MAX_VLAN_TAGS:
+                raise MalformedPacket(f"more than {MAX_VLAN_TAGS} VLAN tags")
+            ethertype = U16_BE.unpack_from(frame, at + 2)[0]
+            at += 4
+    except struct.error:
+        raise MalformedPacket("frame ends inside its Ethernet header or VLAN tags") from None
+    return _new(Ethernet, (dst, src, ethertype, tags, at))
+
+
 def encode_ethernet(dst: bytes, src: bytes, ethertype: int, payload: bytes) -> bytes:
     return ETH.pack(dst, src, ethertype) + payload
 
@@ -118,14 +154,22 @@ def encode_udp(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -
     return segment[:6] + struct.pack("!H", csum) + segment[8:]
 
 
-def decode_udp(frame: bytes, ip: Ipv4) -> tuple[int, int, bytes]:
-    """(source port, destination port, payload) of the UDP datagram in ``ip``'s payload."""
+class Udp(NamedTuple):
+    """A decoded UDP header and its payload (RFC 768)."""
+
+    sport: int
+    dport: int
+    payload: bytes
+
+
+def decode_udp(frame: bytes, ip: Ipv4) -> Udp:
+    """The UDP datagram in ``ip``'s payload: its length must fit that payload."""
     if ip.end - ip.start < 8:
         raise MalformedPacket("UDP header truncated")
     sport, dport, length, _ = UDP.unpack_from(frame, ip.start)
     if length < 8 or ip.start + length > ip.end:
         raise MalformedPacket("UDP length < 8 or beyond the IP payload")
-    return sport, dport, frame[ip.start + 8:ip.start + length]
+    return _new(Udp, (sport, dport, frame[ip.start + 8:ip.start + length]))
 
 
 @dataclass(frozen=True, slots=True)

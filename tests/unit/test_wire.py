@@ -120,3 +120,22 @@ def test_macs():
     assert format_mac(bytes.fromhex("525400123456")) == "52:54:00:12:34:56"
     assert qemu_mac("vm1")[:3] == b"\x52\x54\x00" and qemu_mac("vm1") == qemu_mac("vm1")
     assert qemu_mac("vm1") != qemu_mac("vm2")
+
+
+def test_ethernet_with_and_without_vlan_tags():
+    from scapy.layers.l2 import Dot1AD, Dot1Q
+
+    from wire.packets import MAX_VLAN_TAGS, decode_ethernet
+
+    plain = bytes(Ether(dst="52:54:00:00:00:02", src="52:54:00:00:00:01") / IP(src="10.0.0.5"))
+    eth = decode_ethernet(plain)
+    assert (eth.dst, eth.src, eth.ethertype, eth.tags, eth.start) == (
+        bytes.fromhex("525400000002"), bytes.fromhex("525400000001"), 0x0800, 0, 14)
+    qinq = bytes(Ether() / Dot1AD(vlan=100) / Dot1Q(vlan=200) / IP())
+    assert decode_ethernet(bytes(10) + qinq, 10)[2:] == (0x0800, 2, 10 + 22)
+    deep = Ether() / Dot1Q(vlan=1)
+    for _ in range(MAX_VLAN_TAGS):
+        deep = deep / Dot1Q(vlan=1)
+    for bad in (plain[:13], bytes(Ether() / Dot1Q())[:16], bytes(deep / IP())):
+        with pytest.raises(MalformedPacket):
+            decode_ethernet(bad)
