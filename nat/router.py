@@ -139,23 +139,23 @@ class Neighbours:
 
 class Router:
     def __init__(self, gateway: Gateway, mode: str, subnet: tuple[int, int],
-                 uplink: UplinkAddress | None, conntrack: Conntrack | None,
+                 uplink_address: UplinkAddress | None, conntrack: Conntrack | None,
                  egress: Egress | None = None) -> None:
         self.gateway = gateway
         self.mode = mode
         network, prefix = subnet
         self.mask = (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF
         self.network = network & self.mask
-        self.uplink = uplink
+        self.uplink_address = uplink_address
         self.conntrack = conntrack
         self.egress = egress
         self.guests = Neighbours()
         self.outside = Neighbours()
         self.counters: Counter[str] = Counter()
 
-    def rebind(self, uplink: UplinkAddress | None, conntrack: Conntrack | None) -> None:
+    def rebind(self, uplink_address: UplinkAddress | None, conntrack: Conntrack | None) -> None:
         """A new uplink address (a DHCP lease), or none: flows of the old address are gone."""
-        self.uplink = uplink
+        self.uplink_address = uplink_address
         self.conntrack = conntrack
         self.outside = Neighbours()
 
@@ -184,14 +184,14 @@ class Router:
                 return self._refuse(time_exceeded(packet, self.gateway.ip), out, "ttl-exceeded")
             self.egress.from_guest(packet, now)
             return out
-        if self.uplink is None:  # no address on the uplink yet (DHCP): network unreachable
+        if self.uplink_address is None:  # no address on the uplink yet (DHCP): network unreachable
             return self._refuse(icmp_error(packet, 3, 0, self.gateway.ip), out, "no-uplink")
         if packet[IP + 8] <= 1:
             return self._refuse(time_exceeded(packet, self.gateway.ip), out, "ttl-exceeded")
         if not is_gso(packet) and packet[IP + 6] & 0x40:  # not GSO, DF set
-            if struct.unpack_from("!H", packet, IP + 2)[0] > self.uplink.mtu:
-                return self._refuse(frag_needed(packet, self.gateway.ip, self.uplink.mtu), out,
-                                    "frag-needed")
+            if struct.unpack_from("!H", packet, IP + 2)[0] > self.uplink_address.mtu:
+                return self._refuse(frag_needed(packet, self.gateway.ip,
+                                                self.uplink_address.mtu), out, "frag-needed")
         if self.mode == "nat":
             assert self.conntrack is not None
             return self._send_all(self._nat(packet, False, now, out), now, out)
@@ -201,10 +201,10 @@ class Router:
 
     def from_uplink(self, packet: bytes, now: float) -> Out:
         out = Out([], [])
-        if len(packet) < IP or self.uplink is None:
+        if len(packet) < IP or self.uplink_address is None:
             return out
         dst_mac = packet[ETH:ETH + 6]
-        if dst_mac != self.uplink.mac and dst_mac != BROADCAST_MAC:
+        if dst_mac != self.uplink_address.mac and dst_mac != BROADCAST_MAC:
             return out
         ethertype = packet[ETH + 12:ETH + 14]
         try:
@@ -213,7 +213,7 @@ class Router:
             if ethertype != b"\x08\x00" or len(packet) < IP + 20:
                 return out
             dst = packet[IP + 16:IP + 20]
-            if dst == self.uplink.ip:
+            if dst == self.uplink_address.ip:
                 if packet[IP + 9] == PROTO_ICMP and self._is_echo_request(packet):
                     if self.mode != "nat" or self._nat_lookup_fails(packet):
                         out.uplink.append(self._echo_reply(packet))
@@ -221,16 +221,18 @@ class Router:
                 if self.mode == "nat":
                     translated = self._nat(packet, True, now, out)
                     if translated and self._too_big_for_guests(packet):
-                        return self._refuse(frag_needed(packet, self.uplink.ip, self.gateway.mtu),
+                        return self._refuse(frag_needed(packet, self.uplink_address.ip,
+                                                        self.gateway.mtu),
                                             out, "frag-needed", uplink=True)
                     return self._send_all(translated, now, out)
                 return out
             if self.mode in ("route", "open") and self.local(dst):
                 if packet[IP + 8] <= 1:
-                    return self._refuse(time_exceeded(packet, self.uplink.ip), out,
+                    return self._refuse(time_exceeded(packet, self.uplink_address.ip), out,
                                         "ttl-exceeded", uplink=True)
                 if self._too_big_for_guests(packet):
-                    return self._refuse(frag_needed(packet, self.uplink.ip, self.gateway.mtu),
+                    return self._refuse(frag_needed(packet, self.uplink_address.ip,
+                                                    self.gateway.mtu),
                                         out, "frag-needed", uplink=True)
                 return self._send_all([decrement_ttl(packet)], now, out)
         except MalformedPacket:
@@ -255,7 +257,8 @@ class Router:
         if isinstance(result, Drop):
             self.counters[f"drop-{result.reason}"] += 1
             if result.icmp is not None:
-                source = self.uplink.ip if from_outside and self.uplink else self.gateway.ip
+                address = self.uplink_address
+                source = address.ip if from_outside and address else self.gateway.ip
                 error = icmp_error(packet, result.icmp[0], result.icmp[1], source)
                 if error is not None:
                     (out.uplink if from_outside else out.switch).append(error)
@@ -276,13 +279,14 @@ class Router:
             if to_switch:
                 side, ip, src_mac, asker = self.guests, dst, self.gateway.mac, self.gateway.ip
                 mtu = self.gateway.mtu
-            elif self.uplink is None:
+            elif self.uplink_address is None:
                 self.counters["drop-no-uplink"] += 1  # nowhere to send it
                 continue
             else:
-                side, ip, src_mac, asker = (self.outside, self.uplink.next_hop, self.uplink.mac,
-                                            self.uplink.ip)
-                mtu = self.uplink.mtu
+                address = self.uplink_address
+                side, ip, src_mac, asker = (self.outside, address.next_hop, address.mac,
+                                            address.ip)
+                mtu = self.uplink_address.mtu
             mac = side.lookup(ip, now)
             if mac is None:
                 if side.hold(ip, packet, now):
@@ -312,7 +316,7 @@ class Router:
         return self._send_all(packets, now, Out([], []))
 
     def _uplink_arp(self, packet: bytes, now: float, out: Out) -> Out:
-        up = self.uplink
+        up = self.uplink_address
         assert up is not None
         arp = decode_arp(packet, IP)  # the ARP body sits where an IP header would
         if self.local(arp.sender_ip) or not any(arp.sender_ip):
@@ -348,31 +352,31 @@ class Router:
 
     def _nat_lookup_fails(self, packet: bytes) -> bool:
         """An echo request to the uplink address that no guest's mapping answers."""
-        assert self.conntrack is not None and self.uplink is not None
+        assert self.conntrack is not None and self.uplink_address is not None
         ihl = ipv4_ihl(packet, IP)
         if len(packet) < IP + ihl + 8:
             return True
         ident = struct.unpack_from("!H", packet, IP + ihl + 4)[0]
-        key = (PROTO_ICMP, packet[IP + 12:IP + 16], ident, self.uplink.ip, ident)
+        key = (PROTO_ICMP, packet[IP + 12:IP + 16], ident, self.uplink_address.ip, ident)
         return self.conntrack.lookup(key, True) is None
 
     def _echo_reply(self, packet: bytes) -> bytes:
-        assert self.uplink is not None
+        assert self.uplink_address is not None
         ihl = ipv4_ihl(packet, IP)
         total = struct.unpack_from("!H", packet, IP + 2)[0]
         body = packet[IP + ihl:IP + total]
         reply = encode_icmp(0, 0, body[4:])
-        ip = encode_ipv4(self.uplink.ip, packet[IP + 12:IP + 16], PROTO_ICMP, reply)
+        ip = encode_ipv4(self.uplink_address.ip, packet[IP + 12:IP + 16], PROTO_ICMP, reply)
         self.counters["echo-replies"] += 1
-        return NO_OFFLOAD + encode_ethernet(packet[ETH + 6:ETH + 12], self.uplink.mac, ETH_P_IP,
-                                           ip)
+        return NO_OFFLOAD + encode_ethernet(packet[ETH + 6:ETH + 12], self.uplink_address.mac,
+                                            ETH_P_IP, ip)
 
     def stats(self) -> dict[str, Any]:
         """``show router``: drops by reason, the ARP caches, the uplink's address."""
-        uplink = self.uplink
+        address = self.uplink_address
         return dict(self.counters) | {
-            "uplink_address": "none" if uplink is None
-            else f"{socket.inet_ntoa(uplink.ip)}/{uplink.prefix}",
+            "uplink_address": "none" if address is None
+            else f"{socket.inet_ntoa(address.ip)}/{address.prefix}",
             "arp_guests": len(self.guests.cache), "arp_outside": len(self.outside.cache),
             "held_dropped": self.guests.dropped + self.outside.dropped}
 

@@ -144,25 +144,26 @@ class Daemon:
         self.switch = Switch(self.fdb, on_event=self._on_event)
         # ports[id] -> Port; id 0 is the router port when there is a [network].
         self.ports: list[Port | None] = [None]
-        self.router: RouterPort | None = None
-        self.uplink: RawUplink | None = None
+        self.router_port: RouterPort | None = None
+        self.uplink_port: RawUplink | None = None  # the raw uplink's packet socket
         self.conntrack: Conntrack | None = None
         self.egress: HostEgress | None = None
         #: The uplink as show and forwards see it: the host egress, or the raw uplink's NAT.
-        self.outside: Uplink | None = None
+        self.uplink: Uplink | None = None
         if config.network is not None:
-            self.router = build_router(config)
-            self.ports[0] = self.router
+            self.router_port = build_router(config)
+            self.ports[0] = self.router_port
             self.switch.add_port(0, up=False)
             if config.uplink is not None:
-                self.conntrack, self.router.router = build_nat(config, self.router.gateway)
+                self.conntrack, self.router_port.router = build_nat(config,
+                                                                    self.router_port.gateway)
                 if config.uplink.type == "raw":
-                    self.outside = RawNat(self.router.router)
+                    self.uplink = RawNat(self.router_port.router)
             if config.uplink is not None and config.uplink.type == "raw":
-                self.uplink = RawUplink(config.uplink.interface, self.router,
+                self.uplink_port = RawUplink(config.uplink.interface, self.router_port,
                                         uplink_mac(config))
                 if config.uplink.dhcp:
-                    self.uplink.lease_by_dhcp(DhcpClient(uplink_mac(config), config.name),
+                    self.uplink_port.lease_by_dhcp(DhcpClient(uplink_mac(config), config.name),
                                               self._uplink_lease)
         for pc in config.ports:
             port = make_port(len(self.ports), pc)
@@ -235,8 +236,8 @@ class Daemon:
                         "holding the most", self.fdb.limit, count, self._name(port_id))
         self._evicted.clear()
         self._flapping = {m: t for m, t in self._flapping.items() if t > now}
-        if self.router is not None and self.router.router is not None:
-            self.router.router.expire(now)
+        if self.router_port is not None and self.router_port.router is not None:
+            self.router_port.router.expire(now)
         if self.egress is not None:
             self.egress.expire(now)
         self.loop.call_later(TICK, self._tick)
@@ -255,7 +256,7 @@ class Daemon:
         """What each part shows, by the name ``show`` takes; a part that is not there shows
         as empty."""
         assert self.loop is not None
-        loop, outside, dhcp, dns = self.loop, self.outside, self.dhcp, self.dns
+        loop, outside, dhcp, dns = self.loop, self.uplink, self.dhcp, self.dns
         return {
             "ports": self._ports_view,
             "fdb": lambda: [{"mac": format_mac(mac), "port": self._name(port), "port_id": port,
@@ -277,22 +278,22 @@ class Daemon:
 
     def _ports_view(self) -> list[dict[str, Any]]:
         rows = [self._port_row(p) for p in self.ports if p is not None]
-        if self.uplink is not None:  # not a switch port, but frames go through it too
-            rows.append(self.uplink.describe() | {"macs": 0, "mac_limit": None})
+        if self.uplink_port is not None:  # not a switch port, but frames go through it too
+            rows.append(self.uplink_port.describe() | {"macs": 0, "mac_limit": None})
         return rows
 
     def _router_view(self) -> dict[str, Any]:
         """The router's counters, the gateway's reassembly and the uplink's own stats."""
-        port = self.router
+        port = self.router_port
         if port is None or port.router is None:
             return {}
         to_gateway = {f"gateway-reassembly-{k}": v for k, v in port.reassembly.stats.items()}
-        outside = self.outside.stats() if self.outside is not None else {}
+        outside = self.uplink.stats() if self.uplink is not None else {}
         return port.router.stats() | to_gateway | outside
 
     def _uplink_lease(self, bound: Bound | None) -> None:
         """The uplink's DHCP lease came, changed or went: rebind the router (and its NAT)."""
-        router = self.router.router if self.router is not None else None
+        router = self.router_port.router if self.router_port is not None else None
         config, net = self.config, self.config.network
         assert router is not None and net is not None and config.uplink is not None
         if bound is None:
@@ -301,7 +302,7 @@ class Daemon:
             self.conntrack = None
             router.rebind(None, None)
             return
-        old = router.uplink
+        old = router.uplink_address
         if getattr(bound, "renewed", False) and old is not None and old.ip == bound.address:
             return
         if bound.router is None:
@@ -320,8 +321,8 @@ class Daemon:
         """`vswitch forward add|del`: forwards at run time; open flows are kept."""
         from vswitch.config import ConfigError, parse_listen, parse_ports
 
-        outside = self.outside
-        router = self.router.router if self.router is not None else None
+        outside = self.uplink
+        router = self.router_port.router if self.router_port is not None else None
         if outside is None or router is None or self.config.network is None \
                 or self.config.network.mode != "nat":
             raise ControlError("forwards need [network] mode = \"nat\"")
@@ -382,15 +383,16 @@ class Daemon:
                 log.info("port %s (%s) opened: %s", port.name, port.kind, port.detail())
             self._start_services()
             self._start_host_egress()
-            if self.uplink is not None:
+            if self.uplink_port is not None:
                 try:
-                    self.uplink.start(self.loop)
+                    self.uplink_port.start(self.loop)
                 except OSError as exc:
-                    raise SystemExit(f"vswitch: uplink {self.uplink.interface}: {exc}") from exc
-                opened.append(self.uplink)
+                    raise SystemExit(f"vswitch: uplink {self.uplink_port.interface}: {exc}") \
+                        from exc
+                opened.append(self.uplink_port)
                 up, net = self.config.uplink, self.config.network
                 assert up is not None and net is not None
-                log.info("uplink %s: %s via %s, mode %s", self.uplink.interface,
+                log.info("uplink %s: %s via %s, mode %s", self.uplink_port.interface,
                          "dhcp" if up.dhcp else up.address,
                          "the lease's router" if up.dhcp else up.gateway, net.mode)
             await self.control.start()
@@ -414,11 +416,11 @@ class Daemon:
     def _start_host_egress(self) -> None:
         """The host uplink (nat.egress): built once the loop runs; forwards start listening."""
         config, net, up = self.config, self.config.network, self.config.uplink
-        if up is None or up.type != "host" or self.router is None or self.loop is None:
+        if up is None or up.type != "host" or self.router_port is None or self.loop is None:
             return
-        router = self.router.router
+        router = self.router_port.router
         assert router is not None and net is not None
-        loop, port = self.loop, self.router
+        loop, port = self.loop, self.router_port
 
         def emit(packets: list[bytes]) -> None:
             port.dispatch(router.to_guests(packets, loop.time()))
@@ -429,16 +431,16 @@ class Daemon:
         host = up.host_address.packed if up.host_address is not None else None
         n = config.nat
         self.egress = HostEgress(
-            loop, emit, deliver, self.router.gateway.ip, host, mtu=port.mtu,
+            loop, emit, deliver, self.router_port.gateway.ip, host, mtu=port.mtu,
             max_flows=n.max_entries,
             endpoint_independent=n.filtering == "endpoint-independent", udp_timeout=n.udp,
             icmp_timeout=n.icmp, tcp_established=n.tcp_established,
             tcp_transitory=n.tcp_transitory, fragment_timeout=n.fragments,
             buffer_budget=up.buffer_mib << 20)
         router.egress = self.egress
-        self.outside = self.egress
-        if host is not None and host != self.router.gateway.ip:
-            self.router.gateway.aliases = frozenset({host})
+        self.uplink = self.egress
+        if host is not None and host != self.router_port.gateway.ip:
+            self.router_port.gateway.aliases = frozenset({host})
         for f in config.forwards:
             try:
                 self.egress.add_forward(PROTOS[f.proto], range(f.ports[0], f.ports[1] + 1),
@@ -453,10 +455,10 @@ class Daemon:
     def _start_services(self) -> None:
         """DHCP and DNS on the gateway address (in every mode, isolated included)."""
         net = self.config.network
-        if self.router is None or net is None or self.loop is None:
+        if self.router_port is None or net is None or self.loop is None:
             return
         if net.dhcp:
-            self.dhcp = DhcpService(dhcp_config(net), Path(net.lease_file), self.router,
+            self.dhcp = DhcpService(dhcp_config(net), Path(net.lease_file), self.router_port,
                                     self.loop)
             log.info("DHCP on %s: %s-%s, lease file %s", net.gateway, *net.dhcp_range,
                      net.lease_file)
@@ -471,7 +473,7 @@ class Daemon:
                 return {**names, **static}
 
             responder = DnsResponder(net.domain, hosts, upstreams, subnet=net.subnet)
-            self.dns = DnsService(responder, self.router, self.loop)
+            self.dns = DnsService(responder, self.router_port, self.loop)
             if dhcp is not None:
                 dhcp.on_change = responder.hosts_changed
             log.info("DNS on %s: domain %s, forwarding to %s", net.gateway, net.domain,
