@@ -38,6 +38,7 @@ from wire.packets import (
     Ipv4,
     decode_arp,
     decode_ethernet,
+    decode_icmp,
     decode_ipv4,
     decode_udp,
     encode_arp,
@@ -60,7 +61,8 @@ class TcpService(Protocol):
 
 
 class Gateway:
-    def __init__(self, mac: bytes, ip: bytes, prefix: int) -> None:
+    def __init__(self, mac: bytes, ip: bytes, prefix: int,
+                 aliases: frozenset[bytes] = frozenset()) -> None:
         self.mac = mac
         self.ip = ip
         mask = (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF
@@ -68,7 +70,7 @@ class Gateway:
         self.udp: dict[int, UdpService] = {}
         self.tcp: dict[int, TcpService] = {}
         self.counters: Counter[str] = Counter()
-        self.aliases: frozenset[bytes] = frozenset()  # Rule 5
+        self.aliases = aliases  # Rule 5
         self.mtu = 1500  # the link's (the router port sets it): larger answers go without DF
         self._ident = 0
         self._dispatch = {ETH_P_ARP: self._handle_arp, ETH_P_IP: self._handle_ipv4}
@@ -140,10 +142,11 @@ class Gateway:
         return service(frame[6:12], ip.src, sport, ip.dst, payload, now)
 
     def _handle_icmp(self, frame: bytes, ip: Ipv4) -> list[bytes]:
-        if ip.end - ip.start < 8 or frame[ip.start] != 8:
+        icmp = decode_icmp(frame, ip)
+        if icmp.type != 8:
             return []
-        body = frame[ip.start:ip.end]
-        reply = encode_icmp(0, 0, body[4:])  # echo reply: same identifier, sequence and data
+        # echo reply: the same identifier, sequence and data
+        reply = encode_icmp(0, 0, frame[icmp.start + 4:icmp.end])
         self.counters["echo-replies"] += 1
         return [self.ip_frame(frame[6:12], ip.src, PROTO_ICMP, reply, source=ip.dst)]
 

@@ -48,7 +48,7 @@ from wire.packets import (
     encode_ipv4,
     ipv4_ihl,
 )
-from wire.vnet import FLAG_NEEDS_CSUM, NO_OFFLOAD, VNET_HDR, VNET_HDR_LEN, is_gso
+from wire.vnet import FLAG_NEEDS_CSUM, NO_OFFLOAD, VNET_HDR_LEN, decode_header, is_gso
 
 #: Offset of the IPv4 header in a packet: virtio-net header, then an untagged Ethernet header.
 L3: Final = VNET_HDR_LEN + 14
@@ -258,7 +258,7 @@ def translate(packet: bytes, flow: Flow, to: Translation,
     at = l4 + _CHECKSUM_AT[flow.proto]
     partial = packet[0] & FLAG_NEEDS_CSUM
     if partial:
-        _, _, _, _, csum_start, csum_offset = VNET_HDR.unpack_from(packet)
+        _, _, _, _, csum_start, csum_offset = decode_header(packet)
         if csum_start + VNET_HDR_LEN != l4 or l4 + csum_offset != at:
             raise MalformedPacket("NEEDS_CSUM does not point at this packet's L4 checksum")
     check: int = _U16.unpack_from(packet, at)[0]

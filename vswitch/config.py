@@ -13,7 +13,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, ip_address
 from pathlib import Path
 from typing import Any
 
@@ -170,8 +170,9 @@ class ForwardConfig:
     """Guest address."""
     to_port: int
     """Guest port for the first external port (the rest follow in order)."""
-    listen: str = ""
-    """host uplink: the host address the forward listens on (IPv4 or IPv6; default 0.0.0.0)."""
+    listen: IPv4Address | IPv6Address | None = None
+    """host uplink: the host address the forward listens on (IPv4 or IPv6; default 0.0.0.0);
+    None with a raw uplink, which forwards from its own address."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -599,7 +600,7 @@ def _forward(raw: dict[str, Any], i: int, network: NetworkConfig | None,
 
     key = f"forward[{i}]"
     _only(raw, key + ".", {"proto", "port", "to", "listen"})
-    listen = ""
+    listen = None
     if uplink is not None and uplink.type == "host":
         listen = parse_listen(_get(raw, key + ".listen", str, "0.0.0.0"), key + ".listen")
     elif "listen" in raw:
@@ -623,12 +624,12 @@ def _forward(raw: dict[str, Any], i: int, network: NetworkConfig | None,
     return ForwardConfig(proto, ports, addr, guest_port, listen)
 
 
-def parse_listen(value: str, key: str) -> str:
+def parse_listen(value: str, key: str) -> IPv4Address | IPv6Address:
     """A host address to listen on, IPv4 or IPv6 ("0.0.0.0", "::", "127.0.0.1", "::1")."""
     import netaddr
 
     try:
-        return str(netaddr.IPAddress(value.strip("[]")))
+        return ip_address(str(netaddr.IPAddress(value.strip("[]"))))
     except (netaddr.AddrFormatError, ValueError):
         raise ConfigError(key, f"{value!r} is not an IPv4 or IPv6 address, e.g. \"0.0.0.0\" "
                           "or \"::\"") from None

@@ -130,11 +130,15 @@ def build_nat(config: Config, gateway: Gateway) -> tuple[Conntrack | None, Route
     return conntrack, Router(gateway, net.mode, subnet, uplink, conntrack)
 
 
-def build_router(config: Config) -> RouterPort:
-    net = config.network
+def build_gateway(config: Config) -> Gateway:
+    """The gateway's own station; a host uplink's host address other than the gateway's own
+    is an alias of it (nat.gateway Rule 5)."""
+    net, up = config.network, config.uplink
     assert net is not None
-    gateway = Gateway(gateway_mac(config), net.gateway.packed, net.subnet.prefixlen)
-    return RouterPort(gateway, fragment_timeout=config.nat.fragments)
+    host = up.host_address if up is not None and up.type == "host" else None
+    aliases = frozenset({host.packed}) if host is not None and host != net.gateway \
+        else frozenset()
+    return Gateway(gateway_mac(config), net.gateway.packed, net.subnet.prefixlen, aliases)
 
 
 class Daemon:
@@ -151,14 +155,16 @@ class Daemon:
         #: The uplink as show and forwards see it: the host egress, or the raw uplink's NAT.
         self.uplink: Uplink | None = None
         if config.network is not None:
-            self.router_port = build_router(config)
+            gateway = build_gateway(config)
+            router = None
+            if config.uplink is not None:
+                self.conntrack, router = build_nat(config, gateway)
+                if config.uplink.type == "raw":
+                    self.uplink = RawNat(router)
+            self.router_port = RouterPort(gateway, router,
+                                          fragment_timeout=config.nat.fragments)
             self.ports[0] = self.router_port
             self.switch.add_port(0, up=False)
-            if config.uplink is not None:
-                self.conntrack, self.router_port.router = build_nat(config,
-                                                                    self.router_port.gateway)
-                if config.uplink.type == "raw":
-                    self.uplink = RawNat(self.router_port.router)
             if config.uplink is not None and config.uplink.type == "raw":
                 self.uplink_port = RawUplink(config.uplink.interface, self.router_port,
                                         uplink_mac(config))
@@ -223,9 +229,9 @@ class Daemon:
     def _tick(self) -> None:
         assert self.loop is not None
         now = self.loop.time()
-        for port in self.ports:
+        for port in (*self.ports, self.uplink_port):
             if port is not None:
-                port.poll()
+                port.poll()  # carrier, offloads, kernel drops
         deadline = self.fdb.next_deadline()
         if deadline is not None and deadline <= now:
             aged = self.fdb.expire(now)
@@ -331,7 +337,7 @@ class Daemon:
             raise ControlError("proto must be tcp or udp")
         try:
             first, last = parse_ports(request.get("port"), "port")
-            listen = parse_listen(str(request.get("listen") or "0.0.0.0"), "listen")
+            listen = str(parse_listen(str(request.get("listen") or "0.0.0.0"), "listen"))
         except ConfigError as exc:
             raise ControlError(str(exc)) from None
         ports = range(first, last + 1)
@@ -437,14 +443,12 @@ class Daemon:
             icmp_timeout=n.icmp, tcp_established=n.tcp_established,
             tcp_transitory=n.tcp_transitory, fragment_timeout=n.fragments,
             buffer_budget=up.buffer_mib << 20)
-        router.egress = self.egress
+        router.egress = self.egress  # the egress needs the loop, the router exists before it
         self.uplink = self.egress
-        if host is not None and host != self.router_port.gateway.ip:
-            self.router_port.gateway.aliases = frozenset({host})
         for f in config.forwards:
             try:
                 self.egress.add_forward(PROTOS[f.proto], range(f.ports[0], f.ports[1] + 1),
-                                        f.listen, f.to_ip.packed, f.to_port)
+                                        str(f.listen), f.to_ip.packed, f.to_port)
             except OSError as exc:
                 raise SystemExit(f"vswitch: forward {f.proto} {f.listen} port {f.ports[0]}: "
                                  f"{exc.strerror or exc}") from exc

@@ -36,8 +36,8 @@ from wire.vnet import (
     GSO_UDP,
     GSO_UDP_L4,
     MIN_PACKET,
-    VNET_HDR,
     VNET_HDR_LEN,
+    decode_header,
     needs_software,
 )
 
@@ -85,7 +85,7 @@ def to_plain_frames(packet: bytes) -> list[bytes]:
         raise MalformedPacket(f"packet of {len(packet)} bytes is shorter than {MIN_PACKET}")
     if len(packet) - VNET_HDR_LEN > MAX_FRAME:
         raise MalformedPacket(f"frame of {len(packet) - VNET_HDR_LEN} bytes exceeds {MAX_FRAME}")
-    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(packet)
+    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = decode_header(packet)
     frame = packet[VNET_HDR_LEN:]
     # 2.
     if not needs_software(packet):

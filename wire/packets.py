@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 from wire.checksum import internet_checksum, pseudo_header_sum
@@ -20,7 +19,7 @@ U16_BE: Final = struct.Struct("!H")
 ARP: Final = struct.Struct("!HHBBH6s4s6s4s")
 IPV4: Final = struct.Struct("!BBHHHBBH4s4s")
 UDP: Final = struct.Struct("!HHHH")
-ICMP_ECHO: Final = struct.Struct("!BBHHH")
+ICMP_HEADER: Final = struct.Struct("!BBHI")
 
 #: IPv4 flags and fragment offset (RFC 791 3.1), the 16-bit word at offset 6.
 IPV4_DF: Final = 0x4000
@@ -172,8 +171,7 @@ def decode_udp(frame: bytes, ip: Ipv4) -> Udp:
     return _new(Udp, (sport, dport, frame[ip.start + 8:ip.start + length]))
 
 
-@dataclass(frozen=True, slots=True)
-class Arp:
+class Arp(NamedTuple):
     """An Ethernet/IPv4 ARP packet (RFC 826)."""
 
     op: int
@@ -194,12 +192,33 @@ def decode_arp(frame: bytes, offset: int = 14) -> Arp:
     htype, ptype, hlen, plen, op, smac, sip, tmac, tip = ARP.unpack_from(frame, offset)
     if htype != 1 or ptype != ETH_P_IP or hlen != 6 or plen != 4:
         raise MalformedPacket("ARP not Ethernet/IPv4 (wrong htype, ptype, hlen or plen)")
-    return Arp(op, smac, sip, tmac, tip)
+    return _new(Arp, (op, smac, sip, tmac, tip))
 
 
 def encode_arp(arp: Arp) -> bytes:
     return ARP.pack(1, ETH_P_IP, 6, 4, arp.op, arp.sender_mac, arp.sender_ip, arp.target_mac,
                     arp.target_ip)
+
+
+class Icmp(NamedTuple):
+    """An ICMP message's header (RFC 792) and where its body lies in the frame."""
+
+    type: int
+    code: int
+    word: int
+    """The header's second 32-bit word: echo identifier and sequence, an MTU, a pointer."""
+    start: int
+    """Offset of the ICMP header in the frame."""
+    end: int
+    """Offset just past the message (the IP payload's end)."""
+
+
+def decode_icmp(frame: bytes, ip: Ipv4) -> Icmp:
+    """The ICMP message in ``ip``'s payload (its 8-byte header must be there)."""
+    if ip.end - ip.start < 8:
+        raise MalformedPacket("ICMP header truncated")
+    icmp_type, code, _, word = ICMP_HEADER.unpack_from(frame, ip.start)
+    return _new(Icmp, (icmp_type, code, word, ip.start, ip.end))
 
 
 def encode_icmp(icmp_type: int, code: int, rest: bytes) -> bytes:

@@ -72,6 +72,24 @@ def needs_software(packet: bytes) -> bool:
     return packet[0] & FLAG_NEEDS_CSUM != 0 or is_gso(packet)
 
 
+class VnetHeader(NamedTuple):
+    """A decoded ``struct virtio_net_hdr`` (Rule 2)."""
+
+    flags: int
+    gso_type: int
+    hdr_len: int
+    gso_size: int
+    csum_start: int
+    """From the start of the Ethernet frame."""
+    csum_offset: int
+    """From ``csum_start``."""
+
+
+def decode_header(packet: bytes | bytearray) -> VnetHeader:
+    """The virtio-net header at the start of ``packet`` (the caller checked its length)."""
+    return VnetHeader._make(VNET_HDR.unpack_from(packet))
+
+
 def encode_header(
     flags: int = 0,
     gso_type: int = GSO_NONE,

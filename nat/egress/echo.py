@@ -15,8 +15,7 @@ from nat.egress.frames import U16, fragments
 from nat.egress.side import HostSide
 from nat.egress.sockets import IP_RECVERR, read_icmp_error
 from nat.translate import admin_prohibited
-from wire.errors import MalformedPacket
-from wire.packets import PROTO_ICMP, Ipv4, encode_icmp, encode_ipv4, ipv4_ihl
+from wire.packets import PROTO_ICMP, Ipv4, decode_icmp, encode_icmp, encode_ipv4, ipv4_ihl
 
 log = logging.getLogger("vswitch.egress")
 BATCH: Final = 64
@@ -49,13 +48,12 @@ class EchoAdapter:
 
     def from_guest(self, packet: bytes, ip: Ipv4, now: float) -> None:
         side = self.side
-        if ip.end - ip.start < 8:
-            raise MalformedPacket("ICMP header truncated")
-        if packet[ip.start] != 8:
+        icmp = decode_icmp(packet, ip)
+        if icmp.type != 8:
             side.counters["drop-icmp-not-echo"] += 1  # errors about host flows are the host's
             return
-        ident, seq = struct.unpack_from("!HH", packet, ip.start + 4)
-        data = packet[ip.start + 8:ip.end]
+        ident, seq = icmp.word >> 16, icmp.word & 0xFFFF
+        data = packet[icmp.start + 8:icmp.end]
         if self.mode == "off":
             side.counters["drop-ping-unavailable"] += 1
             side.icmp(admin_prohibited(packet, side.gateway_ip))

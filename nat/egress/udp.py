@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import socket
-import struct
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -13,8 +12,7 @@ from nat.egress.flows import FlowTable, UdpFlow
 from nat.egress.side import HostSide
 from nat.egress.sockets import IP_RECVERR, UNREACHABLE_CODE, read_icmp_error
 from nat.translate import icmp_error
-from wire.errors import MalformedPacket
-from wire.packets import PROTO_UDP, Ipv4, encode_ipv4, encode_udp
+from wire.packets import PROTO_UDP, Ipv4, decode_udp, encode_ipv4, encode_udp
 
 BATCH: Final = 64
 
@@ -30,12 +28,7 @@ class UdpAdapter:
         self.answer_session: SessionAnswer = lambda *_: False
 
     def from_guest(self, packet: bytes, ip: Ipv4, now: float) -> None:
-        if ip.end - ip.start < 8:
-            raise MalformedPacket("UDP header truncated")
-        sport, dport, length, _ = struct.unpack_from("!HHHH", packet, ip.start)
-        if length < 8 or ip.start + length > ip.end:
-            raise MalformedPacket("UDP length < 8 or beyond the IP payload")
-        payload = packet[ip.start + 8:ip.start + length]
+        sport, dport, payload = decode_udp(packet, ip)
         if self.answer_session(packet, ip, sport, dport, payload, now):
             return
         flow = self.flows.udp.get((ip.src, sport))

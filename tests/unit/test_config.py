@@ -1,6 +1,6 @@
 """Config validation: every bad value gets one error naming the key."""
 
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address
 
 import pytest
 
@@ -128,13 +128,13 @@ def test_the_host_uplink_is_the_default_in_nat_mode():
                                                        "to": "192.168.122.10:22"}]})
     assert config.uplink is not None and config.uplink.type == "host"
     assert config.uplink.host_address == IPv4Address("192.168.122.1"), "parsed once, at load"
-    assert config.forwards[0].listen == "0.0.0.0"
+    assert config.forwards[0].listen == IPv4Address("0.0.0.0")
     assert parse_config({"network": {"mode": "isolated"}}).uplink is None
     off = parse_config({"network": {}, "uplink": {"host_address": ""}})
     assert off.uplink is not None and off.uplink.host_address is None
     v6 = parse_config({"network": {}, "forward": [{"proto": "udp", "port": 53, "listen": "[::1]",
                                                    "to": "192.168.122.10:53"}]})
-    assert v6.forwards[0].listen == "::1"
+    assert v6.forwards[0].listen == IPv6Address("::1")
     raw = parse_config({"network": {}, "uplink": {"interface": "e", "address": "10.9.0.2/24",
                                                   "gateway": "10.9.0.1"}})
     assert raw.uplink is not None and raw.uplink.type == "raw", "an interface means raw"

@@ -139,3 +139,21 @@ def test_ethernet_with_and_without_vlan_tags():
     for bad in (plain[:13], bytes(Ether() / Dot1Q())[:16], bytes(deep / IP())):
         with pytest.raises(MalformedPacket):
             decode_ethernet(bad)
+
+
+def test_icmp_arp_and_virtio_net_headers_round_trip():
+    from wire.packets import PROTO_ICMP, Arp, decode_arp, decode_icmp, encode_arp, encode_icmp
+    from wire.vnet import GSO_TCPV4, decode_header, encode_header
+
+    echo = encode_icmp(8, 0, (0x1234).to_bytes(2, "big") + (7).to_bytes(2, "big") + b"ping")
+    frame = frame_of(echo, PROTO_ICMP)
+    icmp = decode_icmp(frame, decode_ipv4(frame))
+    assert (icmp.type, icmp.code, icmp.word >> 16, icmp.word & 0xFFFF) == (8, 0, 0x1234, 7)
+    assert frame[icmp.start + 8:icmp.end] == b"ping"
+    short = frame_of(echo[:6], PROTO_ICMP)
+    with pytest.raises(MalformedPacket):
+        decode_icmp(short, decode_ipv4(short))
+    arp = Arp(1, bytes(range(6)), SRC, bytes(6), DST)
+    assert decode_arp(bytes(14) + encode_arp(arp)) == arp
+    header = encode_header(1, GSO_TCPV4, 54, 1448, 34, 16)
+    assert tuple(decode_header(header)) == (1, GSO_TCPV4, 54, 1448, 34, 16)

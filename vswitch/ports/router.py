@@ -32,14 +32,15 @@ class RouterPort(Port):
     kind = "router"
     vnet = True
 
-    def __init__(self, gateway: Gateway, mtu: int = 1500, fragment_timeout: float = 30.0) -> None:
+    def __init__(self, gateway: Gateway, router: Router | None = None, mtu: int = 1500,
+                 fragment_timeout: float = 30.0) -> None:
         super().__init__(ROUTER_PORT, "gateway", mtu, None)
         self.gateway = gateway
         gateway.mtu = mtu
         self.reassembly = Reassembly(fragment_timeout)
-        #: The router behind the gateway, and where its uplink-bound packets go (set by the
-        #: daemon when there is an uplink).
-        self.router: Router | None = None
+        #: The router behind the gateway (None without an uplink), and where its uplink-bound
+        #: packets go (the raw uplink's port sets it when it opens, and as its device changes).
+        self.router = router
         self.to_uplink: Callable[[bytes], None] | None = None
 
     def open(self, loop: asyncio.AbstractEventLoop, deliver: Deliver) -> None:
