@@ -23,7 +23,16 @@ from typing import Final
 
 from wire.checksum import internet_checksum
 from wire.errors import MalformedPacket
-from wire.packets import IPV4_MF, IPV4_OFFSET, decode_ethernet, ipv4_ihl
+from wire.packets import (
+    ETH_P_IP,
+    ETH_P_IPV6,
+    IPV4_MF,
+    IPV4_OFFSET,
+    PROTO_TCP,
+    PROTO_UDP,
+    decode_ethernet,
+    ipv4_ihl,
+)
 from wire.tcp import CWR as TCP_CWR
 from wire.tcp import FIN as TCP_FIN
 from wire.tcp import PSH as TCP_PSH
@@ -47,11 +56,6 @@ MAX_FRAME: Final = 0xFFFF
 _U16: Final = struct.Struct(">H")
 _U32: Final = struct.Struct(">I")
 
-ETHERTYPE_IPV4: Final = 0x0800
-ETHERTYPE_IPV6: Final = 0x86DD
-IPPROTO_TCP: Final = 6
-IPPROTO_UDP: Final = 17
-
 IPV4_MIN_HLEN: Final = 20
 IPV6_HLEN: Final = 40
 TCP_MIN_HLEN: Final = 20
@@ -61,10 +65,10 @@ UDP_HLEN: Final = 8
 #: UFO (GSO_UDP) is IPv4 only: IPv6 fragmentation is not supported here, such a packet raises
 #: MalformedPacket and is counted as a drop (Linux guests no longer send UFO at all).
 _GSO_CARRIES: Final[dict[int, tuple[bool | None, int]]] = {
-    GSO_TCPV4: (True, IPPROTO_TCP),
-    GSO_TCPV6: (False, IPPROTO_TCP),
-    GSO_UDP_L4: (None, IPPROTO_UDP),
-    GSO_UDP: (True, IPPROTO_UDP),
+    GSO_TCPV4: (True, PROTO_TCP),
+    GSO_TCPV6: (False, PROTO_TCP),
+    GSO_UDP_L4: (None, PROTO_UDP),
+    GSO_UDP: (True, PROTO_UDP),
 }
 
 
@@ -137,7 +141,7 @@ def _locate(frame: bytes) -> tuple[int, int, bool, int]:
     rejects them.
     """
     _, _, ethertype, _, l3 = decode_ethernet(frame)
-    if ethertype == ETHERTYPE_IPV4:
+    if ethertype == ETH_P_IP:
         if l3 + IPV4_MIN_HLEN > len(frame) or frame[l3] >> 4 != 4:
             raise MalformedPacket("truncated or not an IPv4 header")
         l4 = l3 + ipv4_ihl(frame, l3)
@@ -146,7 +150,7 @@ def _locate(frame: bytes) -> tuple[int, int, bool, int]:
         if _U16.unpack_from(frame, l3 + 6)[0] & (IPV4_MF | IPV4_OFFSET):
             raise MalformedPacket("GSO packet is an IPv4 fragment")
         return l3, l4, True, frame[l3 + 9]
-    if ethertype == ETHERTYPE_IPV6:
+    if ethertype == ETH_P_IPV6:
         if l3 + IPV6_HLEN > len(frame) or frame[l3] >> 4 != 6:
             raise MalformedPacket("truncated or not an IPv6 header")
         return l3, l3 + IPV6_HLEN, False, frame[l3 + 6]
@@ -165,7 +169,7 @@ def _segment(frame: bytes, l3: int, l4: int, ipv4: bool, proto: int, gso_size: i
     5e. Full L4 checksum: pseudo header + L4 header + piece.
     """
     # 5a.
-    if proto == IPPROTO_TCP:
+    if proto == PROTO_TCP:
         if l4 + TCP_MIN_HLEN > len(frame):
             raise MalformedPacket("truncated TCP header")
         payload_at = l4 + (frame[l4 + 12] >> 4) * 4
@@ -189,7 +193,7 @@ def _segment(frame: bytes, l3: int, l4: int, ipv4: bool, proto: int, gso_size: i
         # 5c.
         _fix_ip(seg, l3, l4, ipv4, ip_id + n)
         # 5d.
-        if proto == IPPROTO_TCP:
+        if proto == PROTO_TCP:
             _U32.pack_into(seg, l4 + 4, (seq + start) & 0xFFFFFFFF)
             seg_flags = tcp_flags & ~TCP_CWR if n else tcp_flags
             if start + gso_size < len(payload):  # not the last segment
@@ -215,7 +219,7 @@ def _fragment_udp(frame: bytes, l3: int, l4: int, gso_size: int) -> list[bytes]:
         raise MalformedPacket("truncated UDP header")
     datagram = bytearray(frame)
     _U16.pack_into(datagram, l4 + 4, len(datagram) - l4)
-    _fill_l4_checksum(datagram, l3, l4, True, IPPROTO_UDP)
+    _fill_l4_checksum(datagram, l3, l4, True, PROTO_UDP)
     if len(datagram) - l4 <= gso_size:
         _fix_ip(datagram, l3, l4, True, _U16.unpack_from(datagram, l3 + 4)[0])
         return [bytes(datagram)]
@@ -273,12 +277,12 @@ def _fill_l4_checksum(packet: bytearray, l3: int, l4: int, ipv4: bool, proto: in
     destination addresses, the protocol and the L4 length; as a partial sum it is the addresses
     read as one big number plus the two small ones.  UDP sends a 0 result as 0xFFFF (RFC 768).
     """
-    check_at = l4 + (16 if proto == IPPROTO_TCP else 6)
+    check_at = l4 + (16 if proto == PROTO_TCP else 6)
     _U16.pack_into(packet, check_at, 0)
     length = len(packet) - l4
     addresses = packet[l3 + 12 : l3 + 20] if ipv4 else packet[l3 + 8 : l3 + 40]
     pseudo = int.from_bytes(addresses, "big") + proto + length
     csum = internet_checksum(memoryview(packet)[l4:], pseudo)
-    if csum == 0 and proto == IPPROTO_UDP:
+    if csum == 0 and proto == PROTO_UDP:
         csum = 0xFFFF
     _U16.pack_into(packet, check_at, csum)

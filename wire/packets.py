@@ -27,6 +27,7 @@ IPV4_MF: Final = 0x2000
 IPV4_OFFSET: Final = 0x1FFF
 
 ETH_P_IP: Final = 0x0800
+ETH_P_IPV6: Final = 0x86DD
 ETH_P_ARP: Final = 0x0806
 PROTO_ICMP: Final = 1
 PROTO_TCP: Final = 6

@@ -122,6 +122,7 @@ class DgramPort(Port):
             try:
                 tx.send(data)
             except PermissionError:  # the peer connected to our path: send from there
+                self._disconnect()
                 self.peer_connected = True
                 self._send_from_path(data)
                 return
