@@ -55,10 +55,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, ip_address
 from itertools import count
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from wire.errors import MalformedPacket
 
+from .dns_actions import Action, Address, Answer, DnsStats, Forward, Release, Transport
 from .dnsmsg import (
     CLASS_IN,
     HEADER_SIZE,
@@ -93,8 +94,6 @@ from .dnsmsg import (
     soa_minimum,
 )
 
-Transport = Literal["udp", "tcp"]
-Address = tuple[str, int]
 Hosts = Mapping[str, IPv4Address | str]
 
 #: The largest UDP answer sent and the size advertised in our OPT records (DNS flag day 2020).
@@ -108,76 +107,6 @@ MEMO_SECONDS: Final = 1.0
 MEMO_SIZE: Final = 4096
 _EDNS_BADVERS: Final = 1  # extended RCODE 16 = 1 << 4 | 0 (RFC 6891 6.1.3, 9)
 _LOCAL_TYPES: Final = frozenset({TYPE_A, TYPE_AAAA, TYPE_ANY})
-
-# --- actions --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """Send a DNS response to a client."""
-
-    client: tuple[Any, ...]
-    """The client address given to ``handle_query``, echoed unchanged."""
-    payload: bytes
-    """The DNS message; over TCP without its length prefix (frame it with encode_tcp_frame)."""
-    transport: Transport
-    """"udp" or "tcp": how the query arrived and how the answer leaves."""
-
-
-@dataclass(frozen=True, slots=True)
-class Forward:
-    """Send a query to an upstream resolver from a fresh random source port (Rule 3)."""
-
-    upstream: Address
-    """The resolver's (ip, port)."""
-    payload: bytes
-    """The DNS query with the core's random ID; over TCP without its length prefix."""
-    query_id: int
-    """The ID in ``payload`` (for logs; the core does the matching)."""
-    key: int
-    """This attempt's token: pass it to ``sent_from``; a later ``Release(key)`` ends it."""
-    transport: Transport
-    """"udp", or "tcp" for a query that came over TCP (a TCP connection per attempt)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Release:
-    """An upstream attempt is over (answered, retried or failed): close its socket."""
-
-    key: int
-    """The ``Forward.key`` of the attempt."""
-
-
-Action = Answer | Forward | Release
-
-
-@dataclass(slots=True)
-class DnsStats:
-    """Counters for ``vswitch show``; they only grow."""
-
-    queries: int = 0
-    """Client messages handed to ``handle_query``."""
-    local: int = 0
-    """Queries answered from local names (Rule 1, 2)."""
-    cache_hits: int = 0
-    """Queries answered from the cache (Rule 7)."""
-    forwarded: int = 0
-    """Queries sent upstream, retries included (Rule 3)."""
-    merged: int = 0
-    """Queries joined to an identical pending one (Rule 5)."""
-    spoofed: int = 0
-    """Upstream datagrams ignored by Rule 4."""
-    malformed: int = 0
-    """Undecodable queries and replies (Rule 9)."""
-    servfail: int = 0
-    """SERVFAIL answers sent (pending table full, upstream timeouts)."""
-    pending_full: int = 0
-    """Queries refused because ``max_pending`` or ``MAX_WAITERS`` was reached (Rule 6)."""
-    timeouts: int = 0
-    """Upstream attempts that got no accepted reply in time."""
-    memo_hits: int = 0
-    """Repeat queries answered from remembered wire bytes (Rule 10)."""
-
 
 # --- internal state -------------------------------------------------------------------------------
 

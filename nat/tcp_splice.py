@@ -50,10 +50,10 @@ from __future__ import annotations
 
 import secrets
 import struct
-from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
+from nat.tcp_seq import SEQ_MASK, Unacked, seq_add, seq_le, seq_lt, seq_sub
 from wire.checksum import internet_checksum, pseudo_header_sum
 from wire.errors import MalformedPacket
 from wire.packets import ETH_P_IP, IPV4, PROTO_TCP, Ipv4, decode_ipv4
@@ -65,7 +65,6 @@ U16: Final = struct.Struct("!H")
 MSS_OPTION: Final = struct.Struct("!BBH")
 WSCALE_OPTION: Final = bytes([1, 3, 3])  # NOP, kind 3, length 3 (the shift follows)
 
-SEQ_MASK: Final = 0xFFFFFFFF
 WSCALE: Final = 7  # our shift when scaling is agreed
 MAX_WSCALE: Final = 14  # RFC 7323 2.3: a larger shift is used as 14
 DEFAULT_MSS: Final = 536  # RFC 9293 3.7.1: no MSS option
@@ -86,23 +85,6 @@ ZERO_MAC: Final = bytes(6)
 
 #: (seq, ack, flags, window, TCP header offset, payload offset, payload end) of a guest packet.
 Segment = tuple[int, int, int, int, int, int, int]
-
-
-def seq_add(a: int, n: int) -> int:
-    return (a + n) & SEQ_MASK
-
-
-def seq_sub(a: int, b: int) -> int:
-    """How far ``a`` lies after ``b`` in sequence space (RFC 9293 3.4: arithmetic mod 2**32)."""
-    return (a - b) & SEQ_MASK
-
-
-def seq_lt(a: int, b: int) -> bool:
-    return 0 < (b - a) & SEQ_MASK < 1 << 31
-
-
-def seq_le(a: int, b: int) -> bool:
-    return a == b or seq_lt(a, b)
 
 
 def decode_segment(packet: bytes, ip: Ipv4 | None = None) -> Segment:
@@ -590,50 +572,6 @@ class Splice:
             self.to_guest.append(bytes(packet))
         self.packets_to_guest += 1
         self.bytes_to_guest += len(payload)
-
-
-class Unacked:
-    """Bytes sent and not yet acknowledged, kept as the chunks the host gave (no copying: a
-    bytearray would move a megabyte on every append after an ACK)."""
-
-    __slots__ = ("chunks", "head", "size")
-
-    def __init__(self) -> None:
-        self.chunks: deque[bytes] = deque()
-        self.head = 0  # bytes of chunks[0] already acknowledged
-        self.size = 0
-
-    def __len__(self) -> int:
-        return self.size
-
-    def append(self, data: bytes) -> None:
-        self.chunks.append(data)
-        self.size += len(data)
-
-    def drop(self, n: int) -> None:
-        """Forget the first ``n`` bytes (all of them if ``n`` is larger)."""
-        n = min(n, self.size)
-        self.size -= n
-        while n:
-            left = len(self.chunks[0]) - self.head
-            if n < left:
-                self.head += n
-                return
-            self.chunks.popleft()
-            self.head = 0
-            n -= left
-
-    def first(self, n: int) -> bytes:
-        """The first ``n`` bytes (for a retransmission)."""
-        pieces, need, head = [], min(n, self.size), self.head
-        for chunk in self.chunks:
-            if need <= 0:
-                break
-            piece = memoryview(chunk)[head:head + need]
-            pieces.append(piece)
-            need -= len(piece)
-            head = 0
-        return b"".join(pieces)
 
 
 _HANDLERS: Final[dict[str, Callable[[Splice, bytes, Segment, float], None]]] = {

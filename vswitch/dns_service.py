@@ -15,7 +15,8 @@ import socket
 from dataclasses import asdict
 from typing import Any
 
-from dhcp.dns import Answer, DnsResponder, Forward, Release
+from dhcp.dns import DnsResponder
+from dhcp.dns_actions import Answer, Forward, Release
 from dhcp.dnsmsg import TcpFramer, encode_tcp_frame
 from nat.tcp_server import Key, TcpServer
 from vswitch.ports.router import RouterPort

@@ -7,7 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from dhcp.dns import MAX_UDP_PAYLOAD, Answer, DnsResponder, Forward, Release
+from dhcp.dns import MAX_UDP_PAYLOAD, DnsResponder
+from dhcp.dns_actions import Answer, Forward, Release
 from dhcp.dnsmsg import (
     RCODE_FORMERR,
     RCODE_NOERROR,

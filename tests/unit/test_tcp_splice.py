@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import pytest
 
 from nat import tcp_splice
-from nat.tcp_splice import Splice, seq_le, seq_lt, seq_sub
+from nat.tcp_seq import seq_le, seq_lt, seq_sub
+from nat.tcp_splice import Splice
 from wire.checksum import internet_checksum, pseudo_header_sum
 from wire.errors import MalformedPacket
 from wire.gso import to_plain_frames
