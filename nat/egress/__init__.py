@@ -44,7 +44,7 @@ Rule 6: limits.  At most ``max_flows`` host sockets (the conntrack size, and the
         (its windows narrow), until the total falls below it again.
 """
 
-from nat.egress.frames import fragments, ip_packet
+from nat.egress.frames import fragments
 from nat.egress.host import HostEgress
 
-__all__ = ["HostEgress", "fragments", "ip_packet"]
+__all__ = ["HostEgress", "fragments"]
