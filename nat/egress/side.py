@@ -53,9 +53,13 @@ class HostSide:
             return self.host_address or self.gateway_ip
         return socket.inet_aton(host)
 
+    def has_room(self) -> bool:
+        """Rule 6: another host socket may be opened."""
+        return self.flows_in_use() < self.max_flows
+
     def full(self, packet: bytes) -> bool:
         """Rule 6: no room for another host socket; the guest gets ICMP 3/13."""
-        if self.flows_in_use() < self.max_flows:
+        if self.has_room():
             return False
         self.counters["drop-table-full"] += 1
         self.icmp(admin_prohibited(packet, self.gateway_ip))

@@ -104,7 +104,7 @@ class TcpAdapter:
         """A connection a forward accepted (Rule 5): a splice that opens toward the guest;
         False when the flow exists or the table is full."""
         side = self.side
-        if key in self.flows or side.flows_in_use() >= side.max_flows:
+        if key in self.flows or not side.has_room():
             return False
         splice = Splice.inbound(key[0], key[1], key[2], key[3], now, mss=side.mtu - 40,
                                 buffer=self._flow_buffer(), **self.timeouts)

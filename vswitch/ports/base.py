@@ -109,11 +109,15 @@ class Port:
         except MalformedPacket:
             self.drops[TX_MALFORMED] += 1
             return None
+        self.count_software(packet)
+        return frames
+
+    def count_software(self, packet: bytes) -> None:
+        """Rule 2: one more packet cut (GSO) or checksummed in software for this port."""
         if is_gso(packet):
             self.soft_segmented += 1
         else:
             self.soft_checksummed += 1
-        return frames
 
     def _write_frame(self, data: bytes | memoryview) -> None:
         raise NotImplementedError
@@ -152,12 +156,11 @@ class Port:
             self.send = send_fd  # type: ignore[method-assign]
             return
         if kernel_cuts:
+            count_software = self.count_software
+
             def send_counted(packet: bytes) -> None:
                 if (packet[0] & FLAG_NEEDS_CSUM or packet[1]) and not taken(packet):
-                    if is_gso(packet):
-                        self.soft_segmented += 1
-                    else:
-                        self.soft_checksummed += 1
+                    count_software(packet)
                 send_fd(packet)
 
             self.send = send_counted  # type: ignore[method-assign]
