@@ -31,6 +31,8 @@ from wire.packets import (
     BROADCAST_IP,
     ETH_P_ARP,
     ETH_P_IP,
+    ICMP_ECHO_REQUEST,
+    IPV4_FRAGMENTED,
     PROTO_ICMP,
     PROTO_TCP,
     PROTO_UDP,
@@ -116,7 +118,7 @@ class Gateway:
             return self._handle_icmp(frame, ip) if ip.proto == PROTO_ICMP else []
         if ip.dst not in (self.ip, self.broadcast, BROADCAST_IP):
             return []  # routing is the router's job, not the gateway stack's
-        if ip.fragment & 0x3FFF:
+        if ip.fragment & IPV4_FRAGMENTED:
             self.counters["fragment-to-gateway"] += 1  # services here never need fragments
             return []
         if ip.proto == PROTO_UDP:
@@ -143,7 +145,7 @@ class Gateway:
 
     def _handle_icmp(self, frame: bytes, ip: Ipv4) -> list[bytes]:
         icmp = decode_icmp(frame, ip)
-        if icmp.type != 8:
+        if icmp.type != ICMP_ECHO_REQUEST:
             return []
         # echo reply: the same identifier, sequence and data
         reply = encode_icmp(0, 0, frame[icmp.start + 4:icmp.end])

@@ -36,15 +36,23 @@ from nat.conntrack import Conntrack
 from nat.gateway import Gateway
 from nat.translate import admin_prohibited, frag_needed, icmp_error, nat_packet, time_exceeded
 from nat.verdicts import Drop
+from wire.checksum import adjust_checksum, checksum_delta
 from wire.errors import MalformedPacket
 from wire.gso import fragment_ipv4, to_plain_frames
 from wire.packets import (
     BROADCAST_MAC,
     ETH_P_ARP,
     ETH_P_IP,
+    ICMP_ECHO_REPLY,
+    ICMP_ECHO_REQUEST,
+    IPV4_DF,
     PROTO_ICMP,
     Arp,
+    Icmp,
+    Ipv4,
     decode_arp,
+    decode_icmp,
+    decode_ipv4,
     encode_arp,
     encode_ethernet,
     encode_icmp,
@@ -58,6 +66,7 @@ IP: Final = VNET_HDR_LEN + 14
 ARP_TTL: Final = 300.0
 ARP_RETRY: Final = 1.0
 HELD_PER_ADDRESS: Final = 3
+_U16: Final = struct.Struct("!H")
 HELD_ADDRESSES: Final = 256
 ARP_ENTRIES: Final = 4096
 
@@ -91,7 +100,7 @@ class Egress(Protocol):
     @property
     def host_address(self) -> bytes | None: ...
 
-    def from_guest(self, packet: bytes, now: float) -> None: ...
+    def from_guest(self, packet: bytes, now: float, ip: Ipv4 | None = None) -> None: ...
 
 
 class Neighbours:
@@ -164,13 +173,17 @@ class Router:
 
     # -- guest -> outside ---------------------------------------------------------------
 
-    def from_guest(self, packet: bytes, now: float) -> Out:
-        """A guest's packet to route (Rule 1): translate, or refuse with an ICMP error."""
+    def from_guest(self, packet: bytes, now: float, ip: Ipv4 | None = None) -> Out:
+        """A guest's packet to route (Rule 1): translate, or refuse with an ICMP error.
+        ``ip`` is its IPv4 header, when the router port has decoded it already."""
         out = Out([], [])
-        if len(packet) < IP + 20:
-            self.counters["runt"] += 1
-            return out
-        src, dst = packet[IP + 12:IP + 16], packet[IP + 16:IP + 20]
+        if ip is None:
+            try:
+                ip = decode_ipv4(packet, IP)
+            except MalformedPacket:
+                self.counters["malformed"] += 1
+                return out
+        src, dst = ip.src, ip.dst
         if not self.local(src):  # BCP 38 (RFC 2827): only the guest network's own sources
             self.counters["drop-source-not-in-subnet"] += 1
             return out
@@ -179,22 +192,21 @@ class Router:
             return out  # the switch delivers on-link traffic, not the router
         if self.mode == "isolated":
             return self._refuse(admin_prohibited(packet, self.gateway.ip), out, "isolated")
-        if self.egress is not None:  # Rule 6
-            if packet[IP + 8] <= 1:
-                return self._refuse(time_exceeded(packet, self.gateway.ip), out, "ttl-exceeded")
-            self.egress.from_guest(packet, now)
-            return out
-        if self.uplink_address is None:  # no address on the uplink yet (DHCP): network unreachable
+        if self.egress is None and self.uplink_address is None:  # no address yet (DHCP)
             return self._refuse(icmp_error(packet, 3, 0, self.gateway.ip), out, "no-uplink")
-        if packet[IP + 8] <= 1:
+        if ip.ttl <= 1:
             return self._refuse(time_exceeded(packet, self.gateway.ip), out, "ttl-exceeded")
-        if not is_gso(packet) and packet[IP + 6] & 0x40:  # not GSO, DF set
-            if struct.unpack_from("!H", packet, IP + 2)[0] > self.uplink_address.mtu:
-                return self._refuse(frag_needed(packet, self.gateway.ip,
-                                                self.uplink_address.mtu), out, "frag-needed")
+        if self.egress is not None:  # Rule 6
+            self.egress.from_guest(packet, now, ip)
+            return out
+        assert self.uplink_address is not None
+        if ip.fragment & IPV4_DF and not is_gso(packet) \
+                and ip.end - IP > self.uplink_address.mtu:
+            return self._refuse(frag_needed(packet, self.gateway.ip, self.uplink_address.mtu),
+                                out, "frag-needed")
         if self.mode == "nat":
             assert self.conntrack is not None
-            return self._send_all(self._nat(packet, False, now, out), now, out)
+            return self._send_all(self._nat(packet, False, now, out, ip), now, out)
         return self._send_all([decrement_ttl(packet)], now, out)
 
     # -- outside -> guests ----------------------------------------------------------------
@@ -210,27 +222,29 @@ class Router:
         try:
             if ethertype == b"\x08\x06":
                 return self._uplink_arp(packet, now, out)
-            if ethertype != b"\x08\x00" or len(packet) < IP + 20:
+            if ethertype != b"\x08\x00":
                 return out
-            dst = packet[IP + 16:IP + 20]
-            if dst == self.uplink_address.ip:
-                if packet[IP + 9] == PROTO_ICMP and self._is_echo_request(packet):
-                    if self.mode != "nat" or self._nat_lookup_fails(packet):
-                        out.uplink.append(self._echo_reply(packet))
+            ip = decode_ipv4(packet, IP)
+            if ip.dst == self.uplink_address.ip:
+                if ip.proto == PROTO_ICMP:
+                    icmp = decode_icmp(packet, ip)
+                    if icmp.type == ICMP_ECHO_REQUEST and (
+                            self.mode != "nat" or self._nat_lookup_fails(ip, icmp)):
+                        out.uplink.append(self._echo_reply(packet, ip))
                         return out
                 if self.mode == "nat":
-                    translated = self._nat(packet, True, now, out)
-                    if translated and self._too_big_for_guests(packet):
+                    translated = self._nat(packet, True, now, out, ip)
+                    if translated and self._too_big_for_guests(packet, ip):
                         return self._refuse(frag_needed(packet, self.uplink_address.ip,
                                                         self.gateway.mtu),
                                             out, "frag-needed", uplink=True)
                     return self._send_all(translated, now, out)
                 return out
-            if self.mode in ("route", "open") and self.local(dst):
-                if packet[IP + 8] <= 1:
+            if self.mode in ("route", "open") and self.local(ip.dst):
+                if ip.ttl <= 1:
                     return self._refuse(time_exceeded(packet, self.uplink_address.ip), out,
                                         "ttl-exceeded", uplink=True)
-                if self._too_big_for_guests(packet):
+                if self._too_big_for_guests(packet, ip):
                     return self._refuse(frag_needed(packet, self.uplink_address.ip,
                                                     self.gateway.mtu),
                                         out, "frag-needed", uplink=True)
@@ -241,16 +255,16 @@ class Router:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _too_big_for_guests(self, packet: bytes) -> bool:
+    def _too_big_for_guests(self, packet: bytes, ip: Ipv4) -> bool:
         """Rule 3: DF, not GSO, and over the guest link's MTU."""
-        return (not is_gso(packet) and packet[IP + 6] & 0x40 != 0
-                and struct.unpack_from("!H", packet, IP + 2)[0] > self.gateway.mtu)
+        return (ip.fragment & IPV4_DF != 0 and not is_gso(packet)
+                and ip.end - IP > self.gateway.mtu)
 
     def _nat(self, packet: bytes, from_outside: bool, now: float,
-             out: Out) -> list[bytes | bytearray]:
+             out: Out, ip: Ipv4 | None = None) -> list[bytes | bytearray]:
         assert self.conntrack is not None
         try:
-            result = nat_packet(packet, self.conntrack, from_outside, now)
+            result = nat_packet(packet, self.conntrack, from_outside, now, ip)
         except MalformedPacket:
             self.counters["malformed"] += 1
             return []
@@ -345,31 +359,20 @@ class Router:
             (out.uplink if uplink else out.switch).append(error)
         return out
 
-    @staticmethod
-    def _is_echo_request(packet: bytes) -> bool:
-        ihl = ipv4_ihl(packet, IP)
-        return len(packet) > IP + ihl and packet[IP + ihl] == 8
-
-    def _nat_lookup_fails(self, packet: bytes) -> bool:
+    def _nat_lookup_fails(self, ip: Ipv4, icmp: Icmp) -> bool:
         """An echo request to the uplink address that no guest's mapping answers."""
         assert self.conntrack is not None and self.uplink_address is not None
-        ihl = ipv4_ihl(packet, IP)
-        if len(packet) < IP + ihl + 8:
-            return True
-        ident = struct.unpack_from("!H", packet, IP + ihl + 4)[0]
-        key = (PROTO_ICMP, packet[IP + 12:IP + 16], ident, self.uplink_address.ip, ident)
+        ident = icmp.word >> 16
+        key = (PROTO_ICMP, ip.src, ident, self.uplink_address.ip, ident)
         return self.conntrack.lookup(key, True) is None
 
-    def _echo_reply(self, packet: bytes) -> bytes:
+    def _echo_reply(self, packet: bytes, ip: Ipv4) -> bytes:
         assert self.uplink_address is not None
-        ihl = ipv4_ihl(packet, IP)
-        total = struct.unpack_from("!H", packet, IP + 2)[0]
-        body = packet[IP + ihl:IP + total]
-        reply = encode_icmp(0, 0, body[4:])
-        ip = encode_ipv4(self.uplink_address.ip, packet[IP + 12:IP + 16], PROTO_ICMP, reply)
+        reply = encode_icmp(ICMP_ECHO_REPLY, 0, packet[ip.start + 4:ip.end])
+        answer = encode_ipv4(self.uplink_address.ip, ip.src, PROTO_ICMP, reply)
         self.counters["echo-replies"] += 1
         return NO_OFFLOAD + encode_ethernet(packet[ETH + 6:ETH + 12], self.uplink_address.mac,
-                                            ETH_P_IP, ip)
+                                            ETH_P_IP, answer)
 
     def stats(self) -> dict[str, Any]:
         """``show router``: drops by reason, the ARP caches, the uplink's address."""
@@ -405,12 +408,9 @@ def decrement_ttl(packet: bytes) -> bytearray:
     """TTL - 1 with the header checksum adjusted incrementally (RFC 1624 eqn. 3), in a new
     buffer the router addresses in place."""
     buf = bytearray(packet)
-    old = (buf[IP + 8] << 8) | buf[IP + 9]
+    old = bytes(buf[IP + 8:IP + 10])
     buf[IP + 8] -= 1
-    new = (buf[IP + 8] << 8) | buf[IP + 9]
-    check = struct.unpack_from("!H", buf, IP + 10)[0]
-    total = (~check & 0xFFFF) + (~old & 0xFFFF) + new
-    total = (total & 0xFFFF) + (total >> 16)
-    total = (total & 0xFFFF) + (total >> 16)
-    struct.pack_into("!H", buf, IP + 10, ~total & 0xFFFF)
+    check = adjust_checksum(_U16.unpack_from(buf, IP + 10)[0],
+                            checksum_delta(old, bytes(buf[IP + 8:IP + 10])))
+    _U16.pack_into(buf, IP + 10, check)
     return buf

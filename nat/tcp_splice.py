@@ -56,7 +56,7 @@ from typing import Any, Final
 from nat.tcp_seq import SEQ_MASK, Unacked, seq_add, seq_le, seq_lt, seq_sub
 from wire.checksum import internet_checksum, pseudo_header_sum
 from wire.errors import MalformedPacket
-from wire.packets import ETH_P_IP, IPV4, PROTO_TCP, Ipv4, decode_ipv4
+from wire.packets import ETH_P_IP, IPV4, IPV4_FRAGMENTED, PROTO_TCP, Ipv4, decode_ipv4
 from wire.tcp import ACK, FIN, PSH, RST, SYN, TCP, decode_tcp
 from wire.vnet import FLAG_NEEDS_CSUM, GSO_TCPV4, VNET_HDR, VNET_HDR_LEN
 
@@ -94,7 +94,7 @@ def decode_segment(packet: bytes, ip: Ipv4 | None = None) -> Segment:
         if len(packet) < IP_AT or U16.unpack_from(packet, IP_AT - 2)[0] != ETH_P_IP:
             raise MalformedPacket("not an IPv4 frame")
         ip = decode_ipv4(packet, IP_AT)
-    if ip.proto != PROTO_TCP or ip.fragment & 0x3FFF:
+    if ip.proto != PROTO_TCP or ip.fragment & IPV4_FRAGMENTED:
         raise MalformedPacket("not TCP, or an IPv4 fragment")
     _, _, seq, ack, flags, window, tcp_at, payload_at, end = decode_tcp(packet, ip)
     return seq, ack, flags, window, tcp_at, payload_at, end

@@ -36,12 +36,15 @@ from wire.checksum import adjust_checksum, checksum_delta, internet_checksum
 from wire.errors import MalformedPacket
 from wire.packets import (
     ETH_P_IP,
+    ICMP_ECHO_REPLY,
+    ICMP_ECHO_REQUEST,
     ICMP_QUOTE_MAX,
     IPV4_MF,
     IPV4_OFFSET,
     PROTO_ICMP,
     PROTO_TCP,
     PROTO_UDP,
+    Ipv4,
     decode_ipv4,
     encode_ethernet,
     encode_icmp_error,
@@ -62,9 +65,9 @@ _U16: Final = struct.Struct("!H")
 MF, OFFSET = IPV4_MF, IPV4_OFFSET  # IPv4 flags and fragment offset (RFC 791 3.1)
 
 # ICMP types (RFC 792).
-ECHO_REPLY: Final = 0
+ECHO_REPLY: Final = ICMP_ECHO_REPLY
 DEST_UNREACHABLE: Final = 3
-ECHO_REQUEST: Final = 8
+ECHO_REQUEST: Final = ICMP_ECHO_REQUEST
 TIME_EXCEEDED: Final = 11
 PARAMETER_PROBLEM: Final = 12
 #: Errors the NAT translates; source quench is deprecated (RFC 6633), redirects stay local.
@@ -163,7 +166,7 @@ def _icmp(packet: bytes, l4: int, end: int, whole: bool) -> tuple[int, int, int]
 _L4: Final = {PROTO_TCP: _tcp, PROTO_UDP: _udp, PROTO_ICMP: _icmp}
 
 
-def flow_of(packet: bytes) -> Flow | None:
+def flow_of(packet: bytes, ip: Ipv4 | None = None) -> Flow | None:
     """The flow of an IPv4 TCP, UDP or ICMP echo packet; None for anything else.
 
     1. Ethernet: IPv4, else None (ARP, IPv6, VLAN tags are not the NAT's).
@@ -175,10 +178,12 @@ def flow_of(packet: bytes) -> Flow | None:
        the whole L4 header (RFC 1858 3.1).
     """
     # 1.
-    if not _is_ipv4(packet):
-        return None
-    # 2.
-    src, dst, proto, ttl, ident, frag, l4, end = decode_ipv4(packet, L3)
+    if ip is None:
+        if not _is_ipv4(packet):
+            return None
+        # 2.
+        ip = decode_ipv4(packet, L3)
+    src, dst, proto, ttl, ident, frag, l4, end = ip
     # 3.
     offset = (frag & OFFSET) * 8
     if offset + end - l4 > 65535:
@@ -369,7 +374,7 @@ def translate_icmp_error(packet: bytes, conntrack: Conntrack, from_outside: bool
 
 
 def nat_packet(packet: bytes, conntrack: Conntrack, from_outside: bool,
-               now: float) -> list[bytes | bytearray] | Drop:
+               now: float, ip: Ipv4 | None = None) -> list[bytes | bytearray] | Drop:
     """The NAT step of the router for one packet: the packets to send on, or why none.
 
     1. Not a flow: an ICMP error is translated through its quote; anything else is refused.
@@ -377,9 +382,10 @@ def nat_packet(packet: bytes, conntrack: Conntrack, from_outside: bool,
     3. A later fragment takes its first fragment's verdict, now or when that one comes.
     4. A whole packet or first fragment goes through the conntrack, either way.
     5. Rewrite it; a first fragment brings the later ones that waited for it.
+    ``ip`` is the packet's IPv4 header when the caller has decoded it already.
     """
     # 1.
-    flow = flow_of(packet)
+    flow = flow_of(packet, ip)
     if flow is None:
         if is_icmp_error(packet):
             error = translate_icmp_error(packet, conntrack, from_outside)

@@ -25,11 +25,15 @@ ICMP_HEADER: Final = struct.Struct("!BBHI")
 IPV4_DF: Final = 0x4000
 IPV4_MF: Final = 0x2000
 IPV4_OFFSET: Final = 0x1FFF
+#: MF or an offset: the packet is a fragment (the flags and offset word, DF masked off).
+IPV4_FRAGMENTED: Final = IPV4_MF | IPV4_OFFSET
 
 ETH_P_IP: Final = 0x0800
 ETH_P_IPV6: Final = 0x86DD
 ETH_P_ARP: Final = 0x0806
 PROTO_ICMP: Final = 1
+ICMP_ECHO_REPLY: Final = 0
+ICMP_ECHO_REQUEST: Final = 8
 PROTO_TCP: Final = 6
 PROTO_UDP: Final = 17
 BROADCAST_MAC: Final = b"\xff" * 6

@@ -15,7 +15,15 @@ from nat.egress.frames import U16, fragments
 from nat.egress.side import HostSide
 from nat.egress.sockets import IP_RECVERR, read_icmp_error
 from nat.translate import admin_prohibited
-from wire.packets import PROTO_ICMP, Ipv4, decode_icmp, encode_icmp, encode_ipv4, ipv4_ihl
+from wire.packets import (
+    ICMP_ECHO_REQUEST,
+    PROTO_ICMP,
+    Ipv4,
+    decode_icmp,
+    encode_icmp,
+    encode_ipv4,
+    ipv4_ihl,
+)
 
 log = logging.getLogger("vswitch.egress")
 BATCH: Final = 64
@@ -49,7 +57,7 @@ class EchoAdapter:
     def from_guest(self, packet: bytes, ip: Ipv4, now: float) -> None:
         side = self.side
         icmp = decode_icmp(packet, ip)
-        if icmp.type != 8:
+        if icmp.type != ICMP_ECHO_REQUEST:
             side.counters["drop-icmp-not-echo"] += 1  # errors about host flows are the host's
             return
         ident, seq = icmp.word >> 16, icmp.word & 0xFFFF

@@ -21,7 +21,7 @@ from nat.translate import icmp_error
 from nat.uplinks import PROTO_NAMES
 from wire.errors import MalformedPacket
 from wire.gso import to_plain_frames
-from wire.packets import PROTO_ICMP, PROTO_TCP, PROTO_UDP, decode_ipv4
+from wire.packets import IPV4_FRAGMENTED, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Ipv4, decode_ipv4
 from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN, is_gso
 
 
@@ -76,15 +76,17 @@ class HostEgress:
 
     # -- the guest side ------------------------------------------------------------------------
 
-    def from_guest(self, packet: bytes, now: float) -> None:
-        """A guest's packet routed out (Router Rule 1); answers come through ``emit``."""
+    def from_guest(self, packet: bytes, now: float, ip: Ipv4 | None = None) -> None:
+        """A guest's packet routed out (Router Rule 1); answers come through ``emit``.
+        ``ip`` is its IPv4 header, when the router has decoded it already."""
         counters = self.side.counters
-        try:
-            ip = decode_ipv4(packet, IP)
-        except MalformedPacket:
-            counters["malformed"] += 1
-            return
-        if ip.fragment & 0x3FFF:  # Rule 1
+        if ip is None:
+            try:
+                ip = decode_ipv4(packet, IP)
+            except MalformedPacket:
+                counters["malformed"] += 1
+                return
+        if ip.fragment & IPV4_FRAGMENTED:  # Rule 1
             if is_gso(packet):
                 counters["malformed"] += 1  # a fragment cannot be a GSO frame
                 return

@@ -166,7 +166,7 @@ class FakeEgress:
         self.host_address = host_address
         self.got: list[bytes] = []
 
-    def from_guest(self, packet: bytes, now: float) -> None:
+    def from_guest(self, packet: bytes, now: float, ip: object = None) -> None:
         self.got.append(packet)
 
 

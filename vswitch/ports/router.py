@@ -22,10 +22,20 @@ from nat.translate import icmp_error
 from vswitch.ports.base import TX_MALFORMED, Deliver, Port
 from wire.errors import MalformedPacket
 from wire.gso import fragment_ipv4, to_plain_frames
-from wire.packets import decode_ipv4, format_mac, ipv4_ihl
+from wire.packets import (
+    IPV4_DF,
+    IPV4_FRAGMENTED,
+    PROTO_TCP,
+    PROTO_UDP,
+    Ipv4,
+    decode_ipv4,
+    format_mac,
+    ipv4_ihl,
+)
 from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN, is_gso
 
 ROUTER_PORT = 0
+L3 = VNET_HDR_LEN + 14  # the IPv4 header's offset in a packet
 
 
 class RouterPort(Port):
@@ -75,7 +85,11 @@ class RouterPort(Port):
                 self.emit(reply, now)
 
     def _routed(self, packet: bytes) -> bool:
-        """Hand the router what is its (Rule 1 of nat.router); True if it took the packet."""
+        """Hand the router what is its (Rule 1 of nat.router); True if it took the packet.
+
+        The IPv4 header is decoded here, once, and the view goes down the router, the NAT and
+        the host uplink with the packet.
+        """
         router = self.router
         assert router is not None and self.loop is not None
         ethertype = packet[22:24]
@@ -83,32 +97,37 @@ class RouterPort(Port):
         if ethertype == b"\x08\x06":  # ARP: the router learns guests (and we go on)
             self.dispatch(Out(router.guest_arp(packet[10:], now), []))
             return False
-        if (ethertype != b"\x08\x00" or packet[10:16] != self.gateway.mac
-                or len(packet) < 44 or packet[40:44] == self.gateway.broadcast):
+        gateway = self.gateway
+        if ethertype != b"\x08\x00" or packet[10:16] != gateway.mac:
             return False
-        dst = packet[40:44]
-        if (dst == self.gateway.ip or dst in self.gateway.aliases) and not self._to_host(packet):
+        try:
+            ip = decode_ipv4(packet, L3)
+        except MalformedPacket:
+            return False  # the gateway stack counts it (nat.gateway)
+        dst = ip.dst
+        if dst == gateway.broadcast or (dst == gateway.ip or dst in gateway.aliases) \
+                and not self._to_host(packet, ip):
             return False
-        self.dispatch(router.from_guest(packet, now))
+        self.dispatch(router.from_guest(packet, now, ip))
         return True
 
-    def _to_host(self, packet: bytes) -> bool:
+    def _to_host(self, packet: bytes, ip: Ipv4) -> bool:
         """TCP or UDP to the host address that no gateway service takes (nat.egress Rule 4)."""
         egress = self.router.egress if self.router is not None else None
-        if egress is None or packet[40:44] != egress.host_address:
+        if egress is None or ip.dst != egress.host_address:
             return False
-        proto, l4 = packet[33], 24 + ipv4_ihl(packet, 24)
-        if proto not in (6, 17) or len(packet) < l4 + 4 or packet[30:32] not in (b"\x00\x00",
-                                                                                 b"\x40\x00"):
+        if ip.proto not in (PROTO_TCP, PROTO_UDP) or ip.end - ip.start < 4 \
+                or ip.fragment & IPV4_FRAGMENTED:
             return False  # not TCP/UDP, or a fragment: the gateway stack's business
-        services = self.gateway.tcp if proto == 6 else self.gateway.udp
-        return int.from_bytes(packet[l4 + 2:l4 + 4], "big") not in services
+        services = self.gateway.tcp if ip.proto == PROTO_TCP else self.gateway.udp
+        return int.from_bytes(packet[ip.start + 2:ip.start + 4], "big") not in services
 
     def _fragment_for_us(self, packet: bytes) -> bool:
         """An IPv4 fragment to the gateway's MAC and one of its addresses (the host address is
         one: whose the datagram is depends on its ports, known once it is whole)."""
         return (len(packet) >= 44 and packet[22:24] == b"\x08\x00"
-                and bool(packet[30] & 0x3F or packet[31]) and packet[10:16] == self.gateway.mac
+                and (packet[30] << 8 | packet[31]) & IPV4_FRAGMENTED != 0
+                and packet[10:16] == self.gateway.mac
                 and (packet[40:44] == self.gateway.ip or packet[40:44] in self.gateway.aliases))
 
     def _reassemble(self, packet: bytes) -> None:
@@ -153,7 +172,8 @@ class RouterPort(Port):
         assert self.deliver is not None and self.loop is not None
         now = self.loop.time() if now is None else now
         frames = [frame]
-        if len(frame) > 14 + self.mtu and frame[12:14] == b"\x08\x00" and not frame[20] & 0x40:
+        if len(frame) > 14 + self.mtu and frame[12:14] == b"\x08\x00" \
+                and not frame[20] << 8 & IPV4_DF:
             ihl = ipv4_ihl(frame, 14)
             frames = fragment_ipv4(frame, 14, 14 + ihl, self.mtu - ihl)
         for piece in frames:
