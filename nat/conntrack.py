@@ -315,6 +315,15 @@ class Conntrack:
             return None
         return entry.reply if key == entry.original else entry.original
 
+    def room(self) -> str:
+        """What a new flow would find (Rule 7), changing nothing: "free", "early-drop" (the
+        oldest unreplied flow would make room) or "full"."""
+        if self._count < self.max_entries:
+            return "free"
+        if any(e.timer != _DEAD and not e.packets_reply for e in self._unreplied):
+            return "early-drop"
+        return "full"
+
     def _seen(self, entry: Entry, key: FlowKey, tcp_flags: int, size: int,
               now: float) -> Translation:
         if key == entry.original:

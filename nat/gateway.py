@@ -49,11 +49,24 @@ from wire.packets import (
     encode_icmp_error,
     encode_ipv4,
     encode_udp,
+    format_mac,
 )
 from wire.tcp import reset_for
 
 #: A UDP service: (client MAC, client IP, client port, destination IP, payload, now) -> frames.
 UdpService = Callable[[bytes, bytes, int, bytes, bytes, float], list[bytes]]
+
+
+#: One decision in words and the rule that made it, as ``vswitch trace`` prints them.
+Line = tuple[str, str]
+#: A service's explanation of one datagram: (client MAC, client IP, payload) -> lines.
+Explainer = Callable[[bytes, bytes, bytes], list[Line]]
+#: The well-known ports of the gateway's services, named in explanations.
+SERVICE_NAMES = {53: "DNS", 67: "DHCP"}
+
+
+def _ip(address: bytes) -> str:
+    return ".".join(map(str, address))
 
 
 class TcpService(Protocol):
@@ -71,6 +84,9 @@ class Gateway:
         self.broadcast = struct.pack("!I", int.from_bytes(ip, "big") | (~mask & 0xFFFFFFFF))
         self.udp: dict[int, UdpService] = {}
         self.tcp: dict[int, TcpService] = {}
+        #: (protocol, port) -> a service's own explanation of a datagram (src MAC, src IP,
+        #: payload) -> lines, for ``explain``.
+        self.explainers: dict[tuple[int, int], Explainer] = {}
         self.counters: Counter[str] = Counter()
         self.aliases = aliases  # Rule 5
         self.mtu = 1500  # the link's (the router port sets it): larger answers go without DF
@@ -151,6 +167,65 @@ class Gateway:
         reply = encode_icmp(0, 0, frame[icmp.start + 4:icmp.end])
         self.counters["echo-replies"] += 1
         return [self.ip_frame(frame[6:12], ip.src, PROTO_ICMP, reply, source=ip.dst)]
+
+    # -- explaining (vswitch trace, vswitch explain) ----------------------------------------
+
+    def explain(self, frame: bytes) -> list[Line]:
+        """What ``handle(frame, ...)`` would do, in words with its rule; changes nothing.
+        A service's own explanation (``explainers``) follows the gateway's."""
+        try:
+            dst, _, ethertype, tags, _ = decode_ethernet(frame)
+            if dst != self.mac and not dst[0] & 1:
+                return [("not for the gateway (flooded unicast)", "gateway Rule 6")]
+            if ethertype == ETH_P_ARP and not tags:
+                arp = decode_arp(frame)
+                if arp.op != 1 or (arp.target_ip != self.ip and arp.target_ip not in self.aliases):
+                    return [("ARP not asking for the gateway: ignored", "gateway Rule 1")]
+                if arp.sender_ip == self.ip:
+                    return [("ARP claims the gateway's address: conflict, not answered",
+                             "gateway Rule 1")]
+                return [(f"ARP answered: {_ip(arp.target_ip)} is at {format_mac(self.mac)}",
+                         "gateway Rule 1")]
+            if ethertype != ETH_P_IP or tags:
+                return [("not IPv4 or ARP, or tagged: ignored", "gateway Rule 6")]
+            return self._explain_ipv4(frame, decode_ipv4(frame))
+        except MalformedPacket as exc:
+            return [(f"dropped: malformed ({exc})", "gateway Rule 6")]
+
+    def _explain_ipv4(self, frame: bytes, ip: Ipv4) -> list[Line]:
+        if ip.dst not in (self.ip, self.broadcast, BROADCAST_IP, *self.aliases):
+            return [("not for the gateway: the router's", "gateway Rule 3")]
+        if ip.fragment & IPV4_FRAGMENTED:
+            return [("dropped: a fragment to the gateway", "gateway Rule 2")]
+        if ip.proto == PROTO_ICMP:
+            icmp = decode_icmp(frame, ip)
+            if icmp.type == ICMP_ECHO_REQUEST:
+                return [(f"echo answered from {_ip(ip.dst)}", "gateway Rule 2")]
+            return [(f"ICMP type {icmp.type}: ignored", "gateway Rule 2")]
+        if ip.dst in self.aliases:
+            return [("TCP/UDP to the host address: the router's", "gateway Rule 5")]
+        if ip.proto == PROTO_UDP:
+            sport, dport, payload = decode_udp(frame, ip)
+            service = SERVICE_NAMES.get(dport, f"port {dport}")
+            if dport not in self.udp:
+                if ip.dst != self.ip:
+                    return [(f"UDP broadcast to {service}: no service, ignored",
+                             "gateway Rule 3")]
+                return [(f"UDP to {service}: no service, ICMP port unreachable sent",
+                         "gateway Rule 3")]
+            explain = self.explainers.get((PROTO_UDP, dport))
+            more = explain(frame[6:12], ip.src, payload) if explain is not None else []
+            return [(f"UDP {_ip(ip.src)}:{sport} taken by the {service} service",
+                     "gateway Rule 3"), *more]
+        if ip.dst != self.ip:
+            return [("broadcast other than UDP: ignored", "gateway Rule 3")]
+        if ip.proto == PROTO_TCP:
+            dport = _tcp_dport(frame, ip)
+            if dport in self.tcp:
+                service = SERVICE_NAMES.get(dport, f"port {dport}")
+                return [(f"TCP taken by the {service} service", "gateway Rule 4")]
+            return [(f"TCP to port {dport}: nobody listens, RST sent", "gateway Rule 4")]
+        return [(f"IP protocol {ip.proto}: ICMP protocol unreachable sent", "gateway Rule 3")]
 
     # -- building -----------------------------------------------------------------------------
 

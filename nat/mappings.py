@@ -88,6 +88,13 @@ class Mappings:
         2. Otherwise the first free port after the last one handed out, round the range once.
         3. None when every port of the range is held.
         """
+        port = self.next_free(proto, wanted)
+        if port is not None and port != wanted:
+            self.cursor[proto] = port + 1
+        return port
+
+    def next_free(self, proto: int, wanted: int) -> int | None:
+        """The port ``allocate`` would give, changing nothing (its steps 1 to 3)."""
         low, high = self.ranges[proto]
         size = high - low + 1
         by_port = self.by_port[proto]
@@ -99,7 +106,6 @@ class Mappings:
         for step in range(size):  # 2.
             port = low + (start + step) % size
             if port not in by_port:
-                self.cursor[proto] = port + 1
                 return port
         return None
 

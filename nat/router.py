@@ -33,8 +33,18 @@ from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, Protocol
 
 from nat.conntrack import Conntrack
+from nat.explain import Line, explain_inbound, explain_outbound
 from nat.gateway import Gateway
-from nat.translate import admin_prohibited, frag_needed, icmp_error, nat_packet, time_exceeded
+from nat.translate import (
+    LATER,
+    admin_prohibited,
+    flow_of,
+    frag_needed,
+    icmp_error,
+    is_icmp_error,
+    nat_packet,
+    time_exceeded,
+)
 from nat.verdicts import Drop
 from wire.checksum import adjust_checksum, checksum_delta
 from wire.errors import MalformedPacket
@@ -71,6 +81,10 @@ HELD_ADDRESSES: Final = 256
 ARP_ENTRIES: Final = 4096
 
 
+def _ip(address: bytes) -> str:
+    return ".".join(map(str, address))
+
+
 class Out(NamedTuple):
     switch: list[bytes]
     """Packets into the switch, from the router port."""
@@ -101,6 +115,8 @@ class Egress(Protocol):
     def host_address(self) -> bytes | None: ...
 
     def from_guest(self, packet: bytes, now: float, ip: Ipv4 | None = None) -> None: ...
+
+    def explain(self, packet: bytes, ip: Ipv4) -> list[Line]: ...
 
 
 class Neighbours:
@@ -253,6 +269,67 @@ class Router:
             self.counters["malformed-from-uplink"] += 1
         return out
 
+    # -- explaining (vswitch trace, vswitch explain): the steps above, changing nothing ---
+
+    def explain_from_guest(self, packet: bytes, ip: Ipv4) -> list[Line]:
+        """What ``from_guest`` would do with ``packet`` (its IPv4 header ``ip``)."""
+        if not self.local(ip.src):
+            return [(f"dropped: source {_ip(ip.src)} is not in the guest network (BCP 38)",
+                     "router Rule 1")]
+        if self.local(ip.dst) and (self.egress is None or ip.dst != self.egress.host_address):
+            return [("on-link: the switch delivers it, not the router", "router Rule 1")]
+        if self.mode == "isolated":
+            return [("refused: the network is isolated; ICMP 3/13 sent", "router Rule 2")]
+        if self.egress is None and self.uplink_address is None:
+            return [("refused: the uplink has no address yet; ICMP 3/0 sent", "router Rule 2")]
+        if ip.ttl <= 1:
+            return [(f"TTL {ip.ttl}: ICMP time exceeded sent", "router Rule 3")]
+        if self.egress is not None:
+            return self.egress.explain(packet, ip)
+        assert self.uplink_address is not None
+        mtu = self.uplink_address.mtu
+        if ip.fragment & IPV4_DF and not is_gso(packet) and ip.end - IP > mtu:
+            return [(f"DF set and {ip.end - IP} bytes > uplink MTU {mtu}: ICMP fragmentation "
+                     "needed sent", "router Rule 3")]
+        if self.mode != "nat":
+            return [(f"routed unchanged (mode {self.mode}), TTL - 1", "router Rule 2")]
+        return self._explain_nat(packet, ip, False)
+
+    def explain_from_uplink(self, packet: bytes) -> list[Line]:
+        """What ``from_uplink`` would do with ``packet``, an IPv4 frame from the uplink."""
+        address = self.uplink_address
+        try:
+            ip = decode_ipv4(packet, IP)
+        except MalformedPacket as exc:
+            return [(f"dropped: malformed ({exc})", "router Rule 5")]
+        if address is None or ip.dst != address.ip:
+            if self.mode in ("route", "open") and self.local(ip.dst):
+                return [("routed to the guests unchanged, TTL - 1", "router Rule 2")]
+            return [("not for the uplink address: ignored", "router Rule 5")]
+        if self.mode != "nat":
+            return [("to the uplink address, not translated in this mode", "router Rule 5")]
+        return self._explain_nat(packet, ip, True)
+
+    def _explain_nat(self, packet: bytes, ip: Ipv4, from_outside: bool) -> list[Line]:
+        conntrack = self.conntrack
+        assert conntrack is not None
+        try:
+            flow = flow_of(packet, ip)
+        except MalformedPacket as exc:
+            return [(f"dropped: malformed ({exc})", "translate Rule 1")]
+        if flow is None:
+            if is_icmp_error(packet):
+                return [("ICMP error: translated through the flow it quotes", "translate Rule 4")]
+            if from_outside and ip.proto == PROTO_ICMP:
+                return [("echo request to the uplink address: answered by the router",
+                         "router Rule 5")]
+            return [(f"not translatable (protocol {ip.proto}): dropped", "translate Rule 1")]
+        if flow.fragment == LATER:
+            return [("a later fragment: takes its first fragment's verdict", "translate Rule 3")]
+        explain = explain_inbound if from_outside else explain_outbound
+        return explain(conntrack, flow.proto, flow.src, flow.sport, flow.dst, flow.dport,
+                       flow.tcp_flags)
+
     # -- helpers ----------------------------------------------------------------------------
 
     def _too_big_for_guests(self, packet: bytes, ip: Ipv4) -> bool:
@@ -373,6 +450,11 @@ class Router:
         self.counters["echo-replies"] += 1
         return NO_OFFLOAD + encode_ethernet(packet[ETH + 6:ETH + 12], self.uplink_address.mac,
                                             ETH_P_IP, answer)
+
+    def guest_neighbours(self, now: float) -> list[tuple[bytes, bytes]]:
+        """The guests the router has heard from and not forgotten: (IPv4 address, MAC) of
+        each live entry of its guest-side ARP cache (``show topology``)."""
+        return [(ip, mac) for ip, (mac, until) in self.guests.cache.items() if until > now]
 
     def stats(self) -> dict[str, Any]:
         """``show router``: drops by reason, the ARP caches, the uplink's address."""

@@ -13,8 +13,7 @@ import socket
 from typing import Any, Protocol
 
 from nat.router import Router
-
-PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
+from wire.packets import PROTO_NAMES
 
 
 class Uplink(Protocol):

@@ -176,6 +176,20 @@ class ForwardConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    host: IPv4Address | IPv6Address
+    """The address the Prometheus endpoint listens on."""
+    port: int
+    """Its TCP port."""
+
+    @property
+    def listen(self) -> str:
+        """host:port as written in the config (an IPv6 host in brackets)."""
+        host = f"[{self.host}]" if self.host.version == 6 else str(self.host)
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     name: str = "vsw0"
     """Switch name: names the control socket."""
@@ -195,6 +209,8 @@ class Config:
     """Conntrack settings (mode nat)."""
     forwards: tuple[ForwardConfig, ...] = ()
     """Port forwards (DNAT) from the uplink address to guests."""
+    metrics: MetricsConfig | None = None
+    """The Prometheus endpoint; None: no endpoint."""
     source: str = "<embedded default>"
     """Where this config came from."""
 
@@ -239,7 +255,7 @@ def load_config(path: str | Path | None = None) -> Config:
 
 def parse_config(data: dict[str, Any], source: str = "<dict>") -> Config:
     _only(data, "", {"switch", "control", "port", "network", "dhcp", "dns", "uplink", "nat",
-                     "forward"})
+                     "forward", "metrics"})
     switch = _table(data, "switch")
     _only(switch, "switch.", {"name", "mac_aging", "mac_limit"})
     name = _get(switch, "switch.name", str, "vsw0")
@@ -271,10 +287,11 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> Config:
     uplink = _uplink(data, network) if network is not None else None
     forwards = tuple(_forward(raw, i, network, uplink)
                      for i, raw in enumerate(_array(data, "forward")))
+    metrics = _metrics(data) if "metrics" in data else None
     return Config(name=name, mac_aging=aging, mac_limit=mac_limit,
                   socket=sock, ports=ports,
                   network=network, uplink=uplink, nat=_nat(data), forwards=forwards,
-                  source=source)
+                  metrics=metrics, source=source)
 
 
 def _port(raw: Any, i: int) -> PortConfig:
@@ -622,6 +639,30 @@ def _forward(raw: dict[str, Any], i: int, network: NetworkConfig | None,
     if network is not None and addr not in network.subnet:
         raise ConfigError(key + ".to", f"{host} is not in the guest network {network.subnet}")
     return ForwardConfig(proto, ports, addr, guest_port, listen)
+
+
+METRICS_LISTEN = "127.0.0.1:9469"
+
+
+def _metrics(data: dict[str, Any]) -> MetricsConfig:
+    """[metrics]: where the Prometheus endpoint listens, an address literal and a port."""
+    metrics = _table(data, "metrics")
+    _only(metrics, "metrics.", {"listen"})
+    text = _get(metrics, "metrics.listen", str, METRICS_LISTEN)
+    host, sep, port = text.rpartition(":")
+    try:
+        if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+            raise ValueError
+        if host.startswith("["):  # [v6]:port; a bare v6 address has a ':' too many
+            if not host.endswith("]"):
+                raise ValueError
+            address: IPv4Address | IPv6Address = IPv6Address(host[1:-1])
+        else:
+            address = IPv4Address(host)
+    except ValueError:
+        raise ConfigError("metrics.listen", f"{text!r} is not host:port; write listen = "
+                          f"\"{METRICS_LISTEN}\" (IPv6: \"[::1]:9469\")") from None
+    return MetricsConfig(address, int(port))
 
 
 def parse_listen(value: str, key: str) -> IPv4Address | IPv6Address:

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,44 @@ MAX_REQUEST = 65536
 
 class ControlError(Exception):
     """A request the daemon refused; the message goes back to the client."""
+
+
+class Stream:
+    """A handler's answer that streams: after the ``ok`` line carrying ``header``, one JSON
+    line per record the session queues, and a ``{"dropped": N}`` line when records were lost
+    (vswitch.observe Rule 2), until the client goes away; then ``close`` runs."""
+
+    #: A client this far behind (bytes unsent) gets no more records until it catches up.
+    BEHIND = 1 << 20
+
+    def __init__(self, session: Any, close: Callable[[], None], header: Any) -> None:
+        self.session = session
+        self.close = close
+        self.header = header
+
+    async def run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = self.session
+        gone = asyncio.ensure_future(reader.read(1))  # EOF (or anything) ends the stream
+        reported = 0
+        try:
+            while not gone.done():
+                waiter = asyncio.ensure_future(session.wake.wait())
+                await asyncio.wait({gone, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                session.wake.clear()
+                lines = []
+                while session.queue:
+                    lines.append(json.dumps(session.queue.popleft()))
+                if session.dropped != reported:
+                    reported = session.dropped
+                    lines.append(json.dumps({"dropped": reported}))
+                if lines:
+                    writer.write(("\n".join(lines) + "\n").encode())
+                if writer.transport.get_write_buffer_size() > self.BEHIND:
+                    await writer.drain()  # the session's queue bounds what waits meanwhile
+        finally:
+            gone.cancel()
+            self.close()
 
 
 class ControlServer:
@@ -45,9 +83,16 @@ class ControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
-                writer.write(json.dumps(self.handle_line(line)).encode() + b"\n")
+                reply = self.handle_line(line)
+                stream = reply.get("result")
+                if isinstance(stream, Stream):
+                    writer.write(json.dumps({"ok": True, "result": stream.header}).encode()
+                                 + b"\n")
+                    await stream.run(reader, writer)
+                    break
+                writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
-        except (ConnectionError, asyncio.LimitOverrunError, ValueError):
+        except (ConnectionError, asyncio.LimitOverrunError, ValueError, RuntimeError):
             pass
         finally:
             writer.close()
@@ -95,3 +140,25 @@ def request(path: str, cmd: str, timeout: float = 5.0, **args: Any) -> Any:
     if not reply.get("ok"):
         raise ControlError(reply.get("error", "request failed"))
     return reply["result"]
+
+
+def stream(path: str, cmd: str, **args: Any) -> Iterator[dict[str, Any]]:
+    """Send one streaming request (``trace``, ``capture``) and yield its records until the
+    daemon goes away; the first yielded record is the header (raises ControlError)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise ControlError(f"no vswitch is listening on {path} ({exc.strerror}); "
+                               "start one with `vswitch run`, or pass --socket") from exc
+        sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+        reader = sock.makefile("rb")
+        first = reader.readline()
+        if not first:
+            raise ControlError("the daemon closed the connection")
+        reply = json.loads(first)
+        if not reply.get("ok"):
+            raise ControlError(reply.get("error", "request failed"))
+        yield reply["result"]
+        for line in reader:
+            yield json.loads(line)

@@ -11,10 +11,11 @@ import asyncio
 import logging
 import signal
 import socket
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dhcp.client import Bound, DhcpClient
 from dhcp.dns import DnsResponder
@@ -24,11 +25,12 @@ from nat.gateway import Gateway
 from nat.router import Out, Router, UplinkAddress
 from nat.uplinks import RawNat, Uplink
 from vswitch.config import Config, PortConfig
-from vswitch.control import ControlError, ControlServer
+from vswitch.control import ControlError, ControlServer, Stream
 from vswitch.dhcp_service import DhcpService, dhcp_config, ip_text
 from vswitch.dns_service import DnsService
 from vswitch.events import MacAged, MacEvicted, MacFlapping, MacMoved
 from vswitch.fdb import Event, ForwardingTable
+from vswitch.observe import GATEWAY, INSIDE, OUTSIDE, Watch, make_session, rule_owner
 from vswitch.ports.attach import AttachPort
 from vswitch.ports.base import Port
 from vswitch.ports.dgram import DgramPort
@@ -38,7 +40,12 @@ from vswitch.ports.stream import StreamPort
 from vswitch.ports.tap import TapPort
 from vswitch.ports.uplink import RawUplink
 from vswitch.switch import Switch
+from wire.filter import FilterError
 from wire.packets import format_mac, qemu_mac
+from wire.vnet import NO_OFFLOAD
+
+if TYPE_CHECKING:  # imported when [metrics] asks for it: prometheus_client takes ~70 ms
+    from vswitch.metrics import MetricsServer
 
 log = logging.getLogger("vswitch")
 TICK = 1.0  # link polling and FDB ageing granularity, seconds
@@ -87,7 +94,7 @@ def gateway_mac(config: Config) -> bytes:
 
 PROTOS = {"tcp": 6, "udp": 17}
 SHOWABLE = ("ports", "fdb", "leases", "dhcp", "dns", "conntrack", "forwards", "router",
-            "switch")
+            "switch", "topology")
 
 
 def derived_mac(config: Config, role: str) -> bytes:
@@ -128,6 +135,16 @@ def build_nat(config: Config, gateway: Gateway) -> tuple[Conntrack | None, Route
                            uplink_mac(config), up.gateway.packed, up.mtu)
     conntrack = build_conntrack(config, uplink.ip) if net.mode == "nat" else None
     return conntrack, Router(gateway, net.mode, subnet, uplink, conntrack)
+
+
+def _reaches_gateway(lines: list[tuple[str, str, str]]) -> bool:
+    """Whether the switch's decision, as explained, hands the frame to the gateway."""
+    for _, text, _ in lines:
+        if text == "forwarded to gateway":
+            return True
+        if text.startswith("flooded to ") and "gateway" in text[11:].split(" (")[0].split(","):
+            return True
+    return False
 
 
 def build_gateway(config: Config) -> Gateway:
@@ -179,14 +196,20 @@ class Daemon:
         self.control = ControlServer(config.socket, {
             "show": self._show,
             "forward": self._forward,
+            "trace": self._trace,
+            "capture": self._capture,
+            "explain": self._explain,
             "ping": lambda _: "pong",
         })
+        self.watch = Watch(self.switch, self.ports, self.router_port, self._name)
+        self._plain_deliver: Callable[[bytes, int, float], None] | None = None
         self._evicted: Counter[int] = Counter()
         self._flapping: dict[bytes, float] = {}
         self._stop = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.dhcp: DhcpService | None = None
         self.dns: DnsService | None = None
+        self.metrics: MetricsServer | None = None  # the Prometheus endpoint, with [metrics]
 
     # -- datapath -------------------------------------------------------------------------------
 
@@ -199,6 +222,104 @@ class Daemon:
                 ports[out].send(packet)  # type: ignore[union-attr]
 
         return deliver
+
+    def _rewire(self) -> None:
+        """observe Rule 1: the watched closures while anything is armed, the plain ones
+        otherwise."""
+        watch, plain = self.watch, self._plain_deliver
+        assert plain is not None
+        deliver = watch.deliver() if watch.armed else plain
+        for port in self.ports:
+            if port is not None:
+                port.deliver = deliver
+        router_port = self.router_port
+        if router_port is not None:
+            router_port.__dict__.pop("dispatch", None)
+            if watch.armed:
+                router_port.dispatch = watch.dispatch(router_port.dispatch)  # type: ignore
+        uplink = self.uplink_port
+        if uplink is not None and router_port is not None and router_port.router is not None:
+            reader = uplink.from_uplink
+            uplink.deliver = watch.from_uplink(reader, router_port.router) if watch.armed \
+                else reader
+
+    def _points(self) -> dict[str, str]:
+        """Capture points (observe Rule 4) and what each is."""
+        points = {p.name: f"{p.kind} port" for p in self.ports if p is not None}
+        if self.router_port is not None:
+            points[GATEWAY] = "the gateway (router port)"
+            if self.router_port.router is not None:
+                points[INSIDE] = "routed packets on the guest side of the router (before NAT)"
+        if self.uplink_port is not None:
+            points[OUTSIDE] = "the raw uplink's own frames (after NAT)"
+        return points
+
+    def _watch(self, kind: str, request: dict[str, Any], points: frozenset[str]) -> Stream:
+        try:
+            assert self.loop is not None
+            session = make_session(kind, str(request.get("filter") or ""), points,
+                                   time.time() - self.loop.time())
+        except FilterError as exc:
+            raise ControlError(str(exc)) from None
+        self.watch.sessions.append(session)
+        self._rewire()
+
+        def close() -> None:
+            self.watch.sessions.remove(session)
+            self._rewire()
+
+        return Stream(session, close, {"kind": kind, "points": sorted(points)})
+
+    def _trace(self, request: dict[str, Any]) -> Stream:
+        """``vswitch trace``: one record per frame the filter matches, with its decisions."""
+        port = request.get("port")
+        known = {p.name for p in self.ports if p is not None} | {"uplink"}
+        if port is not None and port not in known:
+            raise ControlError(f"no port {port!r}; ports: {', '.join(sorted(known))}")
+        return self._watch("trace", request, frozenset([port] if port else []))
+
+    def _capture(self, request: dict[str, Any]) -> Stream:
+        """``vswitch capture``: the frames at the asked points (observe Rule 4)."""
+        available = self._points()
+        wanted = [str(p) for p in request.get("points") or []]
+        unknown = [p for p in wanted if p not in available]
+        if not wanted or unknown:
+            if OUTSIDE in unknown and self.config.uplink is not None \
+                    and self.config.uplink.type == "host":
+                raise ControlError("uplink-outside needs a raw uplink: with the host uplink the "
+                                   "outside is this host's own sockets (tcpdump -i any shows "
+                                   "them); capture uplink-inside for the guest side")
+            raise ControlError(f"no capture point {', '.join(unknown) or '(none given)'}; "
+                               "points: " + ", ".join(f"{k} ({v})" for k, v in
+                                                      available.items()))
+        return self._watch("capture", request, frozenset(wanted))
+
+    def _explain(self, request: dict[str, Any]) -> Any:
+        """``vswitch explain``: what the switch would do with each frame, changing nothing."""
+        names = {p.name: p.id for p in self.ports if p is not None}
+        results = []
+        for text in request.get("frames") or []:
+            try:
+                frame = bytes.fromhex(str(text))
+            except ValueError:
+                raise ControlError("frames are hex strings") from None
+            packet = NO_OFFLOAD + frame
+            port = request.get("port")
+            if port is None:  # where the source MAC lives, else the first guest port
+                learned = self.fdb.lookup(frame[6:12]) if len(frame) >= 12 else None
+                port_id = learned if learned is not None else min(
+                    (i for i in names.values() if i != 0), default=0)
+            elif port in names:
+                port_id = names[port]
+            else:
+                raise ControlError(f"no port {port!r}; ports: {', '.join(sorted(names))}")
+            lines = [(rule_owner(r), t, r) for t, r in
+                     self.switch.explain(packet, port_id, self._name)]
+            if port_id != 0 and self.router_port is not None and _reaches_gateway(lines):
+                lines += [(rule_owner(r), t, r) for t, r in self.router_port.explain(packet)]
+            results.append({"port": self._name(port_id), "frame": text,
+                            "decisions": [list(line) for line in lines]})
+        return results
 
     # -- events (one log line each, never per frame) ---------------------------------------
 
@@ -275,6 +396,7 @@ class Daemon:
             else list,
             "forwards": outside.forward_rows if outside is not None else list,
             "router": self._router_view,
+            "topology": self._topology_view,
             "switch": lambda: {"name": self.config.name, "mac_entries": len(self.fdb),
                                "mac_limit": self.fdb.limit, "mac_aging": self.fdb.aging,
                                "learned": self.fdb.learned, "moved": self.fdb.moved,
@@ -296,6 +418,38 @@ class Daemon:
         to_gateway = {f"gateway-reassembly-{k}": v for k, v in port.reassembly.stats.items()}
         outside = self.uplink.stats() if self.uplink is not None else {}
         return port.router.stats() | to_gateway | outside
+
+    def _topology_view(self) -> dict[str, Any]:
+        """``show topology``: the other views joined (vswitch.topology), with the gateway, the
+        uplink, the router's guest ARP cache and the config's static names."""
+        from vswitch.topology import topology
+
+        assert self.loop is not None
+        views, net, up = self.views(), self.config.network, self.config.uplink
+        port = self.router_port
+        router = port.router if port is not None else None
+        gateway = uplink = None
+        static: dict[str, str] = {}
+        if port is not None and net is not None:
+            gateway = {"ip": str(net.gateway), "mac": format_mac(port.gateway.mac),
+                       "subnet": str(net.subnet), "mode": net.mode}
+            for host in (*net.dns_hosts, *net.dhcp_hosts):
+                if host.name:
+                    static[str(host.ip)] = host.name
+                    if host.mac:
+                        static[host.mac] = host.name
+        if up is not None and up.type == "host":
+            uplink = {"kind": "host", "address": up.host_address and str(up.host_address)}
+        elif up is not None and router is not None:
+            own = router.uplink_address
+            uplink = {"kind": "raw", "interface": up.interface,
+                      "address": own and f"{socket.inet_ntoa(own.ip)}/{own.prefix}",
+                      "next_hop": own and socket.inet_ntoa(own.next_hop)}
+        neighbours = [] if router is None else [
+            (socket.inet_ntoa(ip), format_mac(mac))
+            for ip, mac in router.guest_neighbours(self.loop.time())]
+        return topology(self.config.name, views["ports"](), views["fdb"](), views["leases"](),
+                        neighbours, static, gateway, uplink, views["forwards"]())
 
     def _uplink_lease(self, bound: Bound | None) -> None:
         """The uplink's DHCP lease came, changed or went: rebind the router (and its NAT)."""
@@ -374,7 +528,7 @@ class Daemon:
 
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
-        deliver = self._make_deliver()
+        deliver = self._plain_deliver = self._make_deliver()
         opened: list[Port] = []
         try:
             for port in self.ports:
@@ -402,6 +556,7 @@ class Daemon:
                          "dhcp" if up.dhcp else up.address,
                          "the lease's router" if up.dhcp else up.gateway, net.mode)
             await self.control.start()
+            await self._start_metrics()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.loop.add_signal_handler(sig, self._stop.set)
             self.loop.call_later(TICK, self._tick)
@@ -411,6 +566,8 @@ class Daemon:
             log.info("shutting down")
         finally:
             self.control.close()
+            if self.metrics is not None:
+                self.metrics.close()
             if self.egress is not None:
                 self.egress.close()
             for service in (self.dns, self.dhcp):
@@ -477,11 +634,28 @@ class Daemon:
                 return {**names, **static}
 
             responder = DnsResponder(net.domain, hosts, upstreams, subnet=net.subnet)
-            self.dns = DnsService(responder, self.router_port, self.loop)
+            self.dns = DnsService(responder, self.router_port, self.loop,
+                                  frozenset(n.lower() for n in static))
             if dhcp is not None:
                 dhcp.on_change = responder.hosts_changed
             log.info("DNS on %s: domain %s, forwarding to %s", net.gateway, net.domain,
                      ", ".join(f"{h}:{p}" for h, p in upstreams) or "nobody")
+
+    async def _start_metrics(self) -> None:
+        """The Prometheus endpoint ([metrics]): an HTTP server on this loop, so a scrape reads
+        the views between frames, as the control socket does (vswitch.metrics)."""
+        metrics = self.config.metrics
+        if metrics is None:
+            return
+        from vswitch.metrics import MetricsServer, url
+
+        self.metrics = MetricsServer(self.views, str(metrics.host), metrics.port)
+        try:
+            host, port = await self.metrics.start()
+        except OSError as exc:
+            raise SystemExit(f"vswitch: metrics.listen {metrics.listen}: "
+                             f"{exc.strerror or exc}") from exc
+        log.info("metrics on %s", url(host, port))
 
     def stop(self) -> None:
         self._stop.set()

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dhcp.explain import explain_dhcp
 from dhcp.leases import (
     AddressDeclined,
     LeaseExpired,
@@ -34,7 +35,7 @@ from dhcp.server import SERVER_PORT, DhcpConfig, DhcpServer, StaticHost
 from vswitch.config import NetworkConfig
 from vswitch.ports.router import RouterPort
 from wire.errors import MalformedPacket
-from wire.packets import format_mac
+from wire.packets import PROTO_UDP, format_mac
 
 log = logging.getLogger("vswitch.dhcp")
 
@@ -87,6 +88,8 @@ class DhcpService:
         self._save_pending = False
         self._timer: asyncio.TimerHandle | None = None
         router.gateway.udp[SERVER_PORT] = self.udp
+        router.gateway.explainers[PROTO_UDP, SERVER_PORT] = (
+            lambda mac, ip, payload: explain_dhcp(self.server, payload, mac, ip, time.time()))
         self._rearm()
 
     def udp(self, mac: bytes, ip: bytes, port: int, dst: bytes, payload: bytes,

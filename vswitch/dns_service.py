@@ -18,9 +18,11 @@ from typing import Any
 from dhcp.dns import DnsResponder
 from dhcp.dns_actions import Answer, Forward, Release
 from dhcp.dnsmsg import TcpFramer, encode_tcp_frame
+from dhcp.explain import explain_dns
 from nat.tcp_server import Key, TcpServer
 from vswitch.ports.router import RouterPort
 from wire.errors import MalformedPacket
+from wire.packets import PROTO_UDP
 
 log = logging.getLogger("vswitch.dns")
 DNS_PORT = 53
@@ -28,7 +30,8 @@ DNS_PORT = 53
 
 class DnsService:
     def __init__(self, responder: DnsResponder, router: RouterPort,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, static_names: frozenset[str] = frozenset()
+                 ) -> None:
         self.responder = responder
         self.router = router
         self.loop = loop
@@ -40,6 +43,8 @@ class DnsService:
         self._armed_for: float | None = None  # the deadline ``_timer`` is set for
         router.gateway.udp[DNS_PORT] = self.udp
         router.gateway.tcp[DNS_PORT] = self.tcp
+        router.gateway.explainers[PROTO_UDP, DNS_PORT] = (
+            lambda mac, ip, payload: explain_dns(responder, payload, loop.time(), static_names))
 
     # -- from guests ---------------------------------------------------------------------
 

@@ -18,8 +18,10 @@ The table is sans-I/O: time comes in as ``now`` and ageing runs when the adapter
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
+
+from wire.packets import format_mac
 
 from .events import MacAged, MacEvicted, MacFlapping, MacMoved
 
@@ -29,6 +31,8 @@ FLAP_WINDOW: Final = 10.0
 FLAP_QUIET: Final = 60.0
 
 Event = MacMoved | MacFlapping | MacEvicted
+#: One decision in words and the rule that made it, as ``vswitch trace`` prints them.
+Line = tuple[str, str]
 
 
 class ForwardingTable:
@@ -111,6 +115,27 @@ class ForwardingTable:
         if self._deadline is None:
             self._deadline = now + self.aging
         return events or None
+
+    def explain_learn(self, mac: bytes, port: int, name: Callable[[int], str]) -> Line:
+        """What ``learn(mac, port, ...)`` would do, in words, changing nothing (for trace)."""
+        entry = self._entries.get(mac)
+        where = f"{format_mac(mac)} on {name(port)}"
+        if entry is not None and entry[0] == port:
+            return f"known {where} (refreshed)", "fdb Rule 2"
+        if entry is not None:
+            return f"{where}: moved from {name(int(entry[0]))}", "fdb Rule 1"
+        own = self._by_port.get(port, {})
+        port_limit = self._port_limit.get(port)
+        if port_limit is not None and len(own) >= port_limit:
+            victim = next(iter(own))
+            return (f"learned {where}, evicting {format_mac(victim)} (the port's mac_limit "
+                    f"{port_limit} is reached)", "fdb Rule 4")
+        if len(self._entries) >= self.limit:
+            fullest = port if port not in self._by_port else self._fullest_port(port)
+            victim = next(iter(self._by_port[fullest]))
+            return (f"learned {where}, evicting {format_mac(victim)} of {name(fullest)} "
+                    f"(table full: {self.limit} entries)", "fdb Rule 3")
+        return f"learned {where}", "fdb Rule 1"
 
     def _fullest_port(self, learning: int) -> int:
         """The port holding the most entries; on a tie, the learning port pays for itself."""

@@ -18,9 +18,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Final
 
+from wire.packets import format_mac
 from wire.vnet import DST_MAC, ETH_HLEN, MIN_PACKET, SRC_MAC, VNET_HDR_LEN
 
-from .fdb import Event, ForwardingTable
+from .fdb import Event, ForwardingTable, Line
 
 ZERO_MAC: Final = bytes(6)
 NOWHERE: Final[tuple[int, ...]] = ()
@@ -130,6 +131,42 @@ class Switch:
         # Step 6
         self.flooded += 1
         return self._flood[port]
+
+    def explain(self, packet: bytes, port: int, name: Callable[[int], str]) -> list[Line]:
+        """What ``receive(packet, port, ...)`` would decide, step by step in words, with the
+        rule of each; changes nothing (``vswitch trace`` and ``vswitch explain``)."""
+        # Step 1
+        size = len(packet)
+        if size < MIN_PACKET:
+            return [(f"dropped: {RUNT} ({size - VNET_HDR_LEN} bytes)", "switch Rule 4")]
+        if size > self._max_packet.get(port, size) and not packet[1]:
+            return [(f"dropped: {OVERSIZE} (above the MTU of {name(port)})", "switch Rule 4")]
+        if not self._up.get(port, False):
+            return [(f"dropped: {PORT_DOWN}", "switch Rule 4")]
+        # Step 2
+        src = packet[SRC_MAC]
+        if src[0] & 1 or src == ZERO_MAC:
+            return [(f"dropped: {BAD_SOURCE}", "switch Rule 3")]
+        # Step 3
+        lines = [self.fdb.explain_learn(src, port, name)]
+        # Step 4
+        dst = packet[DST_MAC]
+        flood = ",".join(name(p) for p in self._flood[port]) or "nobody"
+        if dst[0] & 1:
+            why = "broadcast" if dst == b"\xff" * 6 else "multicast"
+            return [*lines, (f"flooded to {flood} ({why})", "switch Rule 2")]
+        # Step 5
+        entry = self._table.get(dst)
+        if entry is not None:
+            out = int(entry[0])
+            if out == port:
+                return [*lines, (f"dropped: {SAME_PORT} ({format_mac(dst)} is on "
+                                 f"{name(port)} itself)", "switch Rule 1")]
+            if self._up[out]:
+                return [*lines, (f"forwarded to {name(out)}", "switch step 5")]
+        # Step 6
+        return [*lines, (f"flooded to {flood} (unknown unicast {format_mac(dst)})",
+                         "switch Rule 2")]
 
     def _drop(self, port: int, reason: str) -> tuple[int, ...]:
         self.drops[port][reason] += 1

@@ -36,6 +36,8 @@ ICMP_ECHO_REPLY: Final = 0
 ICMP_ECHO_REQUEST: Final = 8
 PROTO_TCP: Final = 6
 PROTO_UDP: Final = 17
+#: The protocols' names, as tcpdump and conntrack -L print them.
+PROTO_NAMES: Final = {PROTO_ICMP: "icmp", PROTO_TCP: "tcp", PROTO_UDP: "udp"}
 BROADCAST_MAC: Final = b"\xff" * 6
 BROADCAST_IP: Final = b"\xff" * 4
 

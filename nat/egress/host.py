@@ -16,13 +16,29 @@ from nat.egress.side import HostSide
 from nat.egress.sockets import local_address
 from nat.egress.tcp import TcpAdapter
 from nat.egress.udp import UdpAdapter
+from nat.explain import Line, endpoint, flow_text
 from nat.reassembly import Reassembly
 from nat.translate import icmp_error
-from nat.uplinks import PROTO_NAMES
 from wire.errors import MalformedPacket
 from wire.gso import to_plain_frames
-from wire.packets import IPV4_FRAGMENTED, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Ipv4, decode_ipv4
+from wire.packets import (
+    ICMP_ECHO_REQUEST,
+    IPV4_FRAGMENTED,
+    PROTO_ICMP,
+    PROTO_NAMES,
+    PROTO_TCP,
+    PROTO_UDP,
+    Ipv4,
+    decode_icmp,
+    decode_ipv4,
+    decode_udp,
+)
+from wire.tcp import ACK, SYN, decode_tcp
 from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN, is_gso
+
+
+def _ip(address: bytes) -> str:
+    return ".".join(map(str, address))
 
 
 class HostEgress:
@@ -115,6 +131,55 @@ class HostEgress:
                 self.side.icmp(icmp_error(packet, 3, 2, ip.dst))  # protocol unreachable
         except MalformedPacket:
             counters["malformed"] += 1
+
+    def explain(self, packet: bytes, ip: Ipv4) -> list[Line]:
+        """What ``from_guest`` would do with ``packet``, in words, changing nothing."""
+        what = flow_text(ip.proto, ip.src, 0, ip.dst, 0)
+        if ip.fragment & IPV4_FRAGMENTED:
+            return [("a fragment: reassembled first, then sent whole", "egress Rule 1")]
+        if not forwardable(ip.dst):
+            return [(f"dropped: {_ip(ip.dst)} is not forwardable (martian)", "egress Rule 4")]
+        try:
+            if ip.proto == PROTO_UDP:
+                sport, dport, _ = decode_udp(packet, ip)
+                what = flow_text(ip.proto, ip.src, sport, ip.dst, dport)
+                flow = self.flows.udp.get((ip.src, sport))
+                if flow is not None:
+                    port = flow.handle.getsockname()[1]
+                    return [(f"hit: {what} leaves from the host's UDP socket :{port}",
+                             "egress Rule 1")]
+                return [self._new(f"new: {what} gets a host UDP socket (the guest's port "
+                                  "if free, else one the kernel picks)", "egress Rule 1")]
+            if ip.proto == PROTO_ICMP:
+                icmp = decode_icmp(packet, ip)
+                if icmp.type != ICMP_ECHO_REQUEST:
+                    return [("dropped: only echo requests leave by the host", "egress Rule 2")]
+                ident = icmp.word >> 16
+                if self.flows.echo.get((ip.src, ident)) is not None:
+                    return [(f"hit: echo id {ident} from {_ip(ip.src)} goes on by "
+                             f"{self.ping_mode}", "egress Rule 2")]
+                return [self._new(f"new: echo id {ident} from {_ip(ip.src)} to {_ip(ip.dst)} "
+                                  f"by {self.ping_mode}", "egress Rule 2")]
+            if ip.proto == PROTO_TCP:
+                tcp = decode_tcp(packet, ip)
+                what = flow_text(ip.proto, ip.src, tcp.sport, ip.dst, tcp.dport)
+                if (ip.src, tcp.sport, ip.dst, tcp.dport) in self.tcp.flows:
+                    return [(f"hit: {what} is spliced onto its host TCP socket", "egress Rule 3")]
+                if tcp.flags & (SYN | ACK) != SYN:
+                    return [(f"dropped: {what} matches no connection; RST sent",
+                             "egress Rule 3")]
+                return [self._new(f"new: {what}: the host connects to "
+                                  f"{endpoint(ip.dst, tcp.dport)}; the guest gets its SYN-ACK "
+                                  "once that connection is up", "egress Rule 3")]
+        except MalformedPacket as exc:
+            return [(f"dropped: malformed ({exc})", "egress Rule 1")]
+        return [(f"{what}: protocol {ip.proto} cannot leave by host sockets; ICMP protocol "
+                 "unreachable sent", "egress Rule 1")]
+
+    def _new(self, text: str, rule: str) -> Line:
+        if not self.side.has_room():
+            return ("refused: the flow table is full; ICMP 3/13 sent", "egress Rule 6")
+        return text, rule
 
     # -- forwards (Rule 5) ---------------------------------------------------------------------
 

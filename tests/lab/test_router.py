@@ -25,7 +25,8 @@ WEB_MAC, WEB = "52:54:00:70:00:50", "10.70.0.50"
 SCRIPT = str(REPO / "tests/peers/udhcpc.script")
 
 
-def router_lab(lab, tmp: Path, mode: str = "nat", extra: str = "", dhcp_uplink: bool = False):
+def router_lab(lab, tmp: Path, mode: str = "nat", extra: str = "", dhcp_uplink: bool = False,
+               forwarders: str = "[]"):
     inet = lab.netns("inet")
     up = lab.veth(lab.name("vup"), inet, "eth0")
     lab.addr(inet, "eth0", f"{INET}/24")
@@ -52,7 +53,7 @@ mac = "{WEB_MAC}"
 ip = "{WEB}"
 name = "web"
 [dns]
-forwarders = []
+forwarders = {forwarders}
 [uplink]
 type = "raw"
 interface = "{up}"

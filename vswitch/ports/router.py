@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from nat.gateway import Gateway
+from nat.gateway import Gateway, Line
 from nat.reassembly import Reassembly
 from nat.router import Out, Router
 from nat.translate import icmp_error
@@ -92,24 +92,42 @@ class RouterPort(Port):
         """
         router = self.router
         assert router is not None and self.loop is not None
-        ethertype = packet[22:24]
-        now = self.loop.time()
-        if ethertype == b"\x08\x06":  # ARP: the router learns guests (and we go on)
-            self.dispatch(Out(router.guest_arp(packet[10:], now), []))
+        if packet[22:24] == b"\x08\x06":  # ARP: the router learns guests (and we go on)
+            self.dispatch(Out(router.guest_arp(packet[10:], self.loop.time()), []))
             return False
+        ip = self.routes(packet)
+        if ip is None:
+            return False
+        self.dispatch(router.from_guest(packet, self.loop.time(), ip))
+        return True
+
+    def routes(self, packet: bytes) -> Ipv4 | None:
+        """The IPv4 header of ``packet`` if it is the router's to route (not the gateway
+        stack's), else None."""
         gateway = self.gateway
-        if ethertype != b"\x08\x00" or packet[10:16] != gateway.mac:
-            return False
+        if self.router is None or packet[22:24] != b"\x08\x00" or packet[10:16] != gateway.mac:
+            return None
         try:
             ip = decode_ipv4(packet, L3)
         except MalformedPacket:
-            return False  # the gateway stack counts it (nat.gateway)
+            return None  # the gateway stack counts it (nat.gateway)
         dst = ip.dst
         if dst == gateway.broadcast or (dst == gateway.ip or dst in gateway.aliases) \
                 and not self._to_host(packet, ip):
-            return False
-        self.dispatch(router.from_guest(packet, now, ip))
-        return True
+            return None
+        return ip
+
+    def explain(self, packet: bytes) -> list[Line]:
+        """What this port would do with ``packet`` (the router's or the gateway's decision),
+        in words with its rule; changes nothing."""
+        ip = self.routes(packet)
+        if ip is not None:
+            assert self.router is not None
+            return self.router.explain_from_guest(packet, ip)
+        if self._fragment_for_us(packet):
+            return [("a fragment for the gateway: held until the datagram is whole",
+                     "router port (RFC 1122 3.3.2)")]
+        return self.gateway.explain(packet[VNET_HDR_LEN:])
 
     def _to_host(self, packet: bytes, ip: Ipv4) -> bool:
         """TCP or UDP to the host address that no gateway service takes (nat.egress Rule 4)."""

@@ -50,7 +50,7 @@ class RawUplink(PacketSocketPort):
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.deliver = self._from_uplink
+        self.deliver = self.from_uplink
         if not link_is_up(self.interface):  # needs CAP_NET_ADMIN; skipped when already up
             run_ip(["ip", "link", "set", "dev", self.interface, "up"])
         self.listen(loop)  # sends go straight to the socket (use_fd)
@@ -63,7 +63,7 @@ class RawUplink(PacketSocketPort):
         super().use_fd(fd, offloads, kernel_cuts)
         self.router_port.to_uplink = self.send
 
-    def _from_uplink(self, packet: bytes, _port: int, now: float) -> None:
+    def from_uplink(self, packet: bytes, _port: int, now: float) -> None:
         """A frame from the uplink network (read in batches by ``Port.read_fd_batch``): to
         the DHCP client if it is its server's reply, else to the router."""
         router = self.router_port.router
