@@ -120,16 +120,21 @@ class ControlServer:
         Path(self.path).unlink(missing_ok=True)
 
 
+def _send(sock: socket.socket, path: str, cmd: str, args: dict[str, Any]) -> None:
+    """Connect to the daemon at ``path`` and send one request."""
+    try:
+        sock.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise ControlError(f"no vswitch is listening on {path} ({exc.strerror}); "
+                           "start one with `vswitch run`, or pass --socket") from exc
+    sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+
+
 def request(path: str, cmd: str, timeout: float = 5.0, **args: Any) -> Any:
     """Send one request to a running daemon and return its result (raises ControlError)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise ControlError(f"no vswitch is listening on {path} ({exc.strerror}); "
-                               "start one with `vswitch run`, or pass --socket") from exc
-        sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+        _send(sock, path, cmd, args)
         data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(1 << 20)
@@ -146,12 +151,7 @@ def stream(path: str, cmd: str, **args: Any) -> Iterator[dict[str, Any]]:
     """Send one streaming request (``trace``, ``capture``) and yield its records until the
     daemon goes away; the first yielded record is the header (raises ControlError)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        try:
-            sock.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise ControlError(f"no vswitch is listening on {path} ({exc.strerror}); "
-                               "start one with `vswitch run`, or pass --socket") from exc
-        sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+        _send(sock, path, cmd, args)
         reader = sock.makefile("rb")
         first = reader.readline()
         if not first:
