@@ -176,6 +176,17 @@ class ForwardConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MirrorConfig:
+    sources: tuple[str, ...]
+    """The ports whose frames are copied (``from``)."""
+    to: str
+    """The port the copies leave by; it is taken out of switching."""
+    direction: str = "both"
+    """"rx" (what the sources send into the switch), "tx" (what the switch sends them), or
+    "both"."""
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     host: IPv4Address | IPv6Address
     """The address the Prometheus endpoint listens on."""
@@ -211,6 +222,8 @@ class Config:
     """Port forwards (DNAT) from the uplink address to guests."""
     metrics: MetricsConfig | None = None
     """The Prometheus endpoint; None: no endpoint."""
+    mirrors: tuple[MirrorConfig, ...] = ()
+    """Mirror (SPAN) ports: copies of some ports' frames out of another."""
     source: str = "<embedded default>"
     """Where this config came from."""
 
@@ -255,7 +268,7 @@ def load_config(path: str | Path | None = None) -> Config:
 
 def parse_config(data: dict[str, Any], source: str = "<dict>") -> Config:
     _only(data, "", {"switch", "control", "port", "network", "dhcp", "dns", "uplink", "nat",
-                     "forward", "metrics"})
+                     "forward", "metrics", "mirror"})
     switch = _table(data, "switch")
     _only(switch, "switch.", {"name", "mac_aging", "mac_limit"})
     name = _get(switch, "switch.name", str, "vsw0")
@@ -288,10 +301,11 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> Config:
     forwards = tuple(_forward(raw, i, network, uplink)
                      for i, raw in enumerate(_array(data, "forward")))
     metrics = _metrics(data) if "metrics" in data else None
+    mirrors = _mirrors(data, [p.name for p in ports])
     return Config(name=name, mac_aging=aging, mac_limit=mac_limit,
                   socket=sock, ports=ports,
                   network=network, uplink=uplink, nat=_nat(data), forwards=forwards,
-                  metrics=metrics, source=source)
+                  metrics=metrics, mirrors=mirrors, source=source)
 
 
 def _port(raw: Any, i: int) -> PortConfig:
@@ -639,6 +653,38 @@ def _forward(raw: dict[str, Any], i: int, network: NetworkConfig | None,
     if network is not None and addr not in network.subnet:
         raise ConfigError(key + ".to", f"{host} is not in the guest network {network.subnet}")
     return ForwardConfig(proto, ports, addr, guest_port, listen)
+
+
+def _mirrors(data: dict[str, Any], names: list[str]) -> tuple[MirrorConfig, ...]:
+    """[[mirror]]: from = ["vm1", ...], to = "PORT", direction = "both" | "rx" | "tx".  A
+    target is a port of its own (it leaves switching), never a source, never two mirrors'."""
+    mirrors: list[MirrorConfig] = []
+    known = set(names) | {"gateway"}
+    for i, raw in enumerate(_array(data, "mirror")):
+        key = f"mirror[{i}]"
+        _only(raw, key + ".", {"from", "to", "direction"})
+        sources = raw.get("from")
+        if not isinstance(sources, list) or not sources \
+                or not all(isinstance(x, str) for x in sources):
+            raise ConfigError(key + ".from", "must be a list of port names, e.g. "
+                              "from = [\"vm1\"]")
+        to = _get(raw, key + ".to", str, None, required="the port the copies leave by, e.g. "
+                  "to = \"span0\"")
+        direction = _get(raw, key + ".direction", str, "both")
+        if direction not in ("both", "rx", "tx"):
+            raise ConfigError(key + ".direction", f"{direction!r}: use \"both\", \"rx\" or "
+                              "\"tx\"")
+        for name in (*sources, to):
+            if name not in known:
+                raise ConfigError(key, f"no port {name!r}; ports: {', '.join(sorted(known))}")
+        if to == "gateway" or to in sources:
+            raise ConfigError(key + ".to", f"{to!r} cannot take copies: the target must be a "
+                              "port of its own, not the gateway or one of the sources")
+        if any(to == m.to or to in m.sources or m.to in sources for m in mirrors):
+            raise ConfigError(key + ".to", f"{to!r} is already another mirror's target or "
+                              "source; give each mirror a target of its own")
+        mirrors.append(MirrorConfig(tuple(sources), to, direction))
+    return tuple(mirrors)
 
 
 METRICS_LISTEN = "127.0.0.1:9469"

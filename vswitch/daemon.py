@@ -30,7 +30,15 @@ from vswitch.dhcp_service import DhcpService, dhcp_config, ip_text
 from vswitch.dns_service import DnsService
 from vswitch.events import MacAged, MacEvicted, MacFlapping, MacMoved
 from vswitch.fdb import Event, ForwardingTable
-from vswitch.observe import GATEWAY, INSIDE, OUTSIDE, Watch, make_session, rule_owner
+from vswitch.observe import (
+    GATEWAY,
+    INSIDE,
+    OUTSIDE,
+    Mirror,
+    Watch,
+    make_session,
+    rule_owner,
+)
 from vswitch.ports.attach import AttachPort
 from vswitch.ports.base import Port
 from vswitch.ports.dgram import DgramPort
@@ -188,10 +196,13 @@ class Daemon:
                 if config.uplink.dhcp:
                     self.uplink_port.lease_by_dhcp(DhcpClient(uplink_mac(config), config.name),
                                               self._uplink_lease)
+        #: Mirror targets: ports taken out of switching, that only send copies (observe).
+        self._mirror_targets = {m.to for m in config.mirrors}
         for pc in config.ports:
             port = make_port(len(self.ports), pc)
             self.ports.append(port)
-            self.switch.add_port(port.id, mtu=pc.mtu, up=False)
+            if pc.name not in self._mirror_targets:
+                self.switch.add_port(port.id, mtu=pc.mtu, up=False)
             self.fdb.set_port_limit(port.id, pc.mac_limit)
         self.control = ControlServer(config.socket, {
             "show": self._show,
@@ -202,6 +213,10 @@ class Daemon:
             "ping": lambda _: "pong",
         })
         self.watch = Watch(self.switch, self.ports, self.router_port, self._name)
+        ids = {p.name: p.id for p in self.ports if p is not None}
+        self.watch.mirrors = [Mirror(frozenset(ids[n] for n in m.sources), ids[m.to],
+                                     m.direction != "tx", m.direction != "rx")
+                              for m in config.mirrors]
         self._plain_deliver: Callable[[bytes, int, float], None] | None = None
         self._evicted: Counter[int] = Counter()
         self._flapping: dict[bytes, float] = {}
@@ -343,7 +358,8 @@ class Daemon:
         return port.name if port is not None else f"#{port_id}"
 
     def _on_port_state(self, port: Port, up: bool) -> None:
-        self.switch.set_up(port.id, up)
+        if port.name not in self._mirror_targets:  # a mirror target is not switched
+            self.switch.set_up(port.id, up)
         log.info("port %s (%s) %s: %s", port.name, port.kind, "up" if up else "down",
                  port.detail())
 
@@ -401,7 +417,9 @@ class Daemon:
                                "mac_limit": self.fdb.limit, "mac_aging": self.fdb.aging,
                                "learned": self.fdb.learned, "moved": self.fdb.moved,
                                "evicted": self.fdb.evicted, "aged": self.fdb.aged,
-                               "flooded": self.switch.flooded, "config": self.config.source},
+                               "flooded": self.switch.flooded,
+                               "mirror_copies": self.watch.mirror_copies,
+                               "config": self.config.source},
         }
 
     def _ports_view(self) -> list[dict[str, Any]]:
@@ -529,6 +547,8 @@ class Daemon:
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
         deliver = self._plain_deliver = self._make_deliver()
+        if self.watch.armed:  # mirrors: watched from the start (observe Rule 1)
+            deliver = self.watch.deliver()
         opened: list[Port] = []
         try:
             for port in self.ports:

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.lab.test_host_egress import UDP_ECHO, serve
+from tests.lab.test_lab_guests import capture
 from tests.lab.test_router import EXTERNAL, GW, INET, WEB, router_lab
-from tests.support import tcp_transfer
+from tests.support import Daemon, tcp_transfer
 from vswitch.control import ControlError, request
 from vswitch.lab import wait_for
 
@@ -222,3 +223,112 @@ def _first(path: str, cmd: str, **args: object):
 
     records = stream(path, cmd, **args)
     yield next(records)
+
+
+@pytest.fixture
+def mirrored(lab, tmp_path):
+    """A plain switch: guests a and b (internal ports), c behind a stream port, and a span
+    port that receives copies of a's frames; a MAC table of 3 entries."""
+    ns = {g: lab.netns(g) for g in ("a", "b", "c", "span")}
+    names = {g: lab.name(g) for g in ns}
+    ports = "".join(f'[[port]]\nname = "{names[g]}"\ntype = "internal"\nnetns = "{ns[g]}"\n'
+                    for g in ("a", "b", "span"))
+    body = f"""
+[switch]
+name = "m{lab.tag}"
+mac_limit = 3
+{ports}
+[[port]]
+name = "{names['c']}"
+type = "stream"
+path = "{tmp_path}/c.sock"
+[[mirror]]
+from = ["{names['a']}"]
+to = "{names['span']}"
+"""
+    daemon = Daemon(lab, tmp_path, body)
+    lab.spawn([sys.executable, "-m", "tests.peers.socket_peer", "stream", f"{tmp_path}/c.sock",
+               names["c"], ns["c"]], stdout=subprocess.DEVNULL, cwd=REPO)
+    wait_for(lambda: lab.run(ns["c"], ["ip", "link", "show", names["c"]], check=False)
+             .returncode == 0, 10, "the stream peer's TAP")
+    for i, g in enumerate(("a", "b", "c", "span"), start=1):
+        lab.run(ns[g], ["sysctl", "-qw", f"net.ipv6.conf.{names[g]}.disable_ipv6=1"])
+        lab.addr(ns[g], names[g], f"10.71.0.{i}/24")
+    wait_for(lambda: daemon.up_count() == 4, 10, "four ports up")
+    yield daemon, ns, names
+    daemon.stop()
+
+
+def test_a_mirror_port_gets_copies_and_switches_nothing(lab, mirrored):
+    daemon, ns, names = mirrored
+    lines = capture(lab, ns["span"], names["span"], 0.5, lambda: lab.run(
+        ns["a"], ["ping", "-n", "-c", "2", "-i", "0.2", "10.71.0.2"]))
+    assert any("10.71.0.1 > 10.71.0.2: ICMP echo request" in x for x in lines), lines
+    assert any("10.71.0.2 > 10.71.0.1: ICMP echo reply" in x for x in lines), lines
+    assert daemon.show("switch")["mirror_copies"] >= 4
+    # what the span port sends is not switched: b never hears it
+    heard = capture(lab, ns["b"], names["b"], 0.5, lambda: lab.run(
+        ns["span"], ["ping", "-n", "-c", "2", "-i", "0.2", "-W", "1", "10.71.0.2"],
+        check=False), bpf="arp or icmp")
+    assert not [x for x in heard if "10.71.0.4" in x], heard
+    assert daemon.port(names["span"])["drops"].get("mirror-port-ingress", 0) > 0
+
+
+def test_a_stream_port_is_a_capture_point(lab, mirrored, tmp_path):
+    daemon, ns, names = mirrored
+    out = tmp_path / "c.pcapng"
+    proc = subprocess.Popen([*VSWITCH, "capture", "--socket", daemon.socket, names["c"],
+                             "-w", str(out), "-c", "2", "icmp"], stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        wait_for(lambda: out.exists(), 10, "the capture to start")
+        time.sleep(0.3)
+        lab.run(ns["c"], ["ping", "-n", "-c", "1", "-W", "2", "10.71.0.1"])
+        proc.wait(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, proc.stderr.read()
+    text = subprocess.run(["tcpdump", "-nr", str(out)], capture_output=True, text=True,
+                          check=True).stdout
+    assert "10.71.0.3 > 10.71.0.1: ICMP echo request" in text, text
+    assert "10.71.0.1 > 10.71.0.3: ICMP echo reply" in text, text
+
+
+def test_a_capture_reader_that_stops_reading_does_not_slow_the_switch(lab, mirrored):
+    daemon, ns, names = mirrored
+    stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(daemon.socket)
+    stalled.sendall(json.dumps({"cmd": "capture", "points": [names["a"]]}).encode() + b"\n")
+    try:
+        # 3000 echo requests as fast as replies come, each captured, none read
+        out = lab.run(ns["a"], ["ping", "-n", "-f", "-c", "3000", "-W", "1", "10.71.0.2"],
+                      timeout=120).stdout
+        received = int(out.split(" received")[0].rsplit(" ", 1)[-1])
+        assert received >= 2900, out
+        assert daemon.alive() and request(daemon.socket, "ping") == "pong"
+        # the session kept its bound and counts what it dropped for its reader
+        stalled.settimeout(5)
+        data = b""
+        deadline = time.monotonic() + 20
+        while b'"dropped"' not in data and time.monotonic() < deadline:
+            chunk = stalled.recv(1 << 16)
+            if not chunk:
+                break
+            data += chunk
+        assert b'"dropped"' in data
+    finally:
+        stalled.close()
+
+
+def test_trace_says_when_a_full_table_evicts(lab, mirrored):
+    daemon, ns, names = mirrored
+    trace = Watcher(daemon.socket, "trace", filter="arp")
+    try:
+        for i in range(4):  # four new stations on b: the 3-entry table must evict
+            lab.run(ns["b"], ["ip", "link", "set", names["b"], "address",
+                              f"52:54:00:71:00:{0x10 + i:02x}"])
+            lab.run(ns["b"], ["ping", "-n", "-c", "1", "-W", "1", "10.71.0.1"], check=False)
+        trace.wait("(table full: 3 entries) [fdb Rule 3]")
+    finally:
+        trace.close()

@@ -166,3 +166,36 @@ def test_bad_toml_and_missing_file(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(tmp_path / "missing.toml")
+
+
+def _mirror_config(**mirror):
+    ports = [{"name": n, "type": "stream", "path": f"/tmp/{n}.sock"} for n in ("a", "b", "s")]
+    return parse_config({"port": ports, "mirror": [mirror]})
+
+
+def test_a_mirror_names_its_sources_its_target_and_a_direction():
+    config = _mirror_config(**{"from": ["a", "b"], "to": "s", "direction": "rx"})
+    (mirror,) = config.mirrors
+    assert (mirror.sources, mirror.to, mirror.direction) == (("a", "b"), "s", "rx")
+    assert _mirror_config(**{"from": ["a"], "to": "s"}).mirrors[0].direction == "both"
+
+
+@pytest.mark.parametrize("mirror, key, says", [
+    ({"from": "a", "to": "s"}, "mirror[0].from", "list of port names"),
+    ({"from": ["a"], "to": "nope"}, "mirror[0]", "no port 'nope'"),
+    ({"from": ["a"], "to": "a"}, "mirror[0].to", "not the gateway or one of the sources"),
+    ({"from": ["a"], "to": "s", "direction": "up"}, "mirror[0].direction", "\"both\""),
+    ({"from": ["a"]}, "mirror[0].to", "the port the copies leave by"),
+    ({"from": ["a"], "to": "s", "mode": "x"}, "mirror[0].mode", ""),
+])
+def test_a_bad_mirror_gets_one_error_naming_its_key(mirror, key, says):
+    with pytest.raises(ConfigError) as err:
+        _mirror_config(**mirror)
+    assert str(err.value).startswith(key) and says in str(err.value)
+
+
+def test_two_mirrors_cannot_share_a_target():
+    ports = [{"name": n, "type": "stream", "path": f"/tmp/{n}.sock"} for n in ("a", "b", "s")]
+    with pytest.raises(ConfigError, match="already another mirror's target"):
+        parse_config({"port": ports, "mirror": [{"from": ["a"], "to": "s"},
+                                                {"from": ["b"], "to": "s"}]})

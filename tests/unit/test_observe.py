@@ -1,0 +1,102 @@
+"""Watching the datapath (vswitch.observe): the watched closures are swapped in only while a
+session is open, each traced frame carries the cores' explanations, a session is bounded."""
+
+import asyncio
+
+import pytest
+from scapy.layers.l2 import ARP, Ether
+
+from vswitch.config import parse_config
+from vswitch.control import ControlError
+from vswitch.daemon import Daemon
+from vswitch.observe import QUEUE_FRAMES
+from wire.vnet import NO_OFFLOAD
+
+A_MAC = "52:54:00:00:00:0a"
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    config = parse_config({
+        "control": {"socket": str(tmp_path / "ctl.sock")},
+        "network": {"subnet": "10.7.0.0/24"},
+        "dhcp": {"lease_file": str(tmp_path / "leases")},
+        "port": [{"name": n, "type": "stream", "path": str(tmp_path / f"{n}.sock")}
+                 for n in ("a", "b")]})
+    d = Daemon(config)
+    loop = asyncio.new_event_loop()
+    d.loop = loop
+    d._plain_deliver = d._make_deliver()
+    sent: dict[str, list[bytes]] = {"a": [], "b": []}
+    for port in d.ports:
+        port.loop, port.deliver = loop, d._plain_deliver
+        if port.name in sent:
+            port.send = sent[port.name].append  # what the switch hands each guest port
+        d.switch.set_up(port.id, True)
+    yield d, sent
+    loop.close()
+
+
+def arp_from_a(target: str = "10.7.0.1") -> bytes:
+    return NO_OFFLOAD + bytes(Ether(src=A_MAC, dst="ff:ff:ff:ff:ff:ff") /
+                              ARP(hwsrc=A_MAC, psrc="10.7.0.5", pdst=target))
+
+
+def test_tracing_swaps_the_closures_in_and_back_out(daemon):
+    d, sent = daemon
+    plain = d._plain_deliver
+    stream = d._trace({"filter": "arp"})
+    assert all(p.deliver is not plain for p in d.ports)
+    assert "dispatch" in d.router_port.__dict__
+    d.ports[1].deliver(arp_from_a(), 1, 0.0)
+    stream.close()
+    assert all(p.deliver is plain for p in d.ports)
+    assert "dispatch" not in d.router_port.__dict__
+    assert sent["b"], "the broadcast still reached b while traced"
+
+
+def test_a_traced_frame_carries_each_cores_decision_and_rule(daemon):
+    d, _ = daemon
+    stream = d._trace({"filter": "arp"})
+    d.ports[1].deliver(arp_from_a(), 1, 0.0)
+    first = stream.session.queue[0]
+    assert first["port"] == "a"
+    assert [(w, t, r) for w, t, r in first["decisions"]] == [
+        ("fdb", f"learned {A_MAC} on a", "fdb Rule 1"),
+        ("switch", "flooded to gateway,b (broadcast)", "switch Rule 2"),
+        ("gateway", "ARP answered: 10.7.0.1 is at "
+         + ":".join(f"{x:02x}" for x in d.router_port.gateway.mac), "gateway Rule 1")]
+    reply = stream.session.queue[1]  # the gateway's answer, traced as it enters the switch
+    assert reply["port"] == "gateway"
+    assert reply["decisions"][-1][1] == "forwarded to a"
+    stream.close()
+
+
+def test_explain_says_the_same_and_changes_nothing(daemon):
+    d, sent = daemon
+    frame = arp_from_a()[10:].hex()
+    (result,) = d._explain({"frames": [frame], "port": "a"})
+    assert [t for _, t, _ in result["decisions"]][:2] == [f"learned {A_MAC} on a",
+                                                          "flooded to gateway,b (broadcast)"]
+    assert len(d.fdb) == 0 and not sent["b"]
+
+
+def test_a_session_holds_at_most_its_bound_and_counts_the_rest(daemon):
+    d, _ = daemon
+    stream = d._capture({"points": ["a"]})
+    for _ in range(QUEUE_FRAMES + 10):
+        d.ports[1].deliver(arp_from_a("10.7.0.9"), 1, 0.0)
+    assert len(stream.session.queue) == QUEUE_FRAMES and stream.session.dropped == 10
+    stream.close()
+
+
+def test_bad_filters_and_points_are_refused_with_one_message(daemon):
+    d, _ = daemon
+    with pytest.raises(ControlError, match='after "port" at column 6'):
+        d._trace({"filter": "port http"})
+    with pytest.raises(ControlError, match="uplink-outside needs a raw uplink"):
+        d._capture({"points": ["uplink-outside"]})
+    with pytest.raises(ControlError,
+                       match=r"no capture point nowhere; points: gateway .*, a \(stream port\)"):
+        d._capture({"points": ["a", "nowhere"]})
+    assert all(p.deliver is d._plain_deliver for p in d.ports)
