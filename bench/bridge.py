@@ -58,7 +58,7 @@ from bench.report import new_report, ratio_bars, round_rows, run_and_save
 from vswitch.lab import Lab, sh, wait_for
 from vswitch.ports.tun import disable_ipv6
 
-VARIANTS = ("kernel", "vswitch", "vswitch-attach")
+VARIANTS = ("kernel", "vswitch", "vswitch-attach", "vswitch-traced", "vswitch-traced-all")
 PING_COUNT, PING_INTERVAL = 300, 0.005
 
 #: metric -> (label, unit scale, unit, kind of comparison with the kernel, target)
@@ -160,10 +160,23 @@ def build_vswitch(lab: Lab, attach: bool, b_features: Sequence[str] = ()) -> Set
     return setup
 
 
+def build_traced(lab: Lab, filter_text: str) -> Setup:
+    """vswitch with a `vswitch trace FILTER` client attached for the whole run: with a filter
+    that matches none of the measured traffic it costs the watched closure and the filter per
+    frame; with an empty filter every frame is explained and streamed too."""
+    setup = build_vswitch(lab, attach=False)
+    lab.spawn([vswitch_bin(), "trace", "--socket", setup.socket, *filter_text.split()],
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # the session is armed once the daemon has read the request
+    return setup
+
+
 BUILDERS: dict[str, Callable[[Lab], Setup]] = {
     "kernel": build_kernel,
     "vswitch": lambda lab: build_vswitch(lab, attach=False),
     "vswitch-attach": lambda lab: build_vswitch(lab, attach=True),
+    "vswitch-traced": lambda lab: build_traced(lab, "arp and host 192.0.2.99"),
+    "vswitch-traced-all": lambda lab: build_traced(lab, ""),
 }
 
 
@@ -367,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    ap.add_argument("--variants", default=",".join(VARIANTS),
+    ap.add_argument("--variants", default="kernel,vswitch,vswitch-attach",
                     help="comma-separated subset of " + ", ".join(VARIANTS))
     args = ap.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
