@@ -109,12 +109,14 @@ def explain_dns(responder: DnsResponder, data: bytes, now: float,
         if not local.answers:
             return [(f"question {asked}: NODATA, the name is local, not of that type",
                      "dns Rule 2")]
-        name = lower_name(question.name)
-        label = name[0].decode(errors="replace") if name else ""
-        source = "a static host" if label in static_names else "a DHCP lease"
         answer = local.answers[0]
-        value = (".".join(map(str, answer.rdata)) if answer.rtype == 1
-                 else name_to_text(_read_name(answer.rdata, 0, len(answer.rdata))[0]))
+        if answer.rtype == 1:  # A: the host is the question's first label
+            host, value = lower_name(question.name), ".".join(map(str, answer.rdata))
+        else:  # PTR: the host is the answer's
+            host = lower_name(_read_name(answer.rdata, 0, len(answer.rdata))[0])
+            value = name_to_text(host)
+        label = host[0].decode(errors="replace") if host else ""
+        source = "a static host" if label in static_names else "a DHCP lease"
         return [(f"question {asked}: answered {value} from {source}", "dns Rule 1")]
     key = (lower_name(question.name), question.qtype, question.qclass,
            query.dnssec_ok or query.cd)

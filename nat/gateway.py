@@ -194,7 +194,11 @@ class Gateway:
 
     def _explain_ipv4(self, frame: bytes, ip: Ipv4) -> list[Line]:
         if ip.dst not in (self.ip, self.broadcast, BROADCAST_IP, *self.aliases):
-            return [("not for the gateway: the router's", "gateway Rule 3")]
+            if frame[:6] != self.mac:
+                return [(f"to {_ip(ip.dst)}, not sent to the gateway's MAC: nobody routes it",
+                         "gateway Rule 3")]
+            return [(f"to {_ip(ip.dst)}: not routed (this network has no uplink)",
+                     "router Rule 2")]
         if ip.fragment & IPV4_FRAGMENTED:
             return [("dropped: a fragment to the gateway", "gateway Rule 2")]
         if ip.proto == PROTO_ICMP:

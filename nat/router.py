@@ -298,11 +298,19 @@ class Router:
     def explain_from_uplink(self, packet: bytes) -> list[Line]:
         """What ``from_uplink`` would do with ``packet``, an IPv4 frame from the uplink."""
         address = self.uplink_address
+        dst_mac, ethertype = packet[ETH:ETH + 6], packet[ETH + 12:ETH + 14]
+        if address is None or dst_mac not in (address.mac, BROADCAST_MAC):
+            return [("not addressed to the uplink's MAC: ignored", "router Rule 5")]
+        if ethertype == b"\x08\x06":
+            return [("ARP on the uplink: the sender is learned; a request for the uplink "
+                     "address is answered", "router Rule 4")]
+        if ethertype != b"\x08\x00":
+            return [("not IPv4 or ARP: ignored", "router Rule 5")]
         try:
             ip = decode_ipv4(packet, IP)
         except MalformedPacket as exc:
             return [(f"dropped: malformed ({exc})", "router Rule 5")]
-        if address is None or ip.dst != address.ip:
+        if ip.dst != address.ip:
             if self.mode in ("route", "open") and self.local(ip.dst):
                 return [("routed to the guests unchanged, TTL - 1", "router Rule 2")]
             return [("not for the uplink address: ignored", "router Rule 5")]

@@ -15,6 +15,8 @@ from wire.pcap import PcapngWriter, PcapWriter
 
 def describe(frame: bytes) -> str:
     """One line for a frame, as scapy summarises it (``Ether / IP / TCP 10.0.0.5:40000 > ...``)."""
+    import scapy.layers.inet  # noqa: F401 - binds IP, TCP, UDP, ICMP under Ether
+    import scapy.layers.inet6  # noqa: F401 - and IPv6
     from scapy.layers.l2 import Ether
 
     try:
