@@ -50,7 +50,7 @@ class Stream:
                 session.wake.clear()
                 lines = []
                 while session.queue:
-                    lines.append(json.dumps(session.queue.popleft()))
+                    lines.append(json.dumps(session.take()))
                 if session.dropped != reported:
                     reported = session.dropped
                     lines.append(json.dumps({"dropped": reported}))

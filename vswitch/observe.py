@@ -5,8 +5,11 @@ Rule 1: nothing is watched unless asked.  While no trace, capture or mirror is a
         deliver through the daemon's plain closure; arming swaps in a watched one and the
         router port's ``dispatch`` is wrapped, disarming swaps both back.  ``Switch.receive``
         is never touched (docs/architecture.md, "Seeing inside").
-Rule 2: a watcher never slows the datapath: each session holds at most ``QUEUE_FRAMES``
-        records; what does not fit is dropped and counted, and the count goes to the client.
+Rule 2: a watcher never holds the datapath up: each session holds at most ``QUEUE_FRAMES``
+        records and ``QUEUE_BYTES`` of frames; what does not fit is dropped and counted, and
+        the count goes to the client.  A trace keeps the first ``TRACE_SNAPLEN`` bytes of a
+        frame (its headers: enough to describe it), a capture the whole frame.  Per frame,
+        the watched closure only does the work of the points and sessions that are open.
 Rule 3: a trace explains each decision with the cores' pure ``explain`` functions, called just
         before the decision, so they read the state the decision reads.  Only frames the
         session's filter matches are explained.
@@ -27,6 +30,8 @@ from typing import Any
 from wire.filter import compile_filter
 
 QUEUE_FRAMES = 4096
+QUEUE_BYTES = 16 << 20
+TRACE_SNAPLEN = 256
 GATEWAY, INSIDE, OUTSIDE = "gateway", "uplink-inside", "uplink-outside"
 
 #: (where, decision, rule) lines of one traced frame.
@@ -43,15 +48,23 @@ class Session:
     offset: float = 0.0  #: wall clock minus the loop's clock: records carry wall time
     queue: deque[dict[str, Any]] = field(default_factory=deque)
     dropped: int = 0
+    queued: int = 0  #: bytes of frames in ``queue``
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def put(self, record: dict[str, Any]) -> None:
-        """Rule 2: queue ``record`` for the client, or count it dropped."""
-        if len(self.queue) >= QUEUE_FRAMES:
+    def put(self, record: dict[str, Any], size: int) -> None:
+        """Rule 2: queue ``record`` (``size`` bytes of frame) for the client, or count it
+        dropped."""
+        if len(self.queue) >= QUEUE_FRAMES or self.queued + size > QUEUE_BYTES:
             self.dropped += 1
             return
+        self.queued += size
         self.queue.append(record)
         self.wake.set()
+
+    def take(self) -> dict[str, Any]:
+        record = self.queue.popleft()
+        self.queued -= len(record["frame"]) // 2
+        return record
 
 
 def make_session(kind: str, filter_text: str, points: frozenset[str],
@@ -95,24 +108,31 @@ class Watch:
 
     # -- the records ---------------------------------------------------------------------
 
-    def _capture(self, point: str, direction: str, packet: bytes | bytearray,
-                 now: float) -> None:
-        frame = bytes(packet[10:])
+    def _captures(self) -> dict[str, list[Session]]:
+        """Capture sessions by the points they watch."""
+        points: dict[str, list[Session]] = {}
         for s in self.sessions:
-            if s.kind == "capture" and point in s.points and s.match(frame):
-                s.put({"t": now + s.offset, "point": point, "dir": direction,
-                       "frame": frame.hex()})
+            if s.kind == "capture":
+                for point in s.points:
+                    points.setdefault(point, []).append(s)
+        return points
 
-    def _tracing(self, packet: bytes, port_name: str) -> list[Session]:
-        frame = packet[10:]
-        return [s for s in self.sessions if s.kind == "trace"
-                and (not s.points or port_name in s.points) and s.match(frame)]
-
-    def _trace(self, sessions: list[Session], now: float, port: str, packet: bytes,
-               lines: list[Decision]) -> None:
+    @staticmethod
+    def _capture(sessions: list[Session], point: str, direction: str,
+                 packet: bytes | bytearray, now: float) -> None:
+        frame = bytes(packet[10:])
         for s in sessions:
-            s.put({"t": now + s.offset, "port": port, "frame": packet[10:].hex(),
-                   "decisions": [list(line) for line in lines]})
+            if s.match(frame):
+                s.put({"t": now + s.offset, "point": point, "dir": direction,
+                       "frame": frame.hex()}, len(frame))
+
+    @staticmethod
+    def _trace(sessions: list[Session], now: float, port: str, packet: bytes,
+               lines: list[Decision]) -> None:
+        head = packet[10:10 + TRACE_SNAPLEN]
+        for s in sessions:
+            s.put({"t": now + s.offset, "port": port, "frame": head.hex(),
+                   "decisions": [list(line) for line in lines]}, len(head))
 
     def _mirror(self, port_id: int, rx: bool, packet: bytes) -> None:
         for m in self.mirrors:
@@ -125,38 +145,52 @@ class Watch:
     # -- the watched closures (Rule 1) -------------------------------------------------------
 
     def deliver(self) -> Callable[[bytes, int, float], None]:
-        """The watched twin of the daemon's delivery closure."""
-        receive = self.switch.receive
+        """The watched twin of the daemon's delivery closure, built for the sessions and
+        mirrors open now (the daemon builds it again when they change)."""
+        receive, explain = self.switch.receive, self.switch.explain
         ports, name, router_port = self.ports, self.name, self.router_port
+        names = [name(i) for i in range(len(ports))]
+        mirrored = {p for m in self.mirrors for p in (*m.sources, m.to)}
         mirror_targets = {m.to for m in self.mirrors}
-        capture, tracing, trace, mirror = self._capture, self._tracing, self._trace, self._mirror
+        captures = self._captures()
+        by_port = [captures.get(n) for n in names]  # per port id: who captures it, or None
+        inside = captures.get(INSIDE)
+        traces = [s for s in self.sessions if s.kind == "trace"]
+        capture, trace, mirror = self._capture, self._trace, self._mirror
 
         def deliver(packet: bytes, port_id: int, now: float) -> None:
             if port_id in mirror_targets:
                 ports[port_id].drops["mirror-port-ingress"] += 1
                 return
-            port_name = name(port_id)
-            capture(port_name, "rx", packet, now)
-            mirror(port_id, True, packet)
-            sessions = tracing(packet, port_name)
+            port_name = names[port_id]
+            sessions = by_port[port_id]
+            if sessions:
+                capture(sessions, port_name, "rx", packet, now)
+            if port_id in mirrored:
+                mirror(port_id, True, packet)
+            tracing = None
+            if traces:
+                frame = packet[10:]
+                tracing = [s for s in traces if (not s.points or port_name in s.points)
+                           and s.match(frame)]
             lines: list[Decision] = []
-            if sessions:
-                lines = [(rule_owner(r), t, r) for t, r in
-                         self.switch.explain(packet, port_id, name)]
+            if tracing:
+                lines = [(rule_owner(r), t, r) for t, r in explain(packet, port_id, name)]
             outs = receive(packet, port_id, now)
-            if sessions:
+            if tracing:
                 if 0 in outs and router_port is not None:
                     lines += [(rule_owner(r), t, r) for t, r in router_port.explain(packet)]
-                trace(sessions, now, port_name, packet, lines)
+                trace(tracing, now, port_name, packet, lines)
             for out in outs:
                 if out in mirror_targets:
                     continue
-                out_name = name(out)
-                capture(out_name, "tx", packet, now)
-                if out == 0 and router_port is not None \
-                        and router_port.routes(packet) is not None:
-                    capture(INSIDE, "rx", packet, now)
-                mirror(out, False, packet)
+                sessions = by_port[out]
+                if sessions:
+                    capture(sessions, names[out], "tx", packet, now)
+                if out == 0 and inside and router_port.routes(packet) is not None:
+                    capture(inside, INSIDE, "rx", packet, now)
+                if out in mirrored:
+                    mirror(out, False, packet)
                 ports[out].send(packet)
 
         return deliver
@@ -164,15 +198,18 @@ class Watch:
     def dispatch(self, original: Callable[[Any], None]) -> Callable[[Any], None]:
         """The router port's ``dispatch``, watched: what the router sends to the guests is the
         inside of the uplink, what it sends out of the raw uplink the outside (Rule 4)."""
-        capture = self._capture
+        capture, captures = self._capture, self._captures()
+        inside, outside = captures.get(INSIDE), captures.get(OUTSIDE)
         loop = self.router_port.loop
 
         def dispatch(out: Any) -> None:
             now = loop.time()
-            for packet in out.switch:
-                capture(INSIDE, "tx", packet, now)
-            for packet in out.uplink:
-                capture(OUTSIDE, "tx", packet, now)
+            if inside:
+                for packet in out.switch:
+                    capture(inside, INSIDE, "tx", packet, now)
+            if outside:
+                for packet in out.uplink:
+                    capture(outside, OUTSIDE, "tx", packet, now)
             original(out)
 
         return dispatch
@@ -181,14 +218,20 @@ class Watch:
                     router: Any) -> Callable[[bytes, int, float], None]:
         """The raw uplink's reader, watched: its frames are the outside (Rule 4), and a trace
         on ``uplink`` explains the router's decision for them."""
-        capture, tracing, trace = self._capture, self._tracing, self._trace
+        capture, trace = self._capture, self._trace
+        outside = self._captures().get(OUTSIDE)
+        traces = [s for s in self.sessions if s.kind == "trace"
+                  and (not s.points or "uplink" in s.points)]
 
         def from_uplink(packet: bytes, port_id: int, now: float) -> None:
-            capture(OUTSIDE, "rx", packet, now)
-            sessions = tracing(packet, "uplink")
-            if sessions:
-                trace(sessions, now, "uplink", packet,
-                      [(rule_owner(r), t, r) for t, r in router.explain_from_uplink(packet)])
+            if outside:
+                capture(outside, OUTSIDE, "rx", packet, now)
+            if traces:
+                frame = packet[10:]
+                tracing = [s for s in traces if s.match(frame)]
+                if tracing:
+                    trace(tracing, now, "uplink", packet,
+                          [(rule_owner(r), t, r) for t, r in router.explain_from_uplink(packet)])
             original(packet, port_id, now)
 
         return from_uplink

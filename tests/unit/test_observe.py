@@ -9,7 +9,7 @@ from scapy.layers.l2 import ARP, Ether
 from vswitch.config import parse_config
 from vswitch.control import ControlError
 from vswitch.daemon import Daemon
-from vswitch.observe import QUEUE_FRAMES
+from vswitch.observe import QUEUE_BYTES, QUEUE_FRAMES, TRACE_SNAPLEN
 from wire.vnet import NO_OFFLOAD
 
 A_MAC = "52:54:00:00:00:0a"
@@ -100,3 +100,19 @@ def test_bad_filters_and_points_are_refused_with_one_message(daemon):
                        match=r"no capture point nowhere; points: gateway .*, a \(stream port\)"):
         d._capture({"points": ["a", "nowhere"]})
     assert all(p.deliver is d._plain_deliver for p in d.ports)
+
+
+def test_a_session_is_bounded_in_bytes_and_a_trace_keeps_only_headers(daemon):
+    d, _ = daemon
+    from scapy.layers.inet import IP, UDP
+
+    big = NO_OFFLOAD + bytes(Ether(src=A_MAC, dst="ff:ff:ff:ff:ff:ff") /
+                             IP(src="10.7.0.5", dst="10.7.0.255") / UDP() / bytes(60000))
+    capture = d._capture({"points": ["a"]})
+    trace = d._trace({})
+    for _ in range(400):
+        d.ports[1].deliver(big, 1, 0.0)
+    assert 0 < capture.session.queued <= QUEUE_BYTES and capture.session.dropped > 0
+    assert len(bytes.fromhex(trace.session.queue[0]["frame"])) == TRACE_SNAPLEN
+    capture.close()
+    trace.close()
