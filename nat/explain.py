@@ -36,17 +36,29 @@ def _room(ct: Conntrack) -> Line | None:
     return None
 
 
+def _known(ct: Conntrack, key: tuple[int, bytes, int, bytes, int], tcp_flags: int,
+           from_outside: bool) -> list[Line] | None:
+    """Steps 1 and 2 of both directions: a packet of a known flow (a hit), or a TCP segment
+    other than a SYN that matches none (dropped); None for a packet that may open a flow."""
+    what = flow_text(*key)
+    to = ct.lookup(key, from_outside)
+    if to is not None:
+        verb = "goes on as" if from_outside else "leaves as"
+        return [(f"hit: {what} {verb} {flow_text(to.proto, to.src, to.sport, to.dst, to.dport)}",
+                 "conntrack Rule 1")]
+    if key[0] == PROTO_TCP and tcp_flags & (SYN | ACK | RST | FIN) != SYN:
+        how = "dropped silently" if from_outside else "dropped"
+        return [(f"{how}: {what} is not a SYN and matches no flow", "conntrack Rule 3")]
+    return None
+
+
 def explain_outbound(ct: Conntrack, proto: int, src: bytes, sport: int, dst: bytes,
                      dport: int, tcp_flags: int) -> list[Line]:
     """``Conntrack.outbound`` replayed: hit, or the new mapping and why that port."""
-    key = (proto, src, sport, dst, dport)
-    what = flow_text(*key)
-    to = ct.lookup(key, False)
-    if to is not None:  # step 1
-        return [(f"hit: {what} leaves as {flow_text(proto, to.src, to.sport, to.dst, to.dport)}",
-                 "conntrack Rule 1")]
-    if proto == PROTO_TCP and tcp_flags & (SYN | ACK | RST | FIN) != SYN:  # step 2
-        return [(f"dropped: {what} is not a SYN and matches no flow", "conntrack Rule 3")]
+    what = flow_text(proto, src, sport, dst, dport)
+    known = _known(ct, (proto, src, sport, dst, dport), tcp_flags, False)  # steps 1, 2
+    if known is not None:
+        return known
     by_port = ct.mappings.by_port.get(proto)
     if by_port is None:
         return [(f"dropped: protocol {proto} is not translated", "conntrack Rule 1")]
@@ -84,15 +96,10 @@ def explain_outbound(ct: Conntrack, proto: int, src: bytes, sport: int, dst: byt
 def explain_inbound(ct: Conntrack, proto: int, src: bytes, sport: int, dst: bytes,
                     dport: int, tcp_flags: int) -> list[Line]:
     """``Conntrack.inbound`` replayed: hit, a forward (DNAT), filtered, or no mapping."""
-    key = (proto, src, sport, dst, dport)
-    what = flow_text(*key)
-    to = ct.lookup(key, True)
-    if to is not None:  # step 1
-        return [(f"hit: {what} goes on as {flow_text(proto, to.src, to.sport, to.dst, to.dport)}",
-                 "conntrack Rule 1")]
-    if proto == PROTO_TCP and tcp_flags & (SYN | ACK | RST | FIN) != SYN:  # step 2
-        return [(f"dropped silently: {what} is not a SYN and matches no flow",
-                 "conntrack Rule 3")]
+    what = flow_text(proto, src, sport, dst, dport)
+    known = _known(ct, (proto, src, sport, dst, dport), tcp_flags, True)  # steps 1, 2
+    if known is not None:
+        return known
     mapping = ct.mappings.by_port.get(proto, {}).get(dport) if dst == ct.external_ip \
         and proto != PROTO_ICMP else None
     if mapping is None:  # step 3

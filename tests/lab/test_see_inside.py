@@ -61,6 +61,24 @@ class Watcher:
         self.sock.close()
 
 
+def capture_while(daemon, points: str, out: Path, count: int, filter_text: str, action) -> str:
+    """`vswitch capture POINTS -w OUT -c COUNT FILTER` while ``action`` runs; what
+    `tcpdump -r` reads back from the file."""
+    proc = subprocess.Popen([*VSWITCH, "capture", "--socket", daemon.socket, points, "-w",
+                             str(out), "-c", str(count), *filter_text.split()],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: out.exists() or proc.poll() is not None, 10, "the capture to start")
+        time.sleep(0.3)  # the session is armed once the daemon has read the request
+        action()
+        proc.wait(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, proc.stderr.read()
+    return subprocess.run(["tcpdump", "-nr", str(out)], capture_output=True, text=True,
+                          check=True).stdout
+
+
 @pytest.fixture
 def routed(lab, tmp_path):
     """The router lab with a forward, a DNS upstream in the internet, and an echo server."""
@@ -182,20 +200,11 @@ def test_capture_shows_both_sides_of_the_nat_in_pcapng(lab, routed, tmp_path):
     daemon, inet, guests, addresses = routed
     r2 = guests["r2"]
     out = tmp_path / "nat.pcapng"
-    proc = subprocess.Popen([*VSWITCH, "capture", "--socket", daemon.socket,
-                             "uplink-inside,uplink-outside", "-w", str(out), "-c", "4",
-                             "udp", "and", "port", "7000"], stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: out.exists() or proc.poll() is not None, 10, "the capture to start")
-        time.sleep(0.3)
-        lab.run(r2, [sys.executable, "-c", "import socket; s = socket.socket(2, 2); "
-                     f"s.sendto(b'ping', ('{INET}', 7000)); s.settimeout(3); s.recv(99)"])
-        proc.wait(timeout=20)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, proc.stderr.read()
-    text = subprocess.run(["tcpdump", "-nr", str(out)], capture_output=True, text=True,
-                          check=True).stdout
+    text = capture_while(daemon, "uplink-inside,uplink-outside", out, 4, "udp and port 7000",
+                         lambda: lab.run(r2, [sys.executable, "-c", "import socket; "
+                                              "s = socket.socket(2, 2); "
+                                              f"s.sendto(b'ping', ('{INET}', 7000)); "
+                                              "s.settimeout(3); s.recv(99)"]))
     assert f"{addresses['r2']}." in text and f"{EXTERNAL}." in text, text
     fields = subprocess.run(["tshark", "-r", str(out), "-T", "fields", "-e",
                              "frame.interface_name", "-e", "frame.comment", "-e", "ip.src"],
@@ -277,19 +286,8 @@ def test_a_mirror_port_gets_copies_and_switches_nothing(lab, mirrored):
 def test_a_stream_port_is_a_capture_point(lab, mirrored, tmp_path):
     daemon, ns, names = mirrored
     out = tmp_path / "c.pcapng"
-    proc = subprocess.Popen([*VSWITCH, "capture", "--socket", daemon.socket, names["c"],
-                             "-w", str(out), "-c", "2", "icmp"], stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        wait_for(lambda: out.exists(), 10, "the capture to start")
-        time.sleep(0.3)
-        lab.run(ns["c"], ["ping", "-n", "-c", "1", "-W", "2", "10.71.0.1"])
-        proc.wait(timeout=20)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, proc.stderr.read()
-    text = subprocess.run(["tcpdump", "-nr", str(out)], capture_output=True, text=True,
-                          check=True).stdout
+    text = capture_while(daemon, names["c"], out, 2, "icmp", lambda: lab.run(
+        ns["c"], ["ping", "-n", "-c", "1", "-W", "2", "10.71.0.1"]))
     assert "10.71.0.3 > 10.71.0.1: ICMP echo request" in text, text
     assert "10.71.0.1 > 10.71.0.3: ICMP echo reply" in text, text
 
