@@ -1,0 +1,160 @@
+"""IPv6 (RFC 8200) and ICMPv6 (RFC 4443): the header and its extension chain, the ICMPv6
+checksum, Neighbor Discovery options (RFC 4861), and the addresses derived from a MAC.
+
+Rule 1: as ``wire.packets`` Rule 1: plain Ethernet frames, addresses ``bytes`` (16), every
+        offset checked before it is read, bad input raises ``MalformedPacket``.
+Rule 2: the extension chain (hop-by-hop 0, routing 43, fragment 44, destination options 60) is
+        walked to the upper-layer header, at most ``MAX_EXTENSIONS`` headers, each inside the
+        payload; a routing header of type 0 is refused (RFC 5095 3); a hop-by-hop header is
+        only allowed first (RFC 8200 4.1).
+Rule 3: ICMPv6 checksums cover the pseudo header of RFC 8200 8.1: source, destination, the
+        upper-layer length as 32 bits, three zero bytes and the next header.
+Rule 4: an NDP option's length is in units of 8 bytes and is never 0; an option that claims
+        more than the message holds makes the message invalid (RFC 4861 4.6, 7.1.1).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final, NamedTuple
+
+from wire.checksum import internet_checksum
+from wire.errors import MalformedPacket
+from wire.packets import ETH_P_IPV6 as ETH_P_IPV6
+
+IPV6: Final = struct.Struct("!IHBB16s16s")
+PROTO_ICMPV6: Final = 58
+HOP_BY_HOP, ROUTING, FRAGMENT, DEST_OPTIONS, NO_NEXT = 0, 43, 44, 60, 59
+MAX_EXTENSIONS: Final = 8
+#: The smallest link MTU IPv6 allows (RFC 8200 5): ICMPv6 errors are cut to fit it.
+MIN_MTU: Final = 1280
+
+# ICMPv6 types (RFC 4443 2.1, RFC 4861 4).
+DEST_UNREACHABLE, PACKET_TOO_BIG, TIME_EXCEEDED, PARAMETER_PROBLEM = 1, 2, 3, 4
+ECHO_REQUEST, ECHO_REPLY = 128, 129
+ROUTER_SOLICIT, ROUTER_ADVERT, NEIGHBOR_SOLICIT, NEIGHBOR_ADVERT = 133, 134, 135, 136
+
+ALL_NODES: Final = bytes.fromhex("ff020000000000000000000000000001")
+ALL_ROUTERS: Final = bytes.fromhex("ff020000000000000000000000000002")
+UNSPECIFIED: Final = bytes(16)
+
+
+class Ipv6(NamedTuple):
+    """A decoded IPv6 header, its extension chain walked (Rule 2)."""
+
+    src: bytes
+    dst: bytes
+    proto: int
+    """The upper-layer protocol: the last next-header value of the chain."""
+    hop_limit: int
+    fragment: tuple[int, int, bool] | None
+    """(identification, offset in bytes, more fragments) when a fragment header is present."""
+    start: int
+    """Offset of the upper-layer header in the frame."""
+    end: int
+    """Offset just past the payload (the payload length; Ethernet padding excluded)."""
+
+
+_new = tuple.__new__
+
+
+def decode_ipv6(frame: bytes, offset: int = 14) -> Ipv6:
+    """The IPv6 header at ``offset`` and its extension chain (Rules 1 and 2)."""
+    try:
+        first, length, next_header, hop_limit, src, dst = IPV6.unpack_from(frame, offset)
+    except struct.error:
+        raise MalformedPacket("IPv6 header truncated") from None
+    if first >> 28 != 6:
+        raise MalformedPacket("not IPv6 (version field)")
+    end = offset + 40 + length
+    if end > len(frame):
+        raise MalformedPacket("IPv6 payload length beyond the frame")
+    at, fragment = offset + 40, None
+    for count in range(MAX_EXTENSIONS + 1):
+        if next_header not in (HOP_BY_HOP, ROUTING, FRAGMENT, DEST_OPTIONS):
+            return _new(Ipv6, (src, dst, next_header, hop_limit, fragment, at, end))
+        if count == MAX_EXTENSIONS:
+            break
+        if next_header == HOP_BY_HOP and count:
+            raise MalformedPacket("a hop-by-hop header after the first (RFC 8200 4.1)")
+        if at + 8 > end:
+            raise MalformedPacket("IPv6 extension header truncated")
+        kind, next_header = next_header, frame[at]
+        if kind == FRAGMENT:
+            field, ident = struct.unpack_from("!HI", frame, at + 2)
+            fragment = (ident, field & 0xFFF8, bool(field & 1))
+            at += 8
+            continue
+        size = (frame[at + 1] + 1) * 8
+        if at + size > end:
+            raise MalformedPacket("IPv6 extension header beyond the payload")
+        if kind == ROUTING and frame[at + 2] == 0:
+            raise MalformedPacket("routing header type 0 (RFC 5095)")
+        at += size
+    raise MalformedPacket(f"more than {MAX_EXTENSIONS} IPv6 extension headers")
+
+
+def encode_ipv6(src: bytes, dst: bytes, next_header: int, payload: bytes,
+                hop_limit: int = 64) -> bytes:
+    return IPV6.pack(6 << 28, len(payload), next_header, hop_limit, src, dst) + payload
+
+
+def pseudo_header6(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
+    """Rule 3."""
+    return src + dst + struct.pack("!IxxxB", length, proto)
+
+
+def encode_icmpv6(src: bytes, dst: bytes, icmp_type: int, code: int, body: bytes) -> bytes:
+    """An ICMPv6 message (type, code, checksum, then ``body``) with its checksum (Rule 3)."""
+    message = struct.pack("!BBH", icmp_type, code, 0) + body
+    check = internet_checksum(pseudo_header6(src, dst, PROTO_ICMPV6, len(message)) + message)
+    return message[:2] + struct.pack("!H", check) + message[4:]
+
+
+def icmpv6_checksum_ok(frame: bytes, ip: Ipv6) -> bool:
+    """Whether the ICMPv6 message of ``ip`` sums to zero with its pseudo header (Rule 3)."""
+    message = frame[ip.start:ip.end]
+    return internet_checksum(pseudo_header6(ip.src, ip.dst, PROTO_ICMPV6, len(message))
+                             + message) in (0, 0xFFFF) and len(message) >= 4
+
+
+def nd_options(data: bytes) -> list[tuple[int, bytes]]:
+    """The (type, body) of each NDP option in ``data`` (Rule 4); the body excludes the
+    type and length bytes."""
+    options, at = [], 0
+    while at < len(data):
+        if at + 2 > len(data):
+            raise MalformedPacket("NDP option truncated")
+        kind, units = data[at], data[at + 1]
+        if units == 0:
+            raise MalformedPacket("NDP option of length 0 (RFC 4861 4.6)")
+        if at + units * 8 > len(data):
+            raise MalformedPacket("NDP option beyond the message")
+        options.append((kind, data[at + 2:at + units * 8]))
+        at += units * 8
+    return options
+
+
+def nd_option(kind: int, body: bytes) -> bytes:
+    """One NDP option, padded to a multiple of 8 bytes."""
+    size = -(-(len(body) + 2) // 8) * 8
+    return bytes([kind, size // 8]) + body + bytes(size - 2 - len(body))
+
+
+def link_local(mac: bytes) -> bytes:
+    """fe80::/64 with the modified EUI-64 interface identifier of ``mac`` (RFC 4291 2.5.1)."""
+    return bytes.fromhex("fe80000000000000") + interface_id(mac)
+
+
+def interface_id(mac: bytes) -> bytes:
+    return bytes([mac[0] ^ 0x02]) + mac[1:3] + b"\xff\xfe" + mac[3:6]
+
+
+def solicited_node(address: bytes) -> bytes:
+    """ff02::1:ffXX:XXXX for ``address`` (RFC 4291 2.7.1)."""
+    return bytes.fromhex("ff0200000000000000000001ff") + address[13:]
+
+
+def multicast_mac(address: bytes) -> bytes:
+    """The Ethernet address of an IPv6 multicast group: 33:33 and its last 32 bits (RFC 2464 7)."""
+    return b"\x33\x33" + address[12:]
