@@ -8,12 +8,20 @@ Rule 3: defaults that depend on the machine (socket paths) are resolved here, on
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, ip_address
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Network,
+    ip_address,
+)
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +88,8 @@ class StaticHost:
     """IPv4 address in the subnet."""
     name: str | None
     """Host name served by DNS."""
+    ip6: IPv6Address | None = None
+    """IPv6 address in ``subnet6`` (DHCPv6), if any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +119,12 @@ class NetworkConfig:
     """Fixed addresses by MAC."""
     dns: bool = True
     """Serve DNS."""
+    subnet6: IPv6Network | None = None
+    """The guest network's IPv6 prefix: RA, DHCPv6 and AAAA (none: IPv4 only)."""
+    gateway6: IPv6Address | None = None
+    """The router port's IPv6 address (default: the prefix's ::1)."""
+    dhcp_range6: tuple[IPv6Address, IPv6Address] | None = None
+    """Stateful DHCPv6: first and last address handed out (none: SLAAC only)."""
     domain: str = "vsw.internal"
     """Local DNS domain for guest names."""
     forwarders: tuple[tuple[str, int], ...] | None = None
@@ -406,7 +422,8 @@ def _network(data: dict[str, Any], switch_name: str) -> NetworkConfig:
     import netaddr
 
     net = _table(data, "network")
-    _only(net, "network.", {"mode", "subnet", "gateway", "gateway_mac"})
+    _only(net, "network.", {"mode", "subnet", "gateway", "gateway_mac", "subnet6",
+                            "gateway6"})
     mode = _get(net, "network.mode", str, "nat")
     if mode not in MODES:
         raise ConfigError("network.mode", f"{mode!r} is not a mode; use one of " + ", ".join(MODES))
@@ -426,7 +443,8 @@ def _network(data: dict[str, Any], switch_name: str) -> NetworkConfig:
 
     dhcp = _table(data, "dhcp")
     _only(dhcp, "dhcp.", {"enabled", "range", "lease_time", "lease_file", "authoritative",
-                          "max_leases", "host"})
+                          "max_leases", "host", "range6"})
+    subnet6, gateway6, range6 = _ipv6(net, dhcp, switch_name)
     first, last = subnet.network_address + 2, subnet.broadcast_address - 1
     raw_range = dhcp.get("range", [str(first), str(last)])
     if not (isinstance(raw_range, list) and len(raw_range) == 2):
@@ -443,11 +461,12 @@ def _network(data: dict[str, Any], switch_name: str) -> NetworkConfig:
     hosts = []
     for i, raw in enumerate(_array(dhcp, "dhcp.host")):
         key = f"dhcp.host[{i}]"
-        _only(raw, key + ".", {"mac", "ip", "name"})
+        _only(raw, key + ".", {"mac", "ip", "name", "ip6"})
         hosts.append(StaticHost(_mac(_get(raw, key + ".mac", str, None, required="the guest's "
                                           "MAC, e.g. mac = \"52:54:00:00:00:10\""), key + ".mac"),
                                 _address(raw, key + ".ip", None, subnet),
-                                _hostname(raw, key + ".name")))
+                                _hostname(raw, key + ".name"),
+                                _address6(raw, key + ".ip6", subnet6)))
     dns = _table(data, "dns")
     _only(dns, "dns.", {"enabled", "domain", "forwarders", "host"})
     domain = _get(dns, "dns.domain", str, "vsw.internal").strip(".").lower()
@@ -473,7 +492,77 @@ def _network(data: dict[str, Any], switch_name: str) -> NetworkConfig:
         authoritative=_get(dhcp, "dhcp.authoritative", bool, False),
         max_leases=int(_number(dhcp, "dhcp.max_leases", 0, 0, 10**6, integer=True)),
         dhcp_hosts=tuple(hosts), dns=_get(dns, "dns.enabled", bool, True), domain=domain,
-        forwarders=forwarders, dns_hosts=tuple(dns_hosts))
+        forwarders=forwarders, dns_hosts=tuple(dns_hosts), subnet6=subnet6, gateway6=gateway6,
+        dhcp_range6=range6)
+
+
+def ula_prefix(switch_name: str) -> IPv6Network:
+    """``subnet6 = "auto"``: an RFC 4193 ULA /64 whose 40-bit global ID is taken from a hash
+    of the switch name (stable for a switch, unlikely to collide between switches; RFC 4193
+    3.2.2 draws it at random once, this draws it from the name so it survives restarts)."""
+    global_id = hashlib.sha256(f"vswitch:{switch_name}".encode()).digest()[:5]
+    return IPv6Network((b"\xfd" + global_id + bytes(10), 64))
+
+
+def _ipv6(net: dict[str, Any], dhcp: dict[str, Any], switch_name: str) -> tuple[
+        IPv6Network | None, IPv6Address | None, tuple[IPv6Address, IPv6Address] | None]:
+    """[network] subnet6 and gateway6, [dhcp] range6: all three checked against each other;
+    a setting that needs subnet6 without it is an error, not silence."""
+    text = _get(net, "network.subnet6", str, "")
+    if not text:
+        for key, table in (("network.gateway6", net), ("dhcp.range6", dhcp)):
+            if key.split(".")[1] in table:
+                raise ConfigError(key, "needs network.subnet6 (an IPv6 prefix such as "
+                                  "\"fd42:0:0:1::/64\", or \"auto\")")
+        return None, None, None
+    try:
+        subnet6 = ula_prefix(switch_name) if text == "auto" else IPv6Network(text, strict=False)
+    except ValueError:
+        raise ConfigError("network.subnet6", f"{text!r} is not an IPv6 prefix; write e.g. "
+                          "\"fd42:0:0:1::/64\" or \"auto\"") from None
+    if "range6" not in dhcp and subnet6.prefixlen != 64:
+        raise ConfigError("network.subnet6", f"{subnet6} is not a /64: SLAAC needs one; use a "
+                          "/64, or give dhcp.range6 for stateful DHCPv6 only")
+    if not 48 <= subnet6.prefixlen <= 120:
+        raise ConfigError("network.subnet6", f"{subnet6}: use a prefix from /48 to /120")
+    gateway6 = _address6(net, "network.gateway6", subnet6) or subnet6.network_address + 1
+    range6 = None
+    if "range6" in dhcp:
+        raw = dhcp["range6"]
+        if not (isinstance(raw, list) and len(raw) == 2):
+            raise ConfigError("dhcp.range6", "must be [first, last], e.g. "
+                              f'["{subnet6.network_address + 0x100}", '
+                              f'"{subnet6.network_address + 0x1ff}"]')
+        lo = _address6({"range6": raw[0]}, "dhcp.range6", subnet6)
+        hi = _address6({"range6": raw[1]}, "dhcp.range6", subnet6)
+        assert lo is not None and hi is not None
+        if lo > hi:
+            raise ConfigError("dhcp.range6", f"first {lo} is after last {hi}")
+        if lo <= gateway6 <= hi:
+            raise ConfigError("dhcp.range6", f"includes the gateway {gateway6}; start after it")
+        range6 = (lo, hi)
+    return subnet6, gateway6, range6
+
+
+def _address6(table: dict[str, Any], key: str,
+              subnet6: IPv6Network | None) -> IPv6Address | None:
+    """An IPv6 host address of ``subnet6`` (not the subnet-router anycast address), or None
+    when ``key`` is absent."""
+    name = key.rsplit(".", 1)[-1]
+    if name not in table:
+        return None
+    if subnet6 is None:
+        raise ConfigError(key, "needs network.subnet6 (an IPv6 prefix such as "
+                          "\"fd42:0:0:1::/64\", or \"auto\")")
+    text = table[name]
+    try:
+        address = IPv6Address(str(text))
+    except ValueError:
+        raise ConfigError(key, f"{text!r} is not an IPv6 address") from None
+    if address not in subnet6 or address == subnet6.network_address:
+        raise ConfigError(key, f"{address} is not a host address of network.subnet6 "
+                          f"{subnet6}")
+    return address
 
 
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"

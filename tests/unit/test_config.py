@@ -199,3 +199,54 @@ def test_two_mirrors_cannot_share_a_target():
     with pytest.raises(ConfigError, match="already another mirror's target"):
         parse_config({"port": ports, "mirror": [{"from": ["a"], "to": "s"},
                                                 {"from": ["b"], "to": "s"}]})
+
+
+def _v6(network: dict | None = None, dhcp: dict | None = None, name: str = "vsw0"):
+    return parse_config({"switch": {"name": name},
+                         "network": {"subnet": "10.9.0.0/24", **(network or {})},
+                         "dhcp": dhcp or {}}).network
+
+
+def test_ipv6_is_off_by_default_and_a_prefix_turns_it_on():
+    assert _v6().subnet6 is None and load_config(None).network.subnet6 is None
+    net = _v6({"subnet6": "fd42:0:0:1::/64"}, {"range6": ["fd42:0:0:1::100",
+                                                         "fd42:0:0:1::1ff"],
+                                              "host": [{"mac": "52:54:00:00:00:09",
+                                                        "ip": "10.9.0.9",
+                                                        "ip6": "fd42:0:0:1::9"}]})
+    assert str(net.subnet6) == "fd42:0:0:1::/64" and str(net.gateway6) == "fd42:0:0:1::1"
+    assert [str(a) for a in net.dhcp_range6] == ["fd42:0:0:1::100", "fd42:0:0:1::1ff"]
+    assert str(net.dhcp_hosts[0].ip6) == "fd42:0:0:1::9"
+
+
+def test_auto_derives_a_stable_ula_per_switch_name():
+    one, again, other = (_v6({"subnet6": "auto"}, name=n).subnet6 for n in ("a", "a", "b"))
+    assert one == again != other
+    assert one.prefixlen == 64 and one.network_address.packed[0] == 0xFD
+
+
+@pytest.mark.parametrize("network, dhcp, key, says", [
+    ({"subnet6": "fd42::/56"}, {}, "network.subnet6", "SLAAC needs one"),
+    ({"subnet6": "10.0.0.0/8"}, {}, "network.subnet6", "not an IPv6 prefix"),
+    ({"subnet6": "fd42::/64", "gateway6": "fd43::1"}, {}, "network.gateway6",
+     "not a host address of network.subnet6"),
+    ({"subnet6": "fd42::/64"}, {"range6": ["fd42::100", "fd43::1"]}, "dhcp.range6",
+     "not a host address"),
+    ({"subnet6": "fd42::/64"}, {"range6": ["fd42::1ff", "fd42::100"]}, "dhcp.range6",
+     "is after last"),
+    ({"subnet6": "fd42::/64"}, {"range6": ["fd42::1", "fd42::ff"]}, "dhcp.range6",
+     "includes the gateway"),
+    ({"gateway6": "fd42::1"}, {}, "network.gateway6", "needs network.subnet6"),
+    ({}, {"range6": ["fd42::100", "fd42::1ff"]}, "dhcp.range6", "needs network.subnet6"),
+    ({}, {"host": [{"mac": "52:54:00:00:00:09", "ip": "10.9.0.9", "ip6": "fd42::9"}]},
+     "dhcp.host[0].ip6", "needs network.subnet6"),
+])
+def test_each_ipv6_mistake_gets_one_error_naming_its_key(network, dhcp, key, says):
+    with pytest.raises(ConfigError) as err:
+        _v6(network, dhcp)
+    assert str(err.value).startswith(key) and says in str(err.value), str(err.value)
+
+
+def test_a_stateful_only_prefix_may_be_longer_than_64():
+    net = _v6({"subnet6": "fd42::/112"}, {"range6": ["fd42::100", "fd42::1ff"]})
+    assert net.subnet6.prefixlen == 112
