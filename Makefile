@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 DEMO_DEBS := iproute2 iputils-ping udhcpc curl tcpdump
 DEBS := $(DEMO_DEBS) tcpdump iperf3 socat procps kmod \
         qemu-system-x86 linux-image-amd64 busybox-static \
-        isc-dhcp-client dhcpcd-base dnsutils dnsmasq-base kea-admin dnsperf nftables ethtool tshark
+        isc-dhcp-client dhcpcd-base dnsutils dnsmasq-base kea-admin dnsperf nftables ethtool tshark ndisc6
 BENCH_DEBS := $(DEBS) slirp4netns
 
 .PHONY: demo test venv debs bench lint clean

@@ -26,11 +26,13 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
+from nat.gateway6 import Gateway6
 from wire.errors import MalformedPacket
 from wire.packets import (
     BROADCAST_IP,
     ETH_P_ARP,
     ETH_P_IP,
+    ETH_P_IPV6,
     ICMP_ECHO_REQUEST,
     IPV4_FRAGMENTED,
     PROTO_ICMP,
@@ -91,7 +93,10 @@ class Gateway:
         self.aliases = aliases  # Rule 5
         self.mtu = 1500  # the link's (the router port sets it): larger answers go without DF
         self._ident = 0
-        self._dispatch = {ETH_P_ARP: self._handle_arp, ETH_P_IP: self._handle_ipv4}
+        #: The IPv6 stack (nat.gateway6) when the network has an IPv6 prefix.
+        self.v6: Gateway6 | None = None
+        self._dispatch = {ETH_P_ARP: self._handle_arp, ETH_P_IP: self._handle_ipv4,
+                          ETH_P_IPV6: self._handle_ipv6}
 
     def handle(self, frame: bytes, now: float) -> list[bytes]:
         """Frames to send in answer to ``frame`` (Rule 6: never raises on bad input)."""
@@ -125,6 +130,9 @@ class Gateway:
         reply = Arp(2, self.mac, arp.target_ip, arp.sender_mac, arp.sender_ip)
         self.counters["arp-replies"] += 1
         return [encode_ethernet(frame[6:12], self.mac, ETH_P_ARP, encode_arp(reply))]
+
+    def _handle_ipv6(self, frame: bytes, now: float) -> list[bytes]:
+        return self.v6.handle(frame, now) if self.v6 is not None else []
 
     # -- IPv4 ---------------------------------------------------------------------------------
 
@@ -186,6 +194,8 @@ class Gateway:
                              "gateway Rule 1")]
                 return [(f"ARP answered: {_ip(arp.target_ip)} is at {format_mac(self.mac)}",
                          "gateway Rule 1")]
+            if ethertype == ETH_P_IPV6 and not tags and self.v6 is not None:
+                return self.v6.explain(frame)
             if ethertype != ETH_P_IP or tags:
                 return [("not IPv4 or ARP, or tagged: ignored", "gateway Rule 6")]
             return self._explain_ipv4(frame, decode_ipv4(frame))

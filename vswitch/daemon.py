@@ -22,6 +22,7 @@ from dhcp.dns import DnsResponder
 from nat.conntrack import Conntrack, Timeouts
 from nat.egress import HostEgress
 from nat.gateway import Gateway
+from nat.gateway6 import Gateway6
 from nat.router import Out, Router, UplinkAddress
 from nat.uplinks import RawNat, Uplink
 from vswitch.config import Config, PortConfig
@@ -163,7 +164,13 @@ def build_gateway(config: Config) -> Gateway:
     host = up.host_address if up is not None and up.type == "host" else None
     aliases = frozenset({host.packed}) if host is not None and host != net.gateway \
         else frozenset()
-    return Gateway(gateway_mac(config), net.gateway.packed, net.subnet.prefixlen, aliases)
+    gateway = Gateway(gateway_mac(config), net.gateway.packed, net.subnet.prefixlen, aliases)
+    if net.subnet6 is not None and net.gateway6 is not None:
+        gateway.v6 = Gateway6(gateway.mac, net.gateway6.packed,
+                              net.subnet6.network_address.packed, net.subnet6.prefixlen,
+                              managed=net.dhcp_range6 is not None,
+                              isolated=net.mode == "isolated", domain=net.domain)
+    return gateway
 
 
 class Daemon:

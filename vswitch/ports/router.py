@@ -167,6 +167,9 @@ class RouterPort(Port):
         if self.loop is None:
             return
         now = self.loop.time()
+        if self.gateway.v6 is not None:  # unsolicited router advertisements (gateway6 Rule 3)
+            for frame in self.gateway.v6.tick(now):
+                self.emit(frame, now)
         for first in self.reassembly.expire(now):
             error = icmp_error(first, 11, 1, first[VNET_HDR_LEN + 30:VNET_HDR_LEN + 34])
             if error is not None:

@@ -1,0 +1,228 @@
+"""The gateway's IPv6 stack: Neighbor Discovery and Router Advertisements for the guest
+network's prefix (RFC 4861, 4862, 8106), and ICMPv6 echo (RFC 4443).
+
+Rule 1: Neighbor Discovery messages are accepted only with hop limit 255, a valid checksum and
+        well-formed options (RFC 4861 6.1, 7.1); anything else is counted and dropped.
+Rule 2: a Neighbor Solicitation for one of the gateway's addresses (its address in the prefix,
+        its link-local fe80:: from its MAC) is answered with a Neighbor Advertisement (router,
+        solicited, override) to the solicitor; a duplicate address detection probe for one of
+        them (source ::) is answered to all-nodes, defending the address (RFC 4862 5.4.3).  A
+        probe for any other address is the guests' business: no answer.
+Rule 3: a Router Solicitation is answered with a Router Advertisement, and advertisements go to
+        all-nodes unsolicited: the first three at most 16 s apart, then every 200-600 s with
+        jitter (RFC 4861 6.2.4, 6.2.1 defaults).  An advertisement carries the source link-layer
+        address, the MTU, the prefix (on-link; autonomous when it is a /64), RDNSS and DNSSL
+        (RFC 8106), the M flag when addresses are leased by DHCPv6, the O flag for DNS by
+        DHCPv6, and router lifetime 1800 s, or 0 in an isolated network (no default route).
+Rule 4: an echo request to the gateway's addresses is answered (RFC 4443 4.2).
+Rule 5: the guests the gateway hears (the source link-layer option of their NS and RS) are
+        remembered in a bounded cache, for the router and DNS names.
+
+Sans-I/O: ``handle(frame, now)`` takes a plain Ethernet frame and returns frames to send;
+``tick(now)`` returns the unsolicited advertisements that are due.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections import Counter
+from typing import Final
+
+from wire.errors import MalformedPacket
+from wire.ipv6 import (
+    ALL_NODES,
+    ECHO_REPLY,
+    ECHO_REQUEST,
+    NEIGHBOR_ADVERT,
+    NEIGHBOR_SOLICIT,
+    PROTO_ICMPV6,
+    ROUTER_ADVERT,
+    ROUTER_SOLICIT,
+    UNSPECIFIED,
+    decode_ipv6,
+    encode_icmpv6,
+    encode_ipv6,
+    icmpv6_checksum_ok,
+    link_local,
+    multicast_mac,
+    nd_option,
+    nd_options,
+)
+from wire.packets import ETH_P_IPV6, encode_ethernet
+
+# NDP option types (RFC 4861 4.6, RFC 8106 5).
+SOURCE_LL, TARGET_LL, PREFIX_INFO, MTU_OPTION, RDNSS, DNSSL = 1, 2, 3, 5, 25, 31
+ROUTER_LIFETIME: Final = 1800
+VALID_LIFETIME: Final = 86400
+PREFERRED_LIFETIME: Final = 14400
+DNS_LIFETIME: Final = 1800
+MIN_INTERVAL, MAX_INTERVAL = 200.0, 600.0
+INITIAL_INTERVAL, INITIAL_COUNT = 16.0, 3
+NEIGHBOURS: Final = 4096
+
+
+def dns_search_list(domain: str) -> bytes:
+    """A domain name in DNS wire format, as DNSSL carries it (RFC 8106 5.2)."""
+    labels = [label.encode() for label in domain.strip(".").split(".") if label]
+    return b"".join(bytes([len(label)]) + label for label in labels) + b"\x00"
+
+
+class Gateway6:
+    def __init__(self, mac: bytes, address: bytes, prefix: bytes, prefix_len: int,
+                 mtu: int = 1500, managed: bool = False, isolated: bool = False,
+                 domain: str = "", rng: random.Random | None = None) -> None:
+        self.mac = mac
+        self.address = address
+        self.link_local = link_local(mac)
+        self.addresses = frozenset({address, self.link_local})
+        self.prefix, self.prefix_len = prefix, prefix_len
+        self.mtu = mtu
+        self.managed = managed
+        self.isolated = isolated
+        self.domain = domain
+        self.counters: Counter[str] = Counter()
+        #: guest address -> (MAC, when heard), bounded (Rule 5)
+        self.neighbours: dict[bytes, tuple[bytes, float]] = {}
+        self._rng = rng or random.Random()
+        self._sent_unsolicited = 0
+        self._next_advert = 0.0
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def handle(self, frame: bytes, now: float) -> list[bytes]:
+        """Frames answering one IPv6 frame (Rule 1: bad input is counted, never raised)."""
+        try:
+            ip = decode_ipv6(frame)
+            if ip.proto != PROTO_ICMPV6 or ip.fragment is not None:
+                return []  # UDP (DHCPv6, DNS) comes with its services
+            if ip.end - ip.start < 8 or not icmpv6_checksum_ok(frame, ip):
+                self.counters["icmpv6-bad-checksum-or-short"] += 1
+                return []
+            kind = frame[ip.start]
+            if kind in (NEIGHBOR_SOLICIT, ROUTER_SOLICIT):
+                if ip.hop_limit != 255:
+                    self.counters["ndp-hop-limit-not-255"] += 1
+                    return []
+                if kind == NEIGHBOR_SOLICIT:
+                    return self._solicited(frame, ip.src, frame[ip.start + 8:ip.end], now)
+                return self._router_solicited(frame, ip.src, frame[ip.start + 8:ip.end], now)
+            if kind == ECHO_REQUEST and ip.dst in self.addresses:
+                self.counters["echo6-replies"] += 1
+                return [self._icmp(frame[6:12], ip.src, ECHO_REPLY, frame[ip.start + 4:ip.end],
+                                   source=ip.dst)]
+            return []
+        except MalformedPacket as exc:
+            self.counters[f"malformed6: {exc}"] += 1
+            return []
+
+    def _solicited(self, frame: bytes, src: bytes, body: bytes, now: float) -> list[bytes]:
+        """Rule 2."""
+        if len(body) < 16:
+            raise MalformedPacket("neighbor solicitation truncated")
+        target, options = body[:16], nd_options(body[16:])
+        if target[0] == 0xFF:
+            raise MalformedPacket("neighbor solicitation for a multicast address")
+        if src != UNSPECIFIED:
+            self._learn(src, options, now)
+        if target not in self.addresses:
+            return []
+        if src == UNSPECIFIED:  # a DAD probe for our own address: defend it
+            self.counters["dad-defended"] += 1
+            return [self._advert(target, ALL_NODES, multicast_mac(ALL_NODES), solicited=False)]
+        self.counters["neighbor-adverts"] += 1
+        return [self._advert(target, src, frame[6:12], solicited=True)]
+
+    def _router_solicited(self, frame: bytes, src: bytes, body: bytes,
+                          now: float) -> list[bytes]:
+        """Rule 3: answered at once, to the solicitor (or all-nodes from ::)."""
+        options = nd_options(body)  # after the 4 reserved bytes: options only
+        if src != UNSPECIFIED:
+            self._learn(src, options, now)
+            self.counters["router-adverts-solicited"] += 1
+            return [self.advertisement(src, frame[6:12])]
+        self.counters["router-adverts-solicited"] += 1
+        return [self.advertisement(ALL_NODES, multicast_mac(ALL_NODES))]
+
+    def _learn(self, address: bytes, options: list[tuple[int, bytes]], now: float) -> None:
+        """Rule 5."""
+        mac = next((body[:6] for kind, body in options if kind == SOURCE_LL and len(body) >= 6),
+                   None)
+        if mac is None or address[0] == 0xFF:
+            return
+        if len(self.neighbours) >= NEIGHBOURS and address not in self.neighbours:
+            self.neighbours.pop(next(iter(self.neighbours)))
+        self.neighbours[address] = (mac, now)
+
+    def explain(self, frame: bytes) -> list[tuple[str, str]]:
+        """What ``handle`` would do with ``frame``, in words with its rule; changes nothing."""
+        try:
+            ip = decode_ipv6(frame)
+        except MalformedPacket as exc:
+            return [(f"dropped: malformed IPv6 ({exc})", "gateway6 Rule 1")]
+        if ip.proto != PROTO_ICMPV6 or ip.end - ip.start < 8:
+            return [(f"IPv6 next header {ip.proto}: not the gateway's", "gateway6 Rule 1")]
+        kind = frame[ip.start]
+        if kind in (NEIGHBOR_SOLICIT, ROUTER_SOLICIT) and ip.hop_limit != 255:
+            return [("dropped: NDP with hop limit other than 255", "gateway6 Rule 1")]
+        if kind == NEIGHBOR_SOLICIT and ip.end - ip.start >= 24:
+            target = frame[ip.start + 8:ip.start + 24]
+            if target not in self.addresses:
+                return [("neighbor solicitation for a guest's address: not answered",
+                         "gateway6 Rule 2")]
+            if ip.src == UNSPECIFIED:
+                return [("DAD probe for the gateway's address: defended (NA to all-nodes)",
+                         "gateway6 Rule 2")]
+            return [("neighbor solicitation answered (router, solicited, override)",
+                     "gateway6 Rule 2")]
+        if kind == ROUTER_SOLICIT:
+            return [("router solicitation answered with a router advertisement",
+                     "gateway6 Rule 3")]
+        if kind == ECHO_REQUEST and ip.dst in self.addresses:
+            return [("echo6 answered", "gateway6 Rule 4")]
+        return [(f"ICMPv6 type {kind}: not for the gateway", "gateway6 Rule 1")]
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[bytes]:
+        """Rule 3: the unsolicited advertisement, when one is due."""
+        if now < self._next_advert:
+            return []
+        self._sent_unsolicited += 1
+        if self._sent_unsolicited <= INITIAL_COUNT:
+            delay = self._rng.uniform(1.0, INITIAL_INTERVAL)
+        else:
+            delay = self._rng.uniform(MIN_INTERVAL, MAX_INTERVAL)
+        self._next_advert = now + delay
+        self.counters["router-adverts-unsolicited"] += 1
+        return [self.advertisement(ALL_NODES, multicast_mac(ALL_NODES))]
+
+    def advertisement(self, dst: bytes, dst_mac: bytes) -> bytes:
+        """A Router Advertisement (Rule 3)."""
+        flags = (0x80 if self.managed else 0) | 0x40  # M, O
+        lifetime = 0 if self.isolated else ROUTER_LIFETIME
+        body = struct.pack("!BBHII", 64, flags, lifetime, 0, 0)
+        body += nd_option(SOURCE_LL, self.mac)
+        body += nd_option(MTU_OPTION, struct.pack("!HI", 0, self.mtu))
+        prefix_flags = 0x80 | (0x40 if self.prefix_len == 64 else 0)  # L, A
+        body += nd_option(PREFIX_INFO, struct.pack("!BBIII", self.prefix_len, prefix_flags,
+                                                   VALID_LIFETIME, PREFERRED_LIFETIME, 0)
+                          + self.prefix)
+        body += nd_option(RDNSS, struct.pack("!HI", 0, DNS_LIFETIME) + self.address)
+        if self.domain:
+            search = dns_search_list(self.domain)
+            search += bytes(-(len(search) + 8) % 8)
+            body += nd_option(DNSSL, struct.pack("!HI", 0, DNS_LIFETIME) + search)
+        return self._icmp(dst_mac, dst, ROUTER_ADVERT, body, source=self.link_local,
+                          code=0, hop_limit=255)
+
+    def _advert(self, target: bytes, dst: bytes, dst_mac: bytes, solicited: bool) -> bytes:
+        flags = 0x80 | (0x40 if solicited else 0) | 0x20  # router, solicited, override
+        body = struct.pack("!B3x", flags) + target + nd_option(TARGET_LL, self.mac)
+        return self._icmp(dst_mac, dst, NEIGHBOR_ADVERT, body, source=target, hop_limit=255)
+
+    def _icmp(self, dst_mac: bytes, dst: bytes, icmp_type: int, body: bytes,
+              source: bytes, code: int = 0, hop_limit: int = 64) -> bytes:
+        message = encode_icmpv6(source, dst, icmp_type, code, body)
+        return encode_ethernet(dst_mac, self.mac, ETH_P_IPV6,
+                               encode_ipv6(source, dst, PROTO_ICMPV6, message, hop_limit))

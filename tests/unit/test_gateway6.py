@@ -1,0 +1,115 @@
+"""The gateway's IPv6 stack (nat.gateway6) against frames scapy builds and reads: NS/NA, DAD,
+RS/RA with its options, echo, unsolicited advertisements, and what it refuses."""
+
+import random
+
+import pytest
+from scapy.layers.inet6 import (
+    ICMPv6EchoReply,
+    ICMPv6EchoRequest,
+    ICMPv6ND_NA,
+    ICMPv6ND_NS,
+    ICMPv6ND_RA,
+    ICMPv6ND_RS,
+    ICMPv6NDOptDNSSL,
+    ICMPv6NDOptMTU,
+    ICMPv6NDOptPrefixInfo,
+    ICMPv6NDOptRDNSS,
+    ICMPv6NDOptSrcLLAddr,
+    IPv6,
+)
+from scapy.layers.l2 import Ether
+
+from nat.gateway6 import Gateway6
+from wire.ipv6 import link_local
+
+GW_MAC, GUEST_MAC = bytes.fromhex("525400000001"), "52:54:00:00:00:10"
+PREFIX = bytes.fromhex("fd42000000000001") + bytes(8)
+GW = PREFIX[:15] + b"\x01"
+GUEST = "fd42:0:0:1::10"
+
+
+def gateway(**kw) -> Gateway6:
+    return Gateway6(GW_MAC, GW, PREFIX, 64, domain="vsw.internal", rng=random.Random(1), **kw)
+
+
+def send(gw: Gateway6, packet, now: float = 0.0) -> list:
+    frames = gw.handle(bytes(Ether(src=GUEST_MAC, dst="33:33:00:00:00:01") / packet), now)
+    return [Ether(f) for f in frames]
+
+
+def test_a_neighbor_solicitation_for_the_gateway_is_answered_and_teaches_the_guest():
+    gw = gateway()
+    (na,) = send(gw, IPv6(src=GUEST, dst="ff02::1:ff00:1", hlim=255)
+                 / ICMPv6ND_NS(tgt="fd42:0:0:1::1") / ICMPv6NDOptSrcLLAddr(lladdr=GUEST_MAC))
+    assert na[IPv6].dst == GUEST and na[Ether].dst == GUEST_MAC and na[IPv6].hlim == 255
+    assert na[ICMPv6ND_NA].tgt == "fd42:0:0:1::1"
+    assert (na[ICMPv6ND_NA].R, na[ICMPv6ND_NA].S, na[ICMPv6ND_NA].O) == (1, 1, 1)
+    again = Ether(bytes(na))  # scapy recomputes the checksum and agrees
+    del again[ICMPv6ND_NA].cksum
+    assert Ether(bytes(again))[ICMPv6ND_NA].cksum == na[ICMPv6ND_NA].cksum
+    assert GW not in gw.neighbours and gw.neighbours[bytes.fromhex(
+        "fd420000000000010000000000000010")][0] == bytes.fromhex("525400000010")
+
+
+def test_dad_for_the_gateway_is_defended_and_for_a_guest_is_left_alone():
+    gw = gateway()
+    (na,) = send(gw, IPv6(src="::", dst="ff02::1:ff00:1", hlim=255)
+                 / ICMPv6ND_NS(tgt="fd42:0:0:1::1"))
+    assert na[IPv6].dst == "ff02::1" and na[ICMPv6ND_NA].S == 0
+    assert send(gw, IPv6(src="::", dst="ff02::1:ff00:10", hlim=255)
+                / ICMPv6ND_NS(tgt=GUEST)) == []
+
+
+def test_a_router_solicitation_gets_the_whole_advertisement():
+    gw = gateway(managed=True)
+    (ra,) = send(gw, IPv6(src="fe80::5054:ff:fe00:10", dst="ff02::2", hlim=255)
+                 / ICMPv6ND_RS() / ICMPv6NDOptSrcLLAddr(lladdr=GUEST_MAC))
+    assert ra[IPv6].src == "fe80::5054:ff:fe00:1" and ra[IPv6].hlim == 255
+    assert link_local(GW_MAC).hex() == "fe80000000000000505400fffe000001"
+    adv = ra[ICMPv6ND_RA]
+    assert (adv.M, adv.O, adv.routerlifetime) == (1, 1, 1800)
+    prefix = ra[ICMPv6NDOptPrefixInfo]
+    assert (prefix.prefix, prefix.prefixlen, prefix.L, prefix.A) == ("fd42:0:0:1::", 64, 1, 1)
+    assert ra[ICMPv6NDOptMTU].mtu == 1500
+    assert ra[ICMPv6NDOptRDNSS].dns == ["fd42:0:0:1::1"]
+    assert ra[ICMPv6NDOptDNSSL].searchlist == ["vsw.internal."]
+
+
+def test_an_isolated_network_advertises_no_default_route():
+    (ra,) = send(gateway(isolated=True), IPv6(src="::", dst="ff02::2", hlim=255)
+                 / ICMPv6ND_RS())
+    assert ra[ICMPv6ND_RA].routerlifetime == 0 and ra[IPv6].dst == "ff02::1"
+
+
+def test_echo_to_the_gateway_is_answered():
+    (reply,) = send(gateway(), IPv6(src=GUEST, dst="fd42:0:0:1::1")
+                    / ICMPv6EchoRequest(id=7, seq=3, data=b"abc"))
+    assert (reply[ICMPv6EchoReply].id, reply[ICMPv6EchoReply].seq,
+            reply[ICMPv6EchoReply].data) == (7, 3, b"abc")
+
+
+@pytest.mark.parametrize("packet, counter", [
+    (IPv6(src=GUEST, dst="ff02::1:ff00:1", hlim=64) / ICMPv6ND_NS(tgt="fd42:0:0:1::1"),
+     "ndp-hop-limit-not-255"),
+    (IPv6(src=GUEST, dst="ff02::1:ff00:1", hlim=255) / ICMPv6ND_NS(tgt="fd42:0:0:1::1")
+     / (b"\x01\x00" + bytes(6)), "malformed6: NDP option of length 0 (RFC 4861 4.6)"),
+    (IPv6(src=GUEST, dst="ff02::1:ff00:1", hlim=255) / ICMPv6ND_NS(tgt="fd42:0:0:1::1",
+                                                                   cksum=1),
+     "icmpv6-bad-checksum-or-short"),
+])
+def test_bad_ndp_is_counted_and_dropped(packet, counter):
+    gw = gateway()
+    assert send(gw, packet) == [] and gw.counters[counter] == 1
+
+
+def test_unsolicited_advertisements_come_fast_at_first_then_every_200_to_600_s():
+    gw = gateway()
+    times, now = [], 0.0
+    while now < 3000:
+        if gw.tick(now):
+            times.append(now)
+        now += 1.0
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert all(g <= 16 for g in gaps[:3]) and all(200 <= g <= 601 for g in gaps[3:])
+    assert len(times) >= 7
