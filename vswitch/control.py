@@ -94,6 +94,8 @@ class ControlServer:
                 await writer.drain()
         except (ConnectionError, asyncio.LimitOverrunError, ValueError, RuntimeError):
             pass
+        except asyncio.CancelledError:  # the daemon stops with a client attached: the task
+            pass  # ends here (asyncio's stream callback logs a cancelled task as an error)
         finally:
             writer.close()
 
