@@ -36,7 +36,7 @@ PORT_KEYS: dict[str, set[str]] = {
     "stream": {"path", "mode", "connect"},
     "dgram": {"path", "peer", "mode"},
 }
-COMMON_PORT_KEYS = {"name", "type", "mtu", "mac_limit"}
+COMMON_PORT_KEYS = {"name", "type", "mtu", "mac_limit", "ra_guard"}
 
 
 class ConfigError(ValueError):
@@ -56,6 +56,9 @@ class PortConfig:
     mtu: int = 1500
     """Largest non-GSO frame payload accepted from and sent to this port."""
     mac_limit: int | None = None
+    ra_guard: bool = True
+    """Drop router advertisements, redirects and DHCPv6 server messages the guest sends
+    (RFC 6105): one guest cannot become every guest's router."""
     """Most FDB entries this port may hold (None: only the switch limit applies)."""
     owner: int | None = None
     """tap: uid allowed to open the TAP (qemu as that user needs no root); names resolved."""
@@ -343,7 +346,8 @@ def _port(raw: Any, i: int) -> PortConfig:
     limit = raw.get("mac_limit")
     if limit is not None:
         limit = int(_number(raw, f"{key}.mac_limit", None, 1, 10_000_000, integer=True))
-    kw: dict[str, Any] = {"name": name, "type": kind, "mtu": mtu, "mac_limit": limit}
+    kw: dict[str, Any] = {"name": name, "type": kind, "mtu": mtu, "mac_limit": limit,
+                          "ra_guard": _get(raw, f"{key}.ra_guard", bool, True)}
     if kind == "tap":
         kw["owner"] = _owner(raw, f"{key}.owner", "owner")
         kw["group"] = _owner(raw, f"{key}.group", "group")

@@ -50,6 +50,7 @@ from vswitch.ports.tap import TapPort
 from vswitch.ports.uplink import RawUplink
 from vswitch.switch import Switch
 from wire.filter import FilterError
+from wire.ipv6 import routers_only
 from wire.packets import format_mac, qemu_mac
 from wire.vnet import NO_OFFLOAD
 
@@ -203,6 +204,9 @@ class Daemon:
                 if config.uplink.dhcp:
                     self.uplink_port.lease_by_dhcp(DhcpClient(uplink_mac(config), config.name),
                                               self._uplink_lease)
+        #: Ports whose router advertisements and DHCPv6 server messages are dropped (RFC 6105).
+        self._guarded = frozenset(len(self.ports) + i for i, pc in enumerate(config.ports)
+                                  if pc.ra_guard)
         #: Mirror targets: ports taken out of switching, that only send copies (observe).
         self._mirror_targets = {m.to for m in config.mirrors}
         for pc in config.ports:
@@ -219,7 +223,8 @@ class Daemon:
             "explain": self._explain,
             "ping": lambda _: "pong",
         })
-        self.watch = Watch(self.switch, self.ports, self.router_port, self._name)
+        self.watch = Watch(self.switch, self.ports, self.router_port, self._name,
+                           self._guarded)
         ids = {p.name: p.id for p in self.ports if p is not None}
         self.watch.mirrors = [Mirror(frozenset(ids[n] for n in m.sources), ids[m.to],
                                      m.direction != "tx", m.direction != "rx")
@@ -236,10 +241,18 @@ class Daemon:
     # -- datapath -------------------------------------------------------------------------------
 
     def _make_deliver(self) -> Any:
+        """The delivery closure: the RA guard on guarded ports' IPv6 frames (one two-byte
+        compare for every other frame), then the switch."""
         receive = self.switch.receive
         ports = self.ports
+        guarded = self._guarded
+        drops = self.switch.drops
 
         def deliver(packet: bytes, port_id: int, now: float) -> None:
+            if packet[22:24] == b"\x86\xdd" and port_id in guarded \
+                    and routers_only(packet[10:]):
+                drops[port_id]["ra-guard"] += 1
+                return
             for out in receive(packet, port_id, now):
                 ports[out].send(packet)  # type: ignore[union-attr]
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wire.filter import compile_filter
+from wire.ipv6 import routers_only
 
 QUEUE_FRAMES = 4096
 QUEUE_BYTES = 16 << 20
@@ -93,8 +94,9 @@ class Watch:
     any is armed (Rule 1)."""
 
     def __init__(self, switch: Any, ports: list[Any], router_port: Any,
-                 name: Callable[[int], str]) -> None:
+                 name: Callable[[int], str], guarded: frozenset[int] = frozenset()) -> None:
         self.switch = switch
+        self.guarded = guarded  #: ports under the RA guard, as in the plain closure
         self.ports = ports
         self.router_port = router_port
         self.name = name
@@ -157,12 +159,23 @@ class Watch:
         inside = captures.get(INSIDE)
         traces = [s for s in self.sessions if s.kind == "trace"]
         capture, trace, mirror = self._capture, self._trace, self._mirror
+        guarded, drops = self.guarded, self.switch.drops
 
         def deliver(packet: bytes, port_id: int, now: float) -> None:
             if port_id in mirror_targets:
                 ports[port_id].drops["mirror-port-ingress"] += 1
                 return
             port_name = names[port_id]
+            if packet[22:24] == b"\x86\xdd" and port_id in guarded \
+                    and routers_only(packet[10:]):
+                drops[port_id]["ra-guard"] += 1
+                if traces:
+                    tracing = [s for s in traces if (not s.points or port_name in s.points)
+                               and s.match(packet[10:])]
+                    trace(tracing, now, port_name, packet, [(
+                        "switch", "dropped: ra-guard (only the gateway may advertise a router "
+                        "or serve DHCPv6)", "RFC 6105")])
+                return
             sessions = by_port[port_id]
             if sessions:
                 capture(sessions, port_name, "rx", packet, now)

@@ -94,6 +94,26 @@ def decode_ipv6(frame: bytes, offset: int = 14) -> Ipv6:
     raise MalformedPacket(f"more than {MAX_EXTENSIONS} IPv6 extension headers")
 
 
+REDIRECT: Final = 137
+DHCP6_SERVER_PORT: Final = 547
+
+
+def routers_only(frame: bytes) -> bool:
+    """Whether ``frame`` is something only a router or a DHCPv6 server may send: a router
+    advertisement, a redirect, or UDP from port 547 (RFC 6105 guard); never raises."""
+    if frame[12:14] != b"\x86\xdd":
+        return False
+    try:
+        ip = decode_ipv6(frame)
+    except MalformedPacket:
+        return False
+    if ip.end - ip.start < 2 or (ip.fragment is not None and ip.fragment[1]):
+        return False
+    if ip.proto == PROTO_ICMPV6:
+        return frame[ip.start] in (ROUTER_ADVERT, REDIRECT)
+    return ip.proto == 17 and frame[ip.start:ip.start + 2] == b"\x02\x23"  # from 547
+
+
 def encode_ipv6(src: bytes, dst: bytes, next_header: int, payload: bytes,
                 hop_limit: int = 64) -> bytes:
     return IPV6.pack(6 << 28, len(payload), next_header, hop_limit, src, dst) + payload

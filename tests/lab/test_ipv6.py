@@ -1,12 +1,15 @@
 """IPv6 on the guest network with real kernels: a namespace guest takes a SLAAC address from
 the gateway's router advertisements and a default route via its link-local address, rdisc6
-reads the advertisement's flags, RDNSS and DNSSL, and ping6 reaches the gateway."""
+reads the advertisement's flags, RDNSS and DNSSL, and ping6 reaches the gateway; a second
+guest's own router advertisements and DHCPv6 replies never reach it (RFC 6105 guard)."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
 import re
+import sys
+import time
 
 import pytest
 
@@ -16,12 +19,29 @@ from vswitch.lab import wait_for
 pytestmark = pytest.mark.privileged
 
 PREFIX = "fd42:0:0:7::"
+ROGUE_RA = """
+import sys, time
+from scapy.all import (Ether, IPv6, ICMPv6ND_RA, ICMPv6NDOptPrefixInfo, ICMPv6NDOptSrcLLAddr,
+                       UDP, Raw, sendp, get_if_hwaddr)
+dev = sys.argv[1]
+mac = get_if_hwaddr(dev)
+ra = (Ether(src=mac, dst="33:33:00:00:00:01") / IPv6(src="fe80::bad", dst="ff02::1", hlim=255)
+      / ICMPv6ND_RA(routerlifetime=9000) / ICMPv6NDOptSrcLLAddr(lladdr=mac)
+      / ICMPv6NDOptPrefixInfo(prefix="fd99::", prefixlen=64, L=1, A=1))
+reply = (Ether(src=mac, dst="33:33:00:01:00:02") / IPv6(src="fe80::bad", dst="ff02::1:2")
+         / UDP(sport=547, dport=546) / Raw(b"\\x07" + bytes(3)))
+for _ in range(5):
+    sendp([ra, reply], iface=dev, verbose=0)
+    time.sleep(0.3)
+"""
 
 
 @pytest.fixture
-def v6_guest(lab, tmp_path):
-    ns = lab.netns("g6")
-    dev = lab.name("v6")
+def v6_guests(lab, tmp_path):
+    """A guest on an internal port, and a rogue guest behind a veth on an attach port."""
+    ns, rogue_ns = lab.netns("g6"), lab.netns("r6")
+    dev, outer = lab.name("v6"), lab.name("r6o")
+    lab.veth(outer, rogue_ns, "eth0")
     body = f"""
 [switch]
 name = "s{lab.tag}"
@@ -37,25 +57,31 @@ forwarders = []
 name = "{dev}"
 type = "internal"
 netns = "{ns}"
+[[port]]
+name = "rogue"
+type = "attach"
+interface = "{outer}"
 """
-    daemon = Daemon(lab, tmp_path, body, ports_up=2)
+    daemon = Daemon(lab, tmp_path, body)
+    lab.run(rogue_ns, ["ip", "link", "set", "eth0", "up"])
     lab.run(ns, ["sysctl", "-qw", f"net.ipv6.conf.{dev}.accept_ra=2",
                  f"net.ipv6.conf.{dev}.disable_ipv6=0"])
     lab.run(ns, ["ip", "link", "set", dev, "up"])
-    yield daemon, ns, dev
+    wait_for(lambda: daemon.up_count() == 3, 10, "three ports up")
+    yield daemon, ns, dev, rogue_ns
     daemon.stop()
 
 
-def test_a_guest_takes_slaac_and_a_default_route_from_the_advertisement(lab, v6_guest):
-    daemon, ns, dev = v6_guest
+def global_addresses(lab, ns: str, dev: str) -> list[ipaddress.IPv6Address]:
+    out = lab.run(ns, ["ip", "-j", "-6", "addr", "show", "dev", dev]).stdout
+    return [ipaddress.IPv6Address(a["local"]) for i in json.loads(out) for a in i["addr_info"]
+            if a.get("scope") == "global" and "tentative" not in a]
 
-    def addresses() -> list[str]:
-        out = lab.run(ns, ["ip", "-j", "-6", "addr", "show", "dev", dev]).stdout
-        return [a["local"] for i in json.loads(out) for a in i["addr_info"]
-                if a.get("scope") == "global" and "tentative" not in a]
 
+def test_a_guest_takes_slaac_and_a_default_route_from_the_advertisement(lab, v6_guests):
+    daemon, ns, dev, _ = v6_guests
     prefix = ipaddress.IPv6Network(f"{PREFIX}/64")
-    wait_for(lambda: any(ipaddress.IPv6Address(a) in prefix for a in addresses()), 30,
+    wait_for(lambda: any(a in prefix for a in global_addresses(lab, ns, dev)), 30,
              "a SLAAC address in the prefix")
     route = lab.run(ns, ["ip", "-6", "route", "show", "default"]).stdout
     assert re.search(r"default via fe80::5054:ff:fe[0-9a-f:]+ dev " + re.escape(dev), route), \
@@ -71,4 +97,18 @@ def test_a_guest_takes_slaac_and_a_default_route_from_the_advertisement(lab, v6_
     done = lab.run(ns, ["ping", "-6", "-n", "-c", "2", "-i", "0.2", "-W", "2",
                         f"{PREFIX}1"], check=False)
     assert " 0% packet loss" in done.stdout, done.stdout
-    assert daemon.show("router") is not None and daemon.alive()
+
+
+def test_a_guest_cannot_advertise_itself_as_the_router(lab, v6_guests):
+    daemon, ns, dev, rogue_ns = v6_guests
+    prefix = ipaddress.IPv6Network(f"{PREFIX}/64")
+    wait_for(lambda: any(a in prefix for a in global_addresses(lab, ns, dev)), 30,
+             "the guest's own SLAAC address first")
+    lab.run(rogue_ns, [sys.executable, "-c", ROGUE_RA, "eth0"], timeout=30)
+    time.sleep(1)  # what got through would be configured by now
+    rogue_prefix = ipaddress.IPv6Network("fd99::/64")
+    assert not any(a in rogue_prefix for a in global_addresses(lab, ns, dev))
+    routes = lab.run(ns, ["ip", "-6", "route", "show", "default"]).stdout
+    assert "fe80::bad" not in routes, routes
+    drops = daemon.port("rogue")["drops"]
+    assert drops.get("ra-guard", 0) >= 10, drops  # 5 advertisements, 5 DHCPv6 replies
