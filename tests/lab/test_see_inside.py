@@ -334,3 +334,38 @@ def test_trace_says_when_a_full_table_evicts(lab, mirrored):
         trace.wait("(table full: 3 entries) [fdb Rule 3]")
     finally:
         trace.close()
+
+
+def test_capture_streams_to_tcpdump_and_a_full_disk_stops_only_the_capture(lab, mirrored,
+                                                                            tmp_path):
+    daemon, ns, names = mirrored
+    # -w - | tcpdump -r -: frames arrive while the capture runs
+    pipeline = subprocess.Popen(
+        f"{sys.executable} -m vswitch.cli capture --socket {daemon.socket} {names['a']} "
+        "-w - -c 2 icmp | tcpdump -l -nr -", shell=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        lab.run(ns["a"], ["ping", "-n", "-c", "1", "-W", "2", "10.71.0.2"])
+        out, _ = pipeline.communicate(timeout=20)
+    finally:
+        pipeline.kill()
+    assert "10.71.0.1 > 10.71.0.2: ICMP echo request" in out, out
+    # a capture file on a full disk: the capture says so and stops, the switch goes on
+    disk = tmp_path / "small"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True)
+    try:
+        proc = subprocess.Popen([*VSWITCH, "capture", "--socket", daemon.socket, names["a"],
+                                 "-w", str(disk / "big.pcapng")], stderr=subprocess.PIPE,
+                                text=True)
+        time.sleep(1.0)
+        lab.run(ns["a"], ["ping", "-n", "-f", "-c", "2000", "-s", "1000", "10.71.0.2"],
+                timeout=60)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 1 and "capture stopped: No space left on device" in err, err
+    finally:
+        proc.kill()
+        subprocess.run(["umount", str(disk)], check=False)
+    assert daemon.alive() and request(daemon.socket, "ping") == "pong"
+    assert lab.run(ns["a"], ["ping", "-n", "-c", "1", "-W", "2", "10.71.0.2"]).returncode == 0
