@@ -1,15 +1,17 @@
 """The guests' DNS server: local names, a forwarder to upstream resolvers, and a cache (sans-I/O).
 
 Rule 1 (local names): ``hosts`` maps lower-case names relative to ``domain`` ("web", or "a.b" for
-        a.b.DOMAIN) to IPv4 addresses.  ``web.DOMAIN`` and the bare ``web`` get an A record,
-        ``5.122.168.192.in-addr.arpa`` a PTR to ``web.DOMAIN``; these answers are authoritative
+        a.b.DOMAIN) to IPv4 addresses, ``hosts6`` to IPv6 addresses.  ``web.DOMAIN`` and the
+        bare ``web`` get A and AAAA records (RFC 3596), ``5.122.168.192.in-addr.arpa`` and the
+        ip6.arpa name of each IPv6 address a PTR to ``web.DOMAIN``; these answers are authoritative
         (AA) with TTL ``local_ttl`` (0 by default, as dnsmasq's local-ttl: leases change, so
         guests must not cache them).  Only class IN is answered locally.
 Rule 2 (NXDOMAIN): an unknown name inside ``domain`` is NXDOMAIN, never forwarded.  An unknown bare
         single-label name asked for A, AAAA or ANY is NXDOMAIN too (dnsmasq's domain-needed: such
         names mean nothing upstream); a bare label asked for other types (DS, NS, SOA of a TLD) is
         forwarded.  A known name asked for another type is NOERROR with no answer (NODATA).
-        With ``subnet``, reverse names of its addresses are local too (NXDOMAIN if unknown).
+        With ``subnet`` (``subnet6``), reverse names of its addresses are local too (NXDOMAIN
+        if unknown).
 Rule 3 (forwarding): everything else goes to an upstream with a fresh random 16-bit ID drawn by
         the core (``rng``); the adapter sends each ``Forward`` from a fresh socket with a random
         source port and reports that port with ``sent_from``.  The core owns IDs, the adapter owns
@@ -53,7 +55,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Network, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from itertools import count
 from typing import Any, Final
 
@@ -82,6 +84,7 @@ from .dnsmsg import (
     Question,
     ResourceRecord,
     a_record,
+    aaaa_record,
     check_name,
     decode_message,
     encode_message,
@@ -90,11 +93,14 @@ from .dnsmsg import (
     name_from_text,
     opt_record,
     parse_reverse_name,
+    parse_reverse_name6,
     ptr_record,
     soa_minimum,
 )
 
 Hosts = Mapping[str, IPv4Address | str]
+#: Relative names -> their IPv6 addresses (static hosts, DHCPv6 leases, SLAAC addresses heard).
+Hosts6 = Mapping[str, tuple[IPv6Address, ...]]
 
 #: The largest UDP answer sent and the size advertised in our OPT records (DNS flag day 2020).
 MAX_UDP_PAYLOAD: Final = 1232
@@ -180,6 +186,8 @@ class DnsResponder:
         upstreams: Sequence[Address] = (),
         *,
         subnet: IPv4Network | str | None = None,
+        hosts6: Callable[[], Hosts6] | None = None,
+        subnet6: IPv6Network | None = None,
         rng: Callable[[int], int] = secrets.randbelow,
         local_ttl: int = 0,
         timeout: float = 5.0,
@@ -197,6 +205,8 @@ class DnsResponder:
                 raise ValueError(f"upstream {upstream!r} is not an (ip, port) pair")
             self.upstreams.append(normal)
         self.subnet = None if subnet is None else IPv4Network(subnet)
+        self._hosts6 = hosts6
+        self.subnet6 = subnet6
         self._rng = rng
         self.local_ttl = local_ttl
         self.timeout = timeout
@@ -322,27 +332,54 @@ class DnsResponder:
             if not relative:
                 return _response(aa=True)  # the domain itself: NODATA
             address = _lookup(self._host_map(), relative)
-            if address is None:
+            six = self._lookup6(relative)
+            if address is None and not six:
                 if not in_domain and question.qtype not in _LOCAL_TYPES:
                     return None  # a bare TLD question (DS, NS, SOA) goes upstream
                 return _response(RCODE_NXDOMAIN, aa=True)
-            if question.qtype not in (TYPE_A, TYPE_ANY):
-                return _response(aa=True)
-            return _response(aa=True, answers=(a_record(question.name, address, self.local_ttl),))
+            answers = []
+            if address is not None and question.qtype in (TYPE_A, TYPE_ANY):
+                answers.append(a_record(question.name, address, self.local_ttl))
+            if question.qtype in (TYPE_AAAA, TYPE_ANY):
+                answers += [aaaa_record(question.name, a, self.local_ttl) for a in six]
+            return _response(aa=True, answers=tuple(answers))  # none: NODATA
         # Step 2
         address = parse_reverse_name(name)
         if address is None:
-            return None
+            return self._reverse6(question, name)
         for host, value in self._host_map().items():
             target = self._fqdn(host) if _address(value) == address else None
             if target is not None:
-                if question.qtype not in (TYPE_PTR, TYPE_ANY):
-                    return _response(aa=True)
-                ptr = ptr_record(question.name, target, self.local_ttl)
-                return _response(aa=True, answers=(ptr,))
+                return self._ptr(question, target)
         if self.subnet is not None and address in self.subnet:
             return _response(RCODE_NXDOMAIN, aa=True)
         return None
+
+    def _reverse6(self, question: Question, name: Name) -> DnsMessage | None:
+        """Step 2 for an ip6.arpa name: a guest's IPv6 address, or NXDOMAIN in ``subnet6``."""
+        address = parse_reverse_name6(name)
+        if address is None:
+            return None
+        for host, values in self._host_map6().items():
+            target = self._fqdn(host) if address in values else None
+            if target is not None:
+                return self._ptr(question, target)
+        if self.subnet6 is not None and address in self.subnet6:
+            return _response(RCODE_NXDOMAIN, aa=True)
+        return None
+
+    def _ptr(self, question: Question, target: Name) -> DnsMessage:
+        if question.qtype not in (TYPE_PTR, TYPE_ANY):
+            return _response(aa=True)
+        return _response(aa=True, answers=(ptr_record(question.name, target, self.local_ttl),))
+
+    def _lookup6(self, relative: Name) -> tuple[IPv6Address, ...]:
+        if self._hosts6 is None or any(b"." in label for label in relative):
+            return ()
+        return tuple(self._host_map6().get(b".".join(relative).decode("ascii", "replace"), ()))
+
+    def _host_map6(self) -> Hosts6:
+        return {} if self._hosts6 is None else self._hosts6()
 
     def _host_map(self) -> Hosts:
         return self._hosts() if callable(self._hosts) else self._hosts

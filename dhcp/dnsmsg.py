@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Final
 
 from wire.errors import MalformedPacket
@@ -437,6 +437,11 @@ def a_record(name: Name, address: IPv4Address | str, ttl: int) -> ResourceRecord
     return ResourceRecord(name, TYPE_A, CLASS_IN, ttl, IPv4Address(address).packed)
 
 
+def aaaa_record(name: Name, address: IPv6Address | str, ttl: int) -> ResourceRecord:
+    """An AAAA record (RFC 3596 2.2)."""
+    return ResourceRecord(name, TYPE_AAAA, CLASS_IN, ttl, IPv6Address(address).packed)
+
+
 def ptr_record(name: Name, target: Name, ttl: int) -> ResourceRecord:
     """A PTR record (RFC 1035 3.3.12), the target written uncompressed."""
     rdata = bytearray()
@@ -464,6 +469,25 @@ def reverse_name(address: IPv4Address | str) -> Name:
     """``192.0.2.5`` -> ``5.2.0.192.in-addr.arpa`` (RFC 1035 3.5)."""
     octets = IPv4Address(address).packed
     return tuple(str(b).encode() for b in reversed(octets)) + _IN_ADDR_ARPA
+
+
+_IP6_ARPA: Final = (b"ip6", b"arpa")
+
+
+def reverse_name6(address: IPv6Address | str) -> Name:
+    """``fd42::10`` -> ``0.1.0.0. ... .2.4.d.f.ip6.arpa``: 32 nibbles, last first (RFC 3596
+    2.5)."""
+    return tuple(c.encode() for c in reversed(IPv6Address(address).packed.hex())) + _IP6_ARPA
+
+
+def parse_reverse_name6(name: Name) -> IPv6Address | None:
+    """The address named by a full ip6.arpa name (any case), or None for any other name."""
+    if len(name) != 34 or lower_name(name[32:]) != _IP6_ARPA:
+        return None
+    nibbles = b"".join(reversed(lower_name(name[:32])))
+    if len(nibbles) != 32 or any(c not in b"0123456789abcdef" for c in nibbles):
+        return None
+    return IPv6Address(bytes.fromhex(nibbles.decode()))
 
 
 def parse_reverse_name(name: Name) -> IPv4Address | None:

@@ -9,6 +9,7 @@ question and where the answer would come from, citing ``dhcp.dns``'s rules.
 from __future__ import annotations
 
 from collections.abc import Collection
+from ipaddress import ip_address
 
 from wire.errors import MalformedPacket
 
@@ -110,8 +111,9 @@ def explain_dns(responder: DnsResponder, data: bytes, now: float,
             return [(f"question {asked}: NODATA, the name is local, not of that type",
                      "dns Rule 2")]
         answer = local.answers[0]
-        if answer.rtype == 1:  # A: the host is the question's first label
-            host, value = lower_name(question.name), ".".join(map(str, answer.rdata))
+        if answer.rtype in (1, 28):  # A, AAAA: the host is the question's first label
+            host = lower_name(question.name)
+            value = str(ip_address(answer.rdata))
         else:  # PTR: the host is the answer's
             host = lower_name(_read_name(answer.rdata, 0, len(answer.rdata))[0])
             value = name_to_text(host)

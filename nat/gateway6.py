@@ -17,6 +17,7 @@ Rule 3: a Router Solicitation is answered with a Router Advertisement, and adver
 Rule 4: an echo request to the gateway's addresses is answered (RFC 4443 4.2).
 Rule 5: the guests the gateway hears (the source link-layer option of their NS and RS) are
         remembered in a bounded cache, for the router and DNS names.
+Rule 6: UDP to the gateway's addresses goes to the service registered for its port (DNS).
 
 Sans-I/O: ``handle(frame, now)`` takes a plain Ethernet frame and returns frames to send;
 ``tick(now)`` returns the unsolicited advertisements that are due.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import random
 import struct
 from collections import Counter
+from collections.abc import Callable
 from typing import Final
 
 from wire.errors import MalformedPacket
@@ -40,16 +42,19 @@ from wire.ipv6 import (
     ROUTER_ADVERT,
     ROUTER_SOLICIT,
     UNSPECIFIED,
+    Ipv6,
     decode_ipv6,
+    decode_udp6,
     encode_icmpv6,
     encode_ipv6,
+    encode_udp6,
     icmpv6_checksum_ok,
     link_local,
     multicast_mac,
     nd_option,
     nd_options,
 )
-from wire.packets import ETH_P_IPV6, encode_ethernet
+from wire.packets import ETH_P_IPV6, PROTO_UDP, encode_ethernet
 
 # NDP option types (RFC 4861 4.6, RFC 8106 5).
 SOURCE_LL, TARGET_LL, PREFIX_INFO, MTU_OPTION, RDNSS, DNSSL = 1, 2, 3, 5, 25, 31
@@ -82,6 +87,9 @@ class Gateway6:
         self.isolated = isolated
         self.domain = domain
         self.counters: Counter[str] = Counter()
+        #: UDP services by port, as the IPv4 gateway's (DNS 53): (client MAC, client address,
+        #: client port, destination, payload, now) -> frames
+        self.udp: dict[int, Callable[[bytes, bytes, int, bytes, bytes, float], list[bytes]]] = {}
         #: guest address -> (MAC, when heard), bounded (Rule 5)
         self.neighbours: dict[bytes, tuple[bytes, float]] = {}
         self._rng = rng or random.Random()
@@ -94,8 +102,13 @@ class Gateway6:
         """Frames answering one IPv6 frame (Rule 1: bad input is counted, never raised)."""
         try:
             ip = decode_ipv6(frame)
-            if ip.proto != PROTO_ICMPV6 or ip.fragment is not None:
-                return []  # UDP (DHCPv6, DNS) comes with its services
+            if ip.fragment is not None:
+                self.counters["fragment-to-gateway6"] += 1  # services here never need them
+                return []
+            if ip.proto == PROTO_UDP and ip.dst in self.addresses:
+                return self._udp(frame, ip, now)
+            if ip.proto != PROTO_ICMPV6:
+                return []
             if ip.end - ip.start < 8 or not icmpv6_checksum_ok(frame, ip):
                 self.counters["icmpv6-bad-checksum-or-short"] += 1
                 return []
@@ -115,6 +128,23 @@ class Gateway6:
         except MalformedPacket as exc:
             self.counters[f"malformed6: {exc}"] += 1
             return []
+
+    def _udp(self, frame: bytes, ip: Ipv6, now: float) -> list[bytes]:
+        """UDP to the gateway: the service registered for its port (DNS 53), as the IPv4
+        gateway's Rule 3; no service: nothing (port unreachable comes later)."""
+        sport, dport, payload = decode_udp6(frame, ip)
+        service = self.udp.get(dport)
+        if service is None:
+            self.counters["udp6-no-service"] += 1
+            return []
+        return service(frame[6:12], ip.src, sport, ip.dst, payload, now)
+
+    def udp_frame(self, dst_mac: bytes, dst: bytes, sport: int, dport: int, payload: bytes,
+                  source: bytes | None = None) -> bytes:
+        """A UDP datagram from the gateway's address (or ``source``) to a guest."""
+        src = source or self.address
+        return encode_ethernet(dst_mac, self.mac, ETH_P_IPV6, encode_ipv6(
+            src, dst, PROTO_UDP, encode_udp6(src, dst, sport, dport, payload)))
 
     def _solicited(self, frame: bytes, src: bytes, body: bytes, now: float) -> list[bytes]:
         """Rule 2."""

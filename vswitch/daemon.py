@@ -14,6 +14,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
+from ipaddress import IPv6Address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -673,7 +674,8 @@ class Daemon:
                                                  dhcp.server.names().items()}
                 return {**names, **static}
 
-            responder = DnsResponder(net.domain, hosts, upstreams, subnet=net.subnet)
+            responder = DnsResponder(net.domain, hosts, upstreams, subnet=net.subnet,
+                                     hosts6=self._hosts6, subnet6=net.subnet6)
             self.dns = DnsService(responder, self.router_port, self.loop,
                                   frozenset(n.lower() for n in static))
             if dhcp is not None:
@@ -696,6 +698,32 @@ class Daemon:
             raise SystemExit(f"vswitch: metrics.listen {metrics.listen}: "
                              f"{exc.strerror or exc}") from exc
         log.info("metrics on %s", url(host, port))
+
+    def _hosts6(self) -> dict[str, tuple[IPv6Address, ...]]:
+        """Guests' names -> their IPv6 addresses for DNS: a static host's ip6, and the
+        addresses in subnet6 the gateway heard from a MAC that has a name (a static host's,
+        or a DHCP lease's hostname), as dnsmasq's ra-names."""
+        net = self.config.network
+        v6 = self.router_port.gateway.v6 if self.router_port is not None else None
+        if net is None or v6 is None or net.subnet6 is None:
+            return {}
+        heard: dict[bytes, list[IPv6Address]] = {}
+        for address, (mac, _) in v6.neighbours.items():
+            ip = IPv6Address(address)
+            if ip in net.subnet6:
+                heard.setdefault(mac, []).append(ip)
+        names: dict[str, list[IPv6Address]] = {}
+        if self.dhcp is not None:
+            for lease in self.dhcp.server.leases():
+                if lease.hostname and lease.mac in heard:
+                    names.setdefault(lease.hostname, []).extend(heard[lease.mac])
+        for host in net.dhcp_hosts:
+            if host.name and host.mac:
+                found = names.setdefault(host.name, [])
+                found.extend(heard.get(bytes.fromhex(host.mac.replace(":", "")), []))
+                if host.ip6 is not None and host.ip6 not in found:
+                    found.insert(0, host.ip6)
+        return {n: tuple(dict.fromkeys(a)) for n, a in names.items() if a}
 
     def stop(self) -> None:
         self._stop.set()

@@ -43,6 +43,8 @@ class DnsService:
         self._armed_for: float | None = None  # the deadline ``_timer`` is set for
         router.gateway.udp[DNS_PORT] = self.udp
         router.gateway.tcp[DNS_PORT] = self.tcp
+        if router.gateway.v6 is not None:  # the same service on the IPv6 address
+            router.gateway.v6.udp[DNS_PORT] = self.udp
         router.gateway.explainers[PROTO_UDP, DNS_PORT] = (
             lambda mac, ip, payload: explain_dns(responder, payload, loop.time(), static_names))
 
@@ -87,7 +89,10 @@ class DnsService:
         client = answer.client
         if client[0] == "udp":
             _, mac, ip, port = client
-            return [self.router.gateway.udp_frame(mac, ip, DNS_PORT, port, answer.payload)]
+            gateway = self.router.gateway
+            if len(ip) == 16 and gateway.v6 is not None:  # asked over IPv6
+                return [gateway.v6.udp_frame(mac, ip, DNS_PORT, port, answer.payload)]
+            return [gateway.udp_frame(mac, ip, DNS_PORT, port, answer.payload)]
         return self.tcp.send(client[1], encode_tcp_frame(answer.payload), now)
 
     def _emit(self, frames: list[bytes]) -> None:

@@ -131,6 +131,24 @@ def encode_icmpv6(src: bytes, dst: bytes, icmp_type: int, code: int, body: bytes
     return message[:2] + struct.pack("!H", check) + message[4:]
 
 
+def encode_udp6(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> bytes:
+    """A UDP datagram over IPv6, its checksum mandatory (RFC 8200 8.1)."""
+    length = 8 + len(payload)
+    header = struct.pack("!HHHH", sport, dport, length, 0)
+    check = internet_checksum(pseudo_header6(src, dst, 17, length) + header + payload)
+    return header[:6] + struct.pack("!H", check or 0xFFFF) + payload
+
+
+def decode_udp6(frame: bytes, ip: Ipv6) -> tuple[int, int, bytes]:
+    """(source port, destination port, payload) of the UDP datagram in ``ip``'s payload."""
+    if ip.end - ip.start < 8:
+        raise MalformedPacket("UDP header truncated")
+    sport, dport, length = struct.unpack_from("!HHH", frame, ip.start)
+    if length < 8 or ip.start + length > ip.end:
+        raise MalformedPacket("UDP length < 8 or beyond the IPv6 payload")
+    return sport, dport, frame[ip.start + 8:ip.start + length]
+
+
 def icmpv6_checksum_ok(frame: bytes, ip: Ipv6) -> bool:
     """Whether the ICMPv6 message of ``ip`` sums to zero with its pseudo header (Rule 3)."""
     message = frame[ip.start:ip.end]

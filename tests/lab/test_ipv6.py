@@ -19,6 +19,7 @@ from vswitch.lab import wait_for
 pytestmark = pytest.mark.privileged
 
 PREFIX = "fd42:0:0:7::"
+SIX_MAC = "52:54:00:77:00:66"
 ROGUE_RA = """
 import sys, time
 from scapy.all import (Ether, IPv6, ICMPv6ND_RA, ICMPv6NDOptPrefixInfo, ICMPv6NDOptSrcLLAddr,
@@ -50,6 +51,11 @@ subnet = "10.77.0.0/24"
 subnet6 = "{PREFIX}/64"
 [dhcp]
 lease_file = "{tmp_path}/leases"
+[[dhcp.host]]
+mac = "{SIX_MAC}"
+ip = "10.77.0.66"
+name = "six"
+ip6 = "{PREFIX}66"
 [dns]
 domain = "six.internal"
 forwarders = []
@@ -66,6 +72,7 @@ interface = "{outer}"
     lab.run(rogue_ns, ["ip", "link", "set", "eth0", "up"])
     lab.run(ns, ["sysctl", "-qw", f"net.ipv6.conf.{dev}.accept_ra=2",
                  f"net.ipv6.conf.{dev}.disable_ipv6=0"])
+    lab.run(ns, ["ip", "link", "set", dev, "address", SIX_MAC])
     lab.run(ns, ["ip", "link", "set", dev, "up"])
     wait_for(lambda: daemon.up_count() == 3, 10, "three ports up")
     yield daemon, ns, dev, rogue_ns
@@ -112,3 +119,26 @@ def test_a_guest_cannot_advertise_itself_as_the_router(lab, v6_guests):
     assert "fe80::bad" not in routes, routes
     drops = daemon.port("rogue")["drops"]
     assert drops.get("ra-guard", 0) >= 10, drops  # 5 advertisements, 5 DHCPv6 replies
+
+
+def test_guests_names_resolve_to_their_ipv6_addresses_over_ipv6(lab, v6_guests):
+    daemon, ns, dev, _ = v6_guests
+    prefix = ipaddress.IPv6Network(f"{PREFIX}/64")
+    wait_for(lambda: any(a in prefix for a in global_addresses(lab, ns, dev)), 30,
+             "a SLAAC address")
+    slaac = next(a for a in global_addresses(lab, ns, dev) if a in prefix)
+    # talking to the gateway from its SLAAC address teaches the gateway that address
+    lab.run(ns, ["ping", "-6", "-n", "-c", "1", "-W", "2", "-I", str(slaac), f"{PREFIX}1"])
+
+    def aaaa() -> set[ipaddress.IPv6Address]:
+        out = lab.run(ns, ["dig", "+short", "+tries=1", "+time=2", "AAAA",
+                           "six.six.internal", f"@{PREFIX}1"]).stdout
+        return {ipaddress.IPv6Address(x) for x in out.split()}
+
+    wait_for(lambda: aaaa() == {ipaddress.IPv6Address(f"{PREFIX}66"), slaac}, 10,
+             "the static ip6 and the SLAAC address in the AAAA answer")
+    out = lab.run(ns, ["dig", "+short", "+tries=1", "-x", str(slaac), f"@{PREFIX}1"]).stdout
+    assert out.strip() == "six.six.internal.", out
+    out = lab.run(ns, ["dig", "+short", "+tries=1", "A", "six.six.internal",
+                       f"@{PREFIX}1"]).stdout
+    assert out.strip() == "10.77.0.66", out

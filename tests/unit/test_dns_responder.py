@@ -475,3 +475,41 @@ def test_memo_never_outlives_the_cached_answer():
     r.handle_reply(reply_to(fwd, a_record(N("example.com"), "93.184.216.34", 10)), UP1, 33333, 0.0)
     r.handle_query(query("example.com"), GUEST, "udp", 9.5)  # cached, memo until 10.0 at most
     forwarded(r, query("example.com"), now=10.0)
+
+
+# --- IPv6 names (RFC 3596) ------------------------------------------------------------------------
+
+
+def test_aaaa_and_ip6_arpa_for_guests_with_ipv6_addresses():
+    from ipaddress import IPv6Address, IPv6Network
+
+    from dhcp.dnsmsg import TYPE_AAAA, aaaa_record, reverse_name6
+
+    six = IPv6Address("fd42::10")
+    r = responder(hosts6=lambda: {"web": (six,), "only6": (IPv6Address("fd42::11"),)},
+                  subnet6=IPv6Network("fd42::/64"))
+    msg = answer_of(r.handle_query(query("web.vsw", TYPE_AAAA), GUEST, "udp", 0.0))
+    assert msg.aa and msg.answers == (aaaa_record(N("web.vsw"), six, 0),)
+    both = answer_of(r.handle_query(query("web.vsw", 255), GUEST, "udp", 0.0))  # ANY
+    assert sorted(a.rtype for a in both.answers) == [1, TYPE_AAAA]
+    nodata = answer_of(r.handle_query(query("only6.vsw"), GUEST, "udp", 0.0))  # A of a v6-only
+    assert nodata.rcode == RCODE_NOERROR and nodata.answers == ()
+    ptr = answer_of(r.handle_query(query(reverse_name6(six), TYPE_PTR), GUEST, "udp", 0.0))
+    assert ptr.answers[0].rdata == b"\x03web\x03vsw\x00"
+    unknown = answer_of(r.handle_query(query(reverse_name6("fd42::99"), TYPE_PTR), GUEST,
+                                       "udp", 0.0))
+    assert unknown.rcode == RCODE_NXDOMAIN
+    forwarded(r, query(reverse_name6("2001:db8::1"), TYPE_PTR))  # not ours: upstream knows
+
+
+def test_reverse_names6_round_trip_and_refuse_what_is_not_one():
+    from ipaddress import IPv6Address
+
+    from dhcp.dnsmsg import parse_reverse_name6, reverse_name6
+
+    address = IPv6Address("fd42:0:0:7::abcd")
+    name = reverse_name6(address)
+    assert len(name) == 34 and name[0] == b"d" and parse_reverse_name6(name) == address
+    assert parse_reverse_name6(tuple(x.upper() for x in name)) == address
+    assert parse_reverse_name6(name[1:]) is None
+    assert parse_reverse_name6((b"zz",) + name[1:]) is None
