@@ -622,21 +622,28 @@ def _hostname(table: dict[str, Any], key: str, required: bool = False) -> str | 
 
 
 def _server(value: Any, key: str) -> tuple[str, int]:
-    import netaddr
-
+    """A DNS upstream: "192.0.2.53", "192.0.2.53:5353", "2001:db8::53" or
+    "[2001:db8::53]:5353"."""
+    hint = ("is not an IP address with an optional port: \"192.0.2.53\", \"192.0.2.53:5353\", "
+            "\"2001:db8::53\" or \"[2001:db8::53]:5353\"")
     if not isinstance(value, str):
-        raise ConfigError(key, f"{value!r} must be a string like \"192.0.2.53\" or "
-                          "\"192.0.2.53:5353\"")
-    host, _, port = value.partition(":")
+        raise ConfigError(key, f"{value!r} {hint}")
+    host, port = value, ""
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise ConfigError(key, f"{value!r} {hint}")
+        port = rest[1:]
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
     try:
-        netaddr.IPAddress(host, version=4)
+        address = ip_address(host)
         number = int(port) if port else 53
         if not 0 < number < 65536:
             raise ValueError
-    except (netaddr.AddrFormatError, ValueError):
-        raise ConfigError(key, f"{value!r} is not an IPv4 address with an optional :port") \
-            from None
-    return host, number
+    except ValueError:
+        raise ConfigError(key, f"{value!r} {hint}") from None
+    return str(address), number
 
 
 def _uplink(data: dict[str, Any], network: NetworkConfig) -> UplinkConfig | None:

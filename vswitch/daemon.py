@@ -8,6 +8,7 @@ future or task sits in between (docs/architecture.md: one asyncio hop costs more
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import socket
@@ -78,7 +79,8 @@ def make_port(port_id: int, pc: PortConfig) -> Port:
 
 
 def host_resolvers(path: str = "/etc/resolv.conf") -> tuple[tuple[str, int], ...]:
-    """The host's IPv4 nameservers, the default DNS upstreams (as dnsmasq reads resolv.conf)."""
+    """The host's nameservers, IPv4 and IPv6, the default DNS upstreams (as dnsmasq reads
+    resolv.conf)."""
     found = []
     try:
         lines = Path(path).read_text().splitlines()
@@ -87,11 +89,13 @@ def host_resolvers(path: str = "/etc/resolv.conf") -> tuple[tuple[str, int], ...
     for line in lines:
         fields = line.split()
         if len(fields) >= 2 and fields[0] == "nameserver":
+            if "%" in fields[1]:
+                continue  # a scoped fe80::1%eth0: its zone means nothing to our sockets
             try:
-                socket.inet_aton(fields[1])
-            except OSError:
-                continue  # IPv6 upstreams come with the IPv6 issue
-            found.append((fields[1], 53))
+                address = ipaddress.ip_address(fields[1])
+            except ValueError:
+                continue
+            found.append((str(address), 53))
     return tuple(found)
 
 

@@ -103,10 +103,11 @@ class DnsService:
         if fwd.transport == "tcp":
             self._tasks[fwd.key] = self.loop.create_task(self._forward_tcp(fwd))
             return
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        v6 = ":" in fwd.upstream[0]
+        sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)
         try:
-            sock.bind(("0.0.0.0", 0))
+            sock.bind(("::" if v6 else "0.0.0.0", 0))
             sock.sendto(fwd.payload, fwd.upstream)
         except OSError as exc:
             log.debug("forward to %s failed: %s", fwd.upstream, exc)

@@ -8,18 +8,22 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.support import Daemon
-from vswitch.lab import wait_for
+from vswitch.lab import sh, wait_for
 
 pytestmark = pytest.mark.privileged
 
 PREFIX = "fd42:0:0:7::"
 SIX_MAC = "52:54:00:77:00:66"
+UPSTREAM_NET = "fd0e:99::"
+REPO = Path(__file__).resolve().parents[2]
 ROGUE_RA = """
 import sys, time
 from scapy.all import (Ether, IPv6, ICMPv6ND_RA, ICMPv6NDOptPrefixInfo, ICMPv6NDOptSrcLLAddr,
@@ -40,9 +44,18 @@ for _ in range(5):
 @pytest.fixture
 def v6_guests(lab, tmp_path):
     """A guest on an internal port, and a rogue guest behind a veth on an attach port."""
-    ns, rogue_ns = lab.netns("g6"), lab.netns("r6")
+    ns, rogue_ns, up_ns = lab.netns("g6"), lab.netns("r6"), lab.netns("u6")
     dev, outer = lab.name("v6"), lab.name("r6o")
     lab.veth(outer, rogue_ns, "eth0")
+    # an IPv6-only DNS upstream, reached from the host (where vswitch's sockets are)
+    root = lab.veth(lab.name("u6o"), up_ns, "eth0")
+    sh(["sysctl", "-qw", f"net.ipv6.conf.{root}.disable_ipv6=0"])  # Lab.veth turns it off
+    sh(["ip", "-6", "addr", "add", f"{UPSTREAM_NET}1/64", "dev", root, "nodad"])
+    lab.run(up_ns, ["ip", "-6", "addr", "add", f"{UPSTREAM_NET}2/64", "dev", "eth0", "nodad"])
+    lab.run(up_ns, ["ip", "link", "set", "eth0", "up"])
+    upstream = lab.spawn([sys.executable, "-m", "tests.peers.dns_upstream", f"{UPSTREAM_NET}2"],
+                         ns=up_ns, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert upstream.stdout.readline().strip() == "ready"
     body = f"""
 [switch]
 name = "s{lab.tag}"
@@ -58,7 +71,7 @@ name = "six"
 ip6 = "{PREFIX}66"
 [dns]
 domain = "six.internal"
-forwarders = []
+forwarders = ["[{UPSTREAM_NET}2]:53"]
 [[port]]
 name = "{dev}"
 type = "internal"
@@ -142,3 +155,6 @@ def test_guests_names_resolve_to_their_ipv6_addresses_over_ipv6(lab, v6_guests):
     out = lab.run(ns, ["dig", "+short", "+tries=1", "A", "six.six.internal",
                        f"@{PREFIX}1"]).stdout
     assert out.strip() == "10.77.0.66", out
+    out = lab.run(ns, ["dig", "+short", "+tries=2", "+time=3", "A", "www.example.test",
+                       f"@{PREFIX}1"]).stdout
+    assert out.strip() == "203.0.113.7", out  # forwarded to the IPv6 upstream

@@ -77,11 +77,12 @@ def serve_tcp(listener: socket.socket) -> None:
 
 def main() -> None:
     address = sys.argv[1]
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    udp = socket.socket(family, socket.SOCK_DGRAM)
     udp.bind((address, 53))
-    liar = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    liar = socket.socket(family, socket.SOCK_DGRAM)
     liar.bind((address, 0))
-    tcp = socket.create_server((address, 53))
+    tcp = socket.create_server((address, 53), family=family)
     threading.Thread(target=serve_tcp, args=(tcp,), daemon=True).start()
     print("ready", flush=True)
     serve_udp(udp, liar)

@@ -100,6 +100,8 @@ BAD = [
      "dhcp.host[0].mac", "not a MAC"),
     ({"network": {}, "dns": {"domain": "bad_domain!"}}, "dns.domain", "not a DNS domain"),
     ({"network": {}, "dns": {"forwarders": ["8.8.8.8:99999"]}}, "dns.forwarders[0]", "port"),
+    ({"network": {}, "dns": {"forwarders": ["[2001:db8::1]x"]}}, "dns.forwarders[0]",
+     "[2001:db8::53]:5353"),
     ({"network": {}, "dns": {"host": [{"name": "under_score", "ip": "10.0.0.1"}]}},
      "dns.host[0].name", "one DNS label"),
     ({"network": {}, "uplink": {"type": "slirp"}}, "uplink.type", "use \"host\""),
@@ -250,3 +252,10 @@ def test_each_ipv6_mistake_gets_one_error_naming_its_key(network, dhcp, key, say
 def test_a_stateful_only_prefix_may_be_longer_than_64():
     net = _v6({"subnet6": "fd42::/112"}, {"range6": ["fd42::100", "fd42::1ff"]})
     assert net.subnet6.prefixlen == 112
+
+
+def test_dns_upstreams_may_be_ipv6_with_or_without_a_port():
+    net = parse_config({"network": {}, "dns": {"forwarders": [
+        "2001:DB8::53", "[2001:db8::54]:5353", "192.0.2.53:5300"]}}).network
+    assert net.forwarders == (("2001:db8::53", 53), ("2001:db8::54", 5353),
+                              ("192.0.2.53", 5300))

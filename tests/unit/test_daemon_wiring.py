@@ -25,9 +25,10 @@ def test_isolated_mode_hands_out_no_default_route():
 
 def test_upstreams_come_from_resolv_conf(tmp_path):
     conf = tmp_path / "resolv.conf"
-    conf.write_text("# comment\nnameserver 192.0.2.1\nnameserver 2001:db8::1\n"
-                    "search example\nnameserver 192.0.2.2\n")
-    assert host_resolvers(str(conf)) == (("192.0.2.1", 53), ("192.0.2.2", 53))
+    conf.write_text("# comment\nnameserver 192.0.2.1\nnameserver 2001:DB8::1\n"
+                    "search example\nnameserver 192.0.2.2\nnameserver fe80::1%eth0\n")
+    assert host_resolvers(str(conf)) == (("192.0.2.1", 53), ("2001:db8::1", 53),
+                                         ("192.0.2.2", 53))
     assert host_resolvers(str(tmp_path / "missing")) == ()
 
 
