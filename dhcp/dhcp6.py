@@ -39,8 +39,6 @@ from .leases import Lease, LeaseState, LeaseTable, hostname_label
 
 SERVER_PORT6: Final = 547
 CLIENT_PORT6: Final = 546
-#: All_DHCP_Relay_Agents_and_Servers (RFC 8415 7.1).
-ALL_SERVERS: Final = bytes.fromhex("ff020000000000000000000000010002")
 
 SOLICIT, ADVERTISE, REQUEST, CONFIRM, RENEW, REBIND, REPLY, RELEASE, DECLINE = range(1, 10)
 INFORMATION_REQUEST: Final = 11
@@ -155,6 +153,9 @@ class Dhcp6Server:
         size = config.last - config.first + 1
         self.max_leases = config.max_leases or min(size, MAX_DYNAMIC)
         self._static = set(config.static.values())
+        #: Addresses whose lease was made, changed or removed since the adapter last looked
+        #: (for the lease journal).
+        self.dirty: set[int] = set()
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -210,6 +211,7 @@ class Dhcp6Server:
         if kind == RELEASE:
             if held is not None and any(int.from_bytes(a, "big") == held.ip for a in asked):
                 self.table.remove(held.ip)
+                self.dirty.add(held.ip)
             return b""
         if kind == DECLINE:
             for declined in asked:
@@ -217,6 +219,7 @@ class Dhcp6Server:
                 if lease is not None and lease.client == key:
                     self.table.put(Lease(lease.ip, b"", lease.mac, "",
                                          now + self.config.decline_time, LeaseState.DECLINED))
+                    self.dirty.add(lease.ip)
             return b""
         if kind in (RENEW, REBIND) and held is not None and asked \
                 and all(int.from_bytes(a, "big") != held.ip for a in asked):
@@ -235,6 +238,9 @@ class Dhcp6Server:
             state, until = LeaseState.BOUND, now + lease_time
         name = hostname_label(_fqdn_label(msg.get(OPT_FQDN)) or (held.hostname if held else ""))
         self.table.put(Lease(address, key, mac, name, until, state))
+        self.dirty.add(address)
+        if held is not None and held.ip != address:
+            self.dirty.add(held.ip)
         return self._ia_option(iaid, [(address.to_bytes(16, "big"), lease_time, lease_time)],
                                t1=lease_time // 2, t2=lease_time * 4 // 5)
 
@@ -281,10 +287,12 @@ class Dhcp6Server:
     def _expire(self, now: float) -> None:
         deadline = self.table.next_deadline()
         if deadline is not None and deadline <= now:
-            self.table.expire(now)
+            self.expire(now)
 
     def expire(self, now: float) -> list[Lease]:
-        return self.table.expire(now)
+        gone = self.table.expire(now)
+        self.dirty.update(lease.ip for lease in gone)
+        return gone
 
     def leases(self) -> list[Lease]:
         return [lease for lease in self.table if lease.state is LeaseState.BOUND]

@@ -20,6 +20,8 @@ Rule 5: a file that does not parse raises ``LeaseFileError`` naming the file and
         caller must not overwrite it: the daemon moves it aside with ``quarantine(path)`` (to
         ``path.corrupt-<timestamp>``), logs the new name and starts with an empty table.
 Rule 6: leases that have expired by load time are dropped at load.
+Rule 7: DHCPv6 leases (``dhcp.dhcp6``) share the journal: their addresses are IPv6 text, their
+        integers are at least 2**32, so a loader tells them apart by size.
 """
 
 from __future__ import annotations
@@ -215,10 +217,16 @@ class LeaseFileError(ValueError):
         self.reason = reason
 
 
+def address_text(ip: int) -> str:
+    """A lease's address as text: IPv4 below 2**32, else IPv6 (DHCPv6 leases share the
+    journal; they are never in ::/96, so the two never meet)."""
+    return str(ipaddress.ip_address(ip))
+
+
 def encode_lease(lease: Lease) -> str:
     """One lease file line (without the newline)."""
     return json.dumps({
-        "ip": str(ipaddress.IPv4Address(lease.ip)), "mac": format_mac(lease.mac),
+        "ip": address_text(lease.ip), "mac": format_mac(lease.mac),
         "client": lease.client.hex(), "hostname": lease.hostname, "expires": lease.expires,
         "state": lease.state.value,
     }, sort_keys=True)
@@ -240,7 +248,7 @@ def decode_lease(line: str) -> Lease:
         raise ValueError(f"'expires' {expires!r} is not a time")
     if hostname != hostname_label(hostname):
         raise ValueError(f"'hostname' {hostname!r} is not a DNS label")
-    return Lease(ip=_convert("ip", ip, lambda v: int(ipaddress.IPv4Address(v))),
+    return Lease(ip=_convert("ip", ip, lambda v: int(ipaddress.ip_address(v))),
                  client=_convert("client", client, bytes.fromhex),
                  mac=_convert("mac", mac, lambda v: bytes.fromhex(v.replace(":", ""))),
                  hostname=hostname, expires=float(expires),
@@ -299,7 +307,7 @@ def _freed_ip(line: str) -> int | None:
     obj = json.loads(line)
     if not isinstance(obj, dict) or obj.get("free") is not True or set(obj) != {"ip", "free"}:
         raise ValueError("bad free record")
-    return _convert("ip", _field(obj, "ip", str), lambda v: int(ipaddress.IPv4Address(v)))
+    return _convert("ip", _field(obj, "ip", str), lambda v: int(ipaddress.ip_address(v)))
 
 
 def compact_after(live: int) -> int:
@@ -311,8 +319,7 @@ def append_leases(path: Path | str, changed: Iterable[Lease], freed: Iterable[in
     """Append lease and free records to the journal in one write (Rule 4); lines written."""
     lines = [encode_lease(lease) + "\n" for lease in changed
              if lease.state is not LeaseState.OFFERED]
-    lines += [json.dumps({"ip": str(ipaddress.IPv4Address(ip)), "free": True}) + "\n"
-              for ip in freed]
+    lines += [json.dumps({"ip": address_text(ip), "free": True}) + "\n" for ip in freed]
     if not lines:
         return 0
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -17,7 +17,8 @@ Rule 3: a Router Solicitation is answered with a Router Advertisement, and adver
 Rule 4: an echo request to the gateway's addresses is answered (RFC 4443 4.2).
 Rule 5: the guests the gateway hears (the source link-layer option of their NS and RS) are
         remembered in a bounded cache, for the router and DNS names.
-Rule 6: UDP to the gateway's addresses goes to the service registered for its port (DNS).
+Rule 6: UDP to the gateway's addresses, or to All_DHCP_Relay_Agents_and_Servers, goes to the
+        service registered for its port (DNS 53, DHCPv6 547).
 
 Sans-I/O: ``handle(frame, now)`` takes a plain Ethernet frame and returns frames to send;
 ``tick(now)`` returns the unsolicited advertisements that are due.
@@ -58,6 +59,8 @@ from wire.packets import ETH_P_IPV6, PROTO_UDP, encode_ethernet
 
 # NDP option types (RFC 4861 4.6, RFC 8106 5).
 SOURCE_LL, TARGET_LL, PREFIX_INFO, MTU_OPTION, RDNSS, DNSSL = 1, 2, 3, 5, 25, 31
+#: All_DHCP_Relay_Agents_and_Servers (RFC 8415 7.1): where DHCPv6 clients send.
+ALL_SERVERS: Final = bytes.fromhex("ff020000000000000000000000010002")
 ROUTER_LIFETIME: Final = 1800
 VALID_LIFETIME: Final = 86400
 PREFERRED_LIFETIME: Final = 14400
@@ -105,7 +108,7 @@ class Gateway6:
             if ip.fragment is not None:
                 self.counters["fragment-to-gateway6"] += 1  # services here never need them
                 return []
-            if ip.proto == PROTO_UDP and ip.dst in self.addresses:
+            if ip.proto == PROTO_UDP and (ip.dst in self.addresses or ip.dst == ALL_SERVERS):
                 return self._udp(frame, ip, now)
             if ip.proto != PROTO_ICMPV6:
                 return []

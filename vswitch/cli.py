@@ -190,7 +190,8 @@ def format_leases(rows: list[dict[str, Any]]) -> str:
               "CLIENT ID"]]
     for r in rows:
         expiry = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["expires"]))
-        table.append([expiry, r["mac"], "ipv4", f"{r['ip']}/{r['prefix']}", r["hostname"] or "-",
+        table.append([expiry, r["mac"], r.get("protocol", "ipv4"), f"{r['ip']}/{r['prefix']}",
+                      r["hostname"] or "-",
                       r["state"], r["client_id"]])
     return render(table) + f"\n{len(rows)} leases"
 

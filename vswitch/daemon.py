@@ -29,7 +29,7 @@ from nat.router import Out, Router, UplinkAddress
 from nat.uplinks import RawNat, Uplink
 from vswitch.config import Config, PortConfig
 from vswitch.control import ControlError, ControlServer, Stream
-from vswitch.dhcp_service import DhcpService, dhcp_config, ip_text
+from vswitch.dhcp_service import DhcpService, dhcp6_config, dhcp_config, ip_text
 from vswitch.dns_service import DnsService
 from vswitch.events import MacAged, MacEvicted, MacFlapping, MacMoved
 from vswitch.fdb import Event, ForwardingTable
@@ -665,7 +665,7 @@ class Daemon:
             return
         if net.dhcp:
             self.dhcp = DhcpService(dhcp_config(net), Path(net.lease_file), self.router_port,
-                                    self.loop)
+                                    self.loop, dhcp6_config(net, self.router_port.gateway.mac))
             log.info("DHCP on %s: %s-%s, lease file %s", net.gateway, *net.dhcp_range,
                      net.lease_file)
         if net.dns:
@@ -717,6 +717,10 @@ class Daemon:
             if ip in net.subnet6:
                 heard.setdefault(mac, []).append(ip)
         names: dict[str, list[IPv6Address]] = {}
+        if self.dhcp is not None and self.dhcp.server6 is not None:
+            for lease in self.dhcp.server6.leases():  # DHCPv6 leases with a client FQDN
+                if lease.hostname:
+                    names.setdefault(lease.hostname, []).append(IPv6Address(lease.ip))
         if self.dhcp is not None:
             for lease in self.dhcp.server.leases():
                 if lease.hostname and lease.mac in heard:

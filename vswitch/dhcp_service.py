@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dhcp.dhcp6 import SERVER_PORT6, Dhcp6Config, Dhcp6Server
 from dhcp.explain import explain_dhcp
 from dhcp.leases import (
     AddressDeclined,
@@ -25,6 +26,7 @@ from dhcp.leases import (
     LeaseGranted,
     LeaseReleased,
     LeaseState,
+    address_text,
     append_leases,
     compact_after,
     load_leases,
@@ -59,6 +61,22 @@ def dhcp_config(net: NetworkConfig) -> DhcpConfig:
         authoritative=net.authoritative, max_leases=net.max_leases or None)
 
 
+#: Lease addresses from here up are IPv6 (dhcp.leases Rule 7).
+V6_LEASES = 1 << 32
+
+
+def dhcp6_config(net: NetworkConfig, gateway_mac: bytes) -> Dhcp6Config | None:
+    """The DHCPv6 server's config, when [dhcp] has a range6."""
+    if net.dhcp_range6 is None or net.subnet6 is None or net.gateway6 is None:
+        return None
+    return Dhcp6Config(
+        gateway_mac, net.gateway6.packed, int(net.dhcp_range6[0]), int(net.dhcp_range6[1]),
+        int(net.subnet6.network_address), net.subnet6.prefixlen,
+        {bytes.fromhex(h.mac.replace(":", "")): int(h.ip6) for h in net.dhcp_hosts
+         if h.mac and h.ip6 is not None},
+        domain=net.domain if net.dns else "", lease_time=net.lease_time)
+
+
 def load_or_quarantine(path: Path, now: float) -> list[Any]:
     """Leases from the file; a corrupt file is moved aside (never overwritten) and startup
     stops with a message saying where it went."""
@@ -73,11 +91,15 @@ def load_or_quarantine(path: Path, now: float) -> list[Any]:
 
 class DhcpService:
     def __init__(self, config: DhcpConfig, lease_file: Path, router: RouterPort,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, config6: Dhcp6Config | None = None) -> None:
         self.lease_file = lease_file
         lease_file.parent.mkdir(parents=True, exist_ok=True)
-        self.server = DhcpServer(config, load_or_quarantine(lease_file, time.time()))
-        save_leases(lease_file, self.server.leases())  # start from a compact journal
+        leases = load_or_quarantine(lease_file, time.time())
+        self.server = DhcpServer(config, [x for x in leases if x.ip < V6_LEASES])
+        #: DHCPv6 (dhcp.dhcp6), when the network has a range6; its leases share the journal
+        self.server6 = None if config6 is None else Dhcp6Server(
+            config6, [x for x in leases if x.ip >= V6_LEASES])
+        save_leases(lease_file, self._saved())  # start from a compact journal
         self._journal_lines = len(self.server.table)
         self._dirty: set[int] = set()
         self.router = router
@@ -87,7 +109,10 @@ class DhcpService:
         self.on_change: Callable[[], None] | None = None
         self._save_pending = False
         self._timer: asyncio.TimerHandle | None = None
+        self.prefix6 = config6.prefix_len if config6 is not None else 0
         router.gateway.udp[SERVER_PORT] = self.udp
+        if self.server6 is not None and router.gateway.v6 is not None:
+            router.gateway.v6.udp[SERVER_PORT6] = self.udp6
         router.gateway.explainers[PROTO_UDP, SERVER_PORT] = (
             lambda mac, ip, payload: explain_dhcp(self.server, payload, mac, ip, time.time()))
         self._rearm()
@@ -104,6 +129,46 @@ class DhcpService:
         return [gateway.udp_frame(r.dst_mac, r.dst_ip, SERVER_PORT, r.dst_port, r.payload)
                 for r in replies]
 
+    def udp6(self, mac: bytes, ip: bytes, port: int, dst: bytes, payload: bytes,
+             now: float) -> list[bytes]:
+        """DHCPv6 from a guest: the answer goes to its link-local source, from ours
+        (RFC 8415 18.3.10)."""
+        server6, v6 = self.server6, self.router.gateway.v6
+        assert server6 is not None and v6 is not None
+        reply = server6.handle(payload, mac, time.time())
+        changed = server6.dirty.copy()
+        server6.dirty.clear()
+        for address in changed:
+            lease = server6.table.by_ip(address)
+            if lease is not None and lease.state is LeaseState.BOUND:
+                log.info("lease %s to %s%s", address_text(address), format_mac(lease.mac),
+                         f" ({lease.hostname})" if lease.hostname else "")
+        self._changed(changed)
+        if reply is None:
+            return []
+        return [v6.udp_frame(mac, ip, SERVER_PORT6, port, reply, source=v6.link_local)]
+
+    def _changed(self, addresses: set[int]) -> None:
+        """Leases changed: DNS names follow, the journal is written once per loop turn."""
+        if not addresses:
+            return
+        self._dirty.update(addresses)
+        if self.on_change is not None:
+            self.on_change()
+        if not self._save_pending:
+            self._save_pending = True
+            self.loop.call_soon(self._save)
+        self._rearm()
+
+    def _saved(self) -> list[Any]:
+        """The leases the journal keeps, both families."""
+        six = self.server6.leases() if self.server6 is not None else []
+        return [*self.server.leases(), *six]
+
+    def _table(self, ip: int) -> Any:
+        return self.server6.table if ip >= V6_LEASES and self.server6 is not None \
+            else self.server.table
+
     def _events(self, events: list[Any]) -> None:
         for event in events:
             mac = format_mac(event.mac)
@@ -117,12 +182,7 @@ class DhcpService:
             elif isinstance(event, AddressDeclined):
                 log.warning("%s declined %s: another host uses it; not offered until later",
                             mac, ip_text(event.ip))
-        self._dirty.update(event.ip for event in events)
-        if events and self.on_change is not None:
-            self.on_change()
-        if events and not self._save_pending:
-            self._save_pending = True
-            self.loop.call_soon(self._save)
+        self._changed({event.ip for event in events})
         self._rearm()
 
     def _save(self) -> None:
@@ -130,7 +190,7 @@ class DhcpService:
         self._save_pending = False
         changed, freed = [], []
         for ip in self._dirty:
-            lease = self.server.table.by_ip(ip)
+            lease = self._table(ip).by_ip(ip)
             if lease is not None and lease.state is not LeaseState.OFFERED:
                 changed.append(lease)
             else:
@@ -138,9 +198,10 @@ class DhcpService:
         self._dirty.clear()
         try:
             self._journal_lines += append_leases(self.lease_file, changed, freed)
-            if self._journal_lines > compact_after(len(self.server.table)):
-                save_leases(self.lease_file, self.server.leases())
-                self._journal_lines = len(self.server.table)
+            saved = self._saved()
+            if self._journal_lines > compact_after(len(saved)):
+                save_leases(self.lease_file, saved)
+                self._journal_lines = len(saved)
         except OSError as exc:
             log.error("cannot write lease file %s: %s", self.lease_file, exc)
 
@@ -148,14 +209,22 @@ class DhcpService:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        deadline = self.server.next_deadline()
+        deadlines = [self.server.next_deadline(),
+                     self.server6.table.next_deadline() if self.server6 is not None else None]
+        deadline = min((d for d in deadlines if d is not None), default=None)
         if deadline is not None:
             delay = max(0.0, deadline - time.time())
             self._timer = self.loop.call_at(self.loop.time() + delay, self._expire)
 
     def _expire(self) -> None:
         self._timer = None
-        self._events(self.server.expire(time.time()))
+        now = time.time()
+        if self.server6 is not None:
+            for lease in self.server6.expire(now):
+                log.info("lease %s of %s expired", address_text(lease.ip), format_mac(lease.mac))
+            self._changed(self.server6.dirty.copy())
+            self.server6.dirty.clear()
+        self._events(self.server.expire(now))
 
     def rows(self) -> list[dict[str, Any]]:
         """Leases as `virsh net-dhcp-leases` shows them."""
@@ -164,13 +233,22 @@ class DhcpService:
                  "mac": format_mac(lease.mac), "ip": ip_text(lease.ip),
                  "prefix": self.server.config.prefix,
                  "hostname": lease.hostname or "", "state": str(lease.state),
-                 "client_id": lease.client.hex(":")}
-                for lease in self.server.leases()]
+                 "client_id": lease.client.hex(":"), "protocol": "ipv4"}
+                for lease in self.server.leases()] + [
+            {"expires": lease.expires, "expires_in": round(lease.expires - now),
+             "mac": format_mac(lease.mac), "ip": address_text(lease.ip),
+             "prefix": self.prefix6, "hostname": lease.hostname or "", "state": str(lease.state),
+             "client_id": lease.client[1:-4].hex(":"), "iaid": lease.client[-4:].hex(),
+             "protocol": "ipv6"}
+            for lease in (self.server6.leases() if self.server6 is not None else [])]
 
     def stats(self) -> dict[str, Any]:
         """``show dhcp``: the server's counters, malformed messages, leases held."""
+        six = {} if self.server6 is None else {
+            f"v6-{k}": v for k, v in self.server6.counters.items()} | {
+            "leases6": len(self.server6.leases())}
         return dict(self.server.counters) | {"malformed": self.malformed,
-                                             "leases": len(self.server.leases())}
+                                             "leases": len(self.server.leases())} | six
 
     def close(self) -> None:
         if self._timer is not None:

@@ -158,3 +158,83 @@ def test_guests_names_resolve_to_their_ipv6_addresses_over_ipv6(lab, v6_guests):
     out = lab.run(ns, ["dig", "+short", "+tries=2", "+time=3", "A", "www.example.test",
                        f"@{PREFIX}1"]).stdout
     assert out.strip() == "203.0.113.7", out  # forwarded to the IPv6 upstream
+
+
+@pytest.fixture
+def dhcp6_guest(lab, tmp_path):
+    """A guest on a network with stateful DHCPv6 (range6) and a static host's ip6."""
+    ns, dev = lab.netns("d6"), lab.name("d6")
+    body = f"""
+[switch]
+name = "d{lab.tag}"
+[network]
+subnet = "10.78.0.0/24"
+subnet6 = "{PREFIX}/64"
+[dhcp]
+lease_file = "{tmp_path}/leases"
+range6 = ["{PREFIX}100", "{PREFIX}1ff"]
+[[dhcp.host]]
+mac = "{SIX_MAC}"
+ip = "10.78.0.66"
+name = "six"
+ip6 = "{PREFIX}66"
+[dns]
+domain = "six.internal"
+forwarders = []
+[[port]]
+name = "{dev}"
+type = "internal"
+netns = "{ns}"
+"""
+    daemon = Daemon(lab, tmp_path, body, ports_up=2)
+    lab.run(ns, ["sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=0",
+                 f"net.ipv6.conf.{dev}.accept_ra=2"])
+    lab.run(ns, ["ip", "link", "set", dev, "up"])
+
+    def link_local_ready() -> bool:
+        out = lab.run(ns, ["ip", "-6", "addr", "show", "dev", dev, "scope", "link"]).stdout
+        return "fe80" in out and "tentative" not in out
+
+    wait_for(link_local_ready, 10, "the guest's link-local address")
+    yield daemon, ns, dev, tmp_path
+    daemon.stop()
+
+
+def leases6(daemon) -> dict[str, dict]:
+    return {r["ip"]: r for r in daemon.show("leases") if r.get("protocol") == "ipv6"}
+
+
+def test_dhclient_leases_releases_and_takes_again_an_address_from_range6(lab, dhcp6_guest):
+    """(RENEW and REBIND are unit-tested: dhclient renews only at T1, half the lease.)"""
+    daemon, ns, dev, tmp = dhcp6_guest
+    files = ["-lf", f"{tmp}/dhclient6.leases", "-pf", f"{tmp}/dhclient6.pid"]
+    lab.run(ns, ["dhclient", "-6", "-1", "-v", *files, dev], timeout=60)
+    held = leases6(daemon)
+    assert len(held) == 1, held
+    (address,) = held
+    first, last = ipaddress.IPv6Address(f"{PREFIX}100"), ipaddress.IPv6Address(f"{PREFIX}1ff")
+    assert first <= ipaddress.IPv6Address(address) <= last
+    configured = lab.run(ns, ["ip", "-6", "addr", "show", "dev", dev]).stdout
+    assert address in configured, configured
+    lab.run(ns, ["dhclient", "-6", "-r", "-v", *files, dev], timeout=60)
+    wait_for(lambda: address not in leases6(daemon), 10, "the release")
+    # taken again, it is the same address (from the DUID and IAID), and in the journal
+    lab.run(ns, ["dhclient", "-6", "-1", "-v", *files, dev], timeout=60)
+    assert list(leases6(daemon)) == [address]
+    lines = [json.loads(x) for x in (tmp / "leases").read_text().splitlines()]
+    assert any(x.get("ip") == address and not x.get("free") for x in lines), lines
+
+
+def test_a_static_host_gets_its_ip6_and_dhcpcd_takes_a_lease(lab, dhcp6_guest):
+    daemon, ns, dev, tmp = dhcp6_guest
+    lab.run(ns, ["ip", "link", "set", dev, "address", SIX_MAC])
+    files = ["-lf", f"{tmp}/static.leases", "-pf", f"{tmp}/static.pid"]
+    lab.run(ns, ["dhclient", "-6", "-1", "-v", *files, dev], timeout=60)
+    assert f"{PREFIX}66" in leases6(daemon)
+    lab.run(ns, ["dhclient", "-6", "-r", *files, dev], timeout=60)
+    lab.run(ns, ["ip", "link", "set", dev, "address", "52:54:00:77:00:99"])
+    done = lab.run(ns, ["dhcpcd", "--ipv6only", "--oneshot", "--nobackground", "-t", "30",
+                        "--noipv6rs", "--ia_na", "1", "-f", "/dev/null", dev],
+                   timeout=60, check=False)
+    ours = [r for r in leases6(daemon).values() if r["mac"] == "52:54:00:77:00:99"]
+    assert ours, (done.stdout, done.stderr, daemon.show("dhcp"))

@@ -171,3 +171,20 @@ def test_a_torn_last_line_is_ignored_but_a_broken_middle_line_is_corruption(tmp_
         f.write("\n")  # that broken line is now followed by more: it is corruption
     with pytest.raises(LeaseFileError):
         load_leases(path, now=100.0)
+
+
+def test_dhcpv6_leases_share_the_journal_and_come_back_apart_from_ipv4(tmp_path):
+    from ipaddress import IPv6Address
+
+    from dhcp.leases import Lease, LeaseState, append_leases, load_leases
+
+    path = tmp_path / "leases"
+    v4 = Lease(0x0A000005, b"\x01abc", bytes(6), "four", 5000.0, LeaseState.BOUND)
+    v6 = Lease(int(IPv6Address("fd42::150")), b"6duid\x00\x00\x00\x01", bytes(6), "six",
+               5000.0, LeaseState.BOUND)
+    append_leases(path, [v4, v6], [])
+    assert '"ip": "fd42::150"' in path.read_text()
+    back = sorted(load_leases(path, 0.0), key=lambda x: x.ip)
+    assert back == [v4, v6] and back[1].ip >= 1 << 32
+    append_leases(path, [], [v6.ip])
+    assert load_leases(path, 0.0) == [v4]
