@@ -19,6 +19,9 @@ Rule 5: the guests the gateway hears (the source link-layer option of their NS a
         remembered in a bounded cache, for the router and DNS names.
 Rule 6: UDP to the gateway's addresses, or to All_DHCP_Relay_Agents_and_Servers, goes to the
         service registered for its port (DNS 53, DHCPv6 547).
+Rule 7: nothing IPv6 is routed out of the guest network yet: a packet sent to the gateway's
+        MAC for another address gets destination unreachable, no route (RFC 4443 3.1), so a
+        guest's connection fails at once instead of timing out.
 
 Sans-I/O: ``handle(frame, now)`` takes a plain Ethernet frame and returns frames to send;
 ``tick(now)`` returns the unsolicited advertisements that are due.
@@ -35,8 +38,10 @@ from typing import Final
 from wire.errors import MalformedPacket
 from wire.ipv6 import (
     ALL_NODES,
+    DEST_UNREACHABLE,
     ECHO_REPLY,
     ECHO_REQUEST,
+    MIN_MTU,
     NEIGHBOR_ADVERT,
     NEIGHBOR_SOLICIT,
     PROTO_ICMPV6,
@@ -105,6 +110,8 @@ class Gateway6:
         """Frames answering one IPv6 frame (Rule 1: bad input is counted, never raised)."""
         try:
             ip = decode_ipv6(frame)
+            if self._not_routed(frame, ip):
+                return self._unreachable(frame, ip)
             if ip.fragment is not None:
                 self.counters["fragment-to-gateway6"] += 1  # services here never need them
                 return []
@@ -131,6 +138,21 @@ class Gateway6:
         except MalformedPacket as exc:
             self.counters[f"malformed6: {exc}"] += 1
             return []
+
+    def _not_routed(self, frame: bytes, ip: Ipv6) -> bool:
+        """Rule 7: unicast to the gateway's MAC for an address that is not the gateway's."""
+        return (frame[:6] == self.mac and ip.dst[0] != 0xFF and ip.dst not in self.addresses
+                and ip.src != UNSPECIFIED and ip.src[0] != 0xFF)
+
+    def _unreachable(self, frame: bytes, ip: Ipv6) -> list[bytes]:
+        """Rule 7: destination unreachable, no route (RFC 4443 3.1, code 0), quoting as much
+        of the packet as fits in the minimum MTU; never for an ICMPv6 error (RFC 4443 2.4)."""
+        if ip.proto == PROTO_ICMPV6 and ip.end > ip.start and frame[ip.start] < 128:
+            return []
+        self.counters["unreachable6-sent"] += 1
+        quoted = frame[14:ip.end][:MIN_MTU - 48]
+        return [self._icmp(frame[6:12], ip.src, DEST_UNREACHABLE, bytes(4) + quoted,
+                           source=self.address)]
 
     def _udp(self, frame: bytes, ip: Ipv6, now: float) -> list[bytes]:
         """UDP to the gateway: the service registered for its port (DNS 53), as the IPv4
@@ -193,6 +215,9 @@ class Gateway6:
             ip = decode_ipv6(frame)
         except MalformedPacket as exc:
             return [(f"dropped: malformed IPv6 ({exc})", "gateway6 Rule 1")]
+        if self._not_routed(frame, ip):
+            return [("IPv6 is not routed out of the guest network yet: ICMPv6 no route sent",
+                     "gateway6 Rule 7")]
         if ip.proto != PROTO_ICMPV6 or ip.end - ip.start < 8:
             return [(f"IPv6 next header {ip.proto}: not the gateway's", "gateway6 Rule 1")]
         kind = frame[ip.start]

@@ -113,3 +113,19 @@ def test_unsolicited_advertisements_come_fast_at_first_then_every_200_to_600_s()
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert all(g <= 16 for g in gaps[:3]) and all(200 <= g <= 601 for g in gaps[3:])
     assert len(times) >= 7
+
+
+def test_ipv6_to_the_outside_gets_no_route_at_once_and_errors_get_nothing():
+    from scapy.layers.inet import TCP
+    from scapy.layers.inet6 import ICMPv6DestUnreach
+
+    gw = gateway()
+    outside = IPv6(src=GUEST, dst="2001:db8::80") / TCP(dport=80, flags="S")
+    (error,) = [Ether(f) for f in gw.handle(bytes(
+        Ether(src=GUEST_MAC, dst="52:54:00:00:00:01") / outside), 0.0)]
+    assert error[ICMPv6DestUnreach].code == 0 and error[IPv6].dst == GUEST
+    assert error[IPv6].src == "fd42:0:0:1::1"
+    assert bytes(error[ICMPv6DestUnreach].payload)[:40] == bytes(outside)[:40]
+    quoted_error = IPv6(src=GUEST, dst="2001:db8::80") / ICMPv6DestUnreach()
+    assert gw.handle(bytes(Ether(src=GUEST_MAC, dst="52:54:00:00:00:01") / quoted_error),
+                     0.0) == []
