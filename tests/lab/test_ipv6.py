@@ -24,6 +24,7 @@ PREFIX = "fd42:0:0:7::"
 SIX_MAC = "52:54:00:77:00:66"
 UPSTREAM_NET = "fd0e:99::"
 REPO = Path(__file__).resolve().parents[2]
+SCRIPT6 = str(REPO / "tests/peers/dhclient6.script")
 ROGUE_RA = """
 import sys, time
 from scapy.all import (Ether, IPv6, ICMPv6ND_RA, ICMPv6NDOptPrefixInfo, ICMPv6NDOptSrcLLAddr,
@@ -164,6 +165,15 @@ def test_guests_names_resolve_to_their_ipv6_addresses_over_ipv6(lab, v6_guests):
 def dhcp6_guest(lab, tmp_path):
     """A guest on a network with stateful DHCPv6 (range6) and a static host's ip6."""
     ns, dev = lab.netns("d6"), lab.name("d6")
+    # clients in the namespace see a resolv.conf of their own (ip netns exec binds it), so
+    # nothing they do reaches the host's
+    etc = Path(f"/etc/netns/{ns}")
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "resolv.conf").write_text(f"nameserver {PREFIX}1\n")
+    lab.files.append(etc / "resolv.conf")
+    lab.dirs.append(etc)
+    lab.files += [Path(f"/var/lib/dhcpcd/{dev}.lease6"), Path(f"/run/dhcpcd/{dev}.pid")]
+    host_resolv = Path("/etc/resolv.conf").read_bytes()
     body = f"""
 [switch]
 name = "d{lab.tag}"
@@ -198,6 +208,7 @@ netns = "{ns}"
     wait_for(link_local_ready, 10, "the guest's link-local address")
     yield daemon, ns, dev, tmp_path
     daemon.stop()
+    assert Path("/etc/resolv.conf").read_bytes() == host_resolv, "the host's resolv.conf changed"
 
 
 def leases6(daemon) -> dict[str, dict]:
@@ -207,7 +218,7 @@ def leases6(daemon) -> dict[str, dict]:
 def test_dhclient_leases_releases_and_takes_again_an_address_from_range6(lab, dhcp6_guest):
     """(RENEW and REBIND are unit-tested: dhclient renews only at T1, half the lease.)"""
     daemon, ns, dev, tmp = dhcp6_guest
-    files = ["-lf", f"{tmp}/dhclient6.leases", "-pf", f"{tmp}/dhclient6.pid"]
+    files = ["-lf", f"{tmp}/dhclient6.leases", "-pf", f"{tmp}/dhclient6.pid", "-sf", SCRIPT6]
     lab.run(ns, ["dhclient", "-6", "-1", "-v", *files, dev], timeout=60)
     held = leases6(daemon)
     assert len(held) == 1, held
@@ -228,13 +239,14 @@ def test_dhclient_leases_releases_and_takes_again_an_address_from_range6(lab, dh
 def test_a_static_host_gets_its_ip6_and_dhcpcd_takes_a_lease(lab, dhcp6_guest):
     daemon, ns, dev, tmp = dhcp6_guest
     lab.run(ns, ["ip", "link", "set", dev, "address", SIX_MAC])
-    files = ["-lf", f"{tmp}/static.leases", "-pf", f"{tmp}/static.pid"]
+    files = ["-lf", f"{tmp}/static.leases", "-pf", f"{tmp}/static.pid", "-sf", SCRIPT6]
     lab.run(ns, ["dhclient", "-6", "-1", "-v", *files, dev], timeout=60)
     assert f"{PREFIX}66" in leases6(daemon)
     lab.run(ns, ["dhclient", "-6", "-r", *files, dev], timeout=60)
     lab.run(ns, ["ip", "link", "set", dev, "address", "52:54:00:77:00:99"])
+    # -c /bin/true: no hook scripts (they would write the host's resolv.conf and more)
     done = lab.run(ns, ["dhcpcd", "--ipv6only", "--oneshot", "--nobackground", "-t", "30",
-                        "--noipv6rs", "--ia_na", "1", "-f", "/dev/null", dev],
-                   timeout=60, check=False)
+                        "--noipv6rs", "--ia_na", "1", "-f", "/dev/null", "-c", "/bin/true",
+                        dev], timeout=60, check=False)
     ours = [r for r in leases6(daemon).values() if r["mac"] == "52:54:00:77:00:99"]
     assert ours, (done.stdout, done.stderr, daemon.show("dhcp"))
