@@ -166,6 +166,11 @@ class Watch:
                 ports[port_id].drops["mirror-port-ingress"] += 1
                 return
             port_name = names[port_id]
+            sessions = by_port[port_id]
+            if sessions:  # what the port received, before any guard: a capture shows it all
+                capture(sessions, port_name, "rx", packet, now)
+            if port_id in mirrored:
+                mirror(port_id, True, packet)
             if packet[22:24] == b"\x86\xdd" and port_id in guarded \
                     and routers_only(packet[10:]):
                 drops[port_id]["ra-guard"] += 1
@@ -176,11 +181,6 @@ class Watch:
                         "switch", "dropped: ra-guard (only the gateway may advertise a router "
                         "or serve DHCPv6)", "RFC 6105")])
                 return
-            sessions = by_port[port_id]
-            if sessions:
-                capture(sessions, port_name, "rx", packet, now)
-            if port_id in mirrored:
-                mirror(port_id, True, packet)
             tracing = None
             if traces:
                 frame = packet[10:]

@@ -116,3 +116,25 @@ def test_a_session_is_bounded_in_bytes_and_a_trace_keeps_only_headers(daemon):
     assert len(bytes.fromhex(trace.session.queue[0]["frame"])) == TRACE_SNAPLEN
     capture.close()
     trace.close()
+
+
+def test_the_ra_guard_drops_a_guests_router_advertisement_traced_or_not(daemon):
+    from scapy.layers.inet6 import ICMPv6ND_NS, ICMPv6ND_RA, IPv6
+
+    d, sent = daemon
+    ra = NO_OFFLOAD + bytes(Ether(src=A_MAC, dst="33:33:00:00:00:01")
+                            / IPv6(src="fe80::a", dst="ff02::1", hlim=255) / ICMPv6ND_RA())
+    ns = NO_OFFLOAD + bytes(Ether(src=A_MAC, dst="33:33:ff:00:00:01")
+                            / IPv6(src="fe80::a", dst="ff02::1:ff00:1", hlim=255)
+                            / ICMPv6ND_NS(tgt="fe80::1"))
+    d.ports[1].deliver(ra, 1, 0.0)
+    d.ports[1].deliver(ns, 1, 0.0)
+    assert sent["b"] == [ns] and d.switch.drops[1]["ra-guard"] == 1
+    stream = d._trace({})
+    capture = d._capture({"points": ["a"]})
+    d.ports[1].deliver(ra, 1, 0.0)
+    assert sent["b"] == [ns] and d.switch.drops[1]["ra-guard"] == 2
+    assert stream.session.queue[0]["decisions"][0][1].startswith("dropped: ra-guard")
+    assert capture.session.queue[0]["dir"] == "rx"  # the capture still shows what came in
+    stream.close()
+    capture.close()
