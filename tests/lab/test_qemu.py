@@ -88,14 +88,16 @@ nslookup qguest.lab.internal {GATEWAY} \\
 """
 
 
-def boot(config, port: str, mac: str, addr: str, tmp_path, script: str | None = None) -> list[str]:
-    """Boot a guest on ``port`` with the flags `vswitch qemu-args` prints; its markers."""
+def boot(config, port: str, mac: str, addr: str, tmp_path, script: str | None = None,
+         model: str = "virtio-net-pci") -> list[str]:
+    """Boot a guest with NIC ``model`` on ``port`` with the flags `vswitch qemu-args` prints;
+    its markers."""
     image = build_initramfs(script or ping_script(addr), tmp_path / port / addr)
     flags = qemu_args(config, port, mac).split()
     netdev = flags[flags.index("-netdev") + 1]
-    with QemuGuest(image, netdev, mac, kernel=boot_kernel(),
+    with QemuGuest(image, netdev, mac, kernel=boot_kernel(), model=model,
                    log_path=tmp_path / f"{port}-{addr}.log") as guest:
-        return markers(guest.wait(timeout=180))
+        return markers(guest.wait(timeout=240))
 
 
 def test_guests_on_tap_and_stream_ports_ping_a_namespace_guest(lab, qemu_lab):

@@ -10,10 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.guest.image import boot_kernel, build_initramfs
-from tests.guest.qemu import QemuGuest, markers
+from tests.lab.test_qemu import boot
 from tests.support import Daemon
-from vswitch.cli import qemu_args
 from vswitch.config import load_config
 
 pytestmark = [pytest.mark.privileged, pytest.mark.qemu]
@@ -70,20 +68,12 @@ path = "{tmp_path}/q6s.sock"
     daemon.stop()
 
 
-def boot(config, port: str, mac: str, model: str, tmp) -> list[str]:
-    image = build_initramfs(SCRIPT, tmp / port)
-    flags = qemu_args(config, port, mac).split()
-    netdev = flags[flags.index("-netdev") + 1]
-    with QemuGuest(image, netdev, mac, kernel=boot_kernel(), model=model,
-                   log_path=tmp / f"{port}.log") as guest:
-        return markers(guest.wait(timeout=240))
-
-
 def test_qemu_guests_take_slaac_ping_the_gateway_and_resolve_aaaa(lab, six_lab):
     daemon, config, tmp = six_lab
     with ThreadPoolExecutor(2) as pool:
-        virtio = pool.submit(boot, config, "q6s", "52:54:00:42:00:02", "virtio-net-pci", tmp)
-        e1000 = pool.submit(boot, config, lab.name("q6tap"), "52:54:00:42:00:03", "e1000", tmp)
+        virtio = pool.submit(boot, config, "q6s", "52:54:00:42:00:02", "slaac", tmp, SCRIPT)
+        e1000 = pool.submit(boot, config, lab.name("q6tap"), "52:54:00:42:00:03", "slaac", tmp,
+                            SCRIPT, model="e1000")
         results = {"virtio": virtio.result(), "e1000": e1000.result()}
     for nic, marks in results.items():
         slaac = [ipaddress.IPv6Address(m.split()[1]) for m in marks if m.startswith("slaac ")]
