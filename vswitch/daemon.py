@@ -454,11 +454,18 @@ class Daemon:
         return rows
 
     def _router_view(self) -> dict[str, Any]:
-        """The router's counters, the gateway's reassembly and the uplink's own stats."""
+        """The router's counters, the uplink's own stats, and the gateway's: its stack's
+        counters (IPv4 and IPv6) and its reassembly."""
         port = self.router_port
-        if port is None or port.router is None:
+        if port is None:
             return {}
+        gateway = port.gateway
         to_gateway = {f"gateway-reassembly-{k}": v for k, v in port.reassembly.stats.items()}
+        to_gateway |= {f"gateway-{k}": v for k, v in gateway.counters.items()}
+        if gateway.v6 is not None:
+            to_gateway |= {f"gateway6-{k}": v for k, v in gateway.v6.counters.items()}
+        if port.router is None:
+            return to_gateway
         outside = self.uplink.stats() if self.uplink is not None else {}
         return port.router.stats() | to_gateway | outside
 
