@@ -22,9 +22,14 @@ Rule 6: UDP to the gateway's addresses, or to All_DHCP_Relay_Agents_and_Servers,
 Rule 7: nothing IPv6 is routed out of the guest network yet: a packet sent to the gateway's
         MAC for another address gets destination unreachable, no route (RFC 4443 3.1), so a
         guest's connection fails at once instead of timing out.
+Rule 8: fragments to the gateway's addresses are reassembled (``nat.reassembly`` Rule R7:
+        overlaps drop the whole datagram, RFC 5722); an atomic fragment (offset 0, no more)
+        is a whole packet (RFC 6946); a datagram still incomplete at its timeout gets time
+        exceeded, code 1, when its first fragment came (RFC 8200 4.5).
 
 Sans-I/O: ``handle(frame, now)`` takes a plain Ethernet frame and returns frames to send;
-``tick(now)`` returns the unsolicited advertisements that are due.
+``tick(now)`` returns the unsolicited advertisements that are due, and the time-exceeded
+errors for datagrams that never completed.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Final
 
+from nat.reassembly import Reassembly
 from wire.errors import MalformedPacket
 from wire.ipv6 import (
     ALL_NODES,
@@ -47,6 +53,7 @@ from wire.ipv6 import (
     PROTO_ICMPV6,
     ROUTER_ADVERT,
     ROUTER_SOLICIT,
+    TIME_EXCEEDED,
     UNSPECIFIED,
     Ipv6,
     decode_ipv6,
@@ -101,6 +108,8 @@ class Gateway6:
         #: guest address -> (MAC, when heard), bounded (Rule 5)
         self.neighbours: dict[bytes, tuple[bytes, float]] = {}
         self._rng = rng or random.Random()
+        #: Fragments to the gateway's addresses, until their datagrams are whole (Rule 8).
+        self.reassembly = Reassembly()
         self._sent_unsolicited = 0
         self._next_advert = 0.0
 
@@ -112,9 +121,11 @@ class Gateway6:
             ip = decode_ipv6(frame)
             if self._not_routed(frame, ip):
                 return self._unreachable(frame, ip)
-            if ip.fragment is not None:
-                self.counters["fragment-to-gateway6"] += 1  # services here never need them
-                return []
+            if ip.fragment is not None and (ip.fragment[1] or ip.fragment[2]):
+                if ip.dst not in self.addresses and ip.dst != ALL_SERVERS:
+                    return []
+                whole = self.reassembly.add6(frame, now, ip)  # Rule 8
+                return self.handle(whole, now) if whole is not None else []
             if ip.proto == PROTO_UDP and (ip.dst in self.addresses or ip.dst == ALL_SERVERS):
                 return self._udp(frame, ip, now)
             if ip.proto != PROTO_ICMPV6:
@@ -243,9 +254,13 @@ class Gateway6:
     # -- sending -----------------------------------------------------------------------------
 
     def tick(self, now: float) -> list[bytes]:
-        """Rule 3: the unsolicited advertisement, when one is due."""
+        """Rule 3: the unsolicited advertisement, when one is due; Rule 8: time exceeded for
+        the datagrams whose fragments did not all come."""
+        late = [self._icmp(first[6:12], first[22:38], TIME_EXCEEDED, bytes(4)
+                           + first[14:][:MIN_MTU - 48], source=self.address, code=1)
+                for first in self.reassembly.expire(now)]
         if now < self._next_advert:
-            return []
+            return late
         self._sent_unsolicited += 1
         if self._sent_unsolicited <= INITIAL_COUNT:
             delay = self._rng.uniform(1.0, INITIAL_INTERVAL)
@@ -253,7 +268,7 @@ class Gateway6:
             delay = self._rng.uniform(MIN_INTERVAL, MAX_INTERVAL)
         self._next_advert = now + delay
         self.counters["router-adverts-unsolicited"] += 1
-        return [self.advertisement(ALL_NODES, multicast_mac(ALL_NODES))]
+        return [*late, self.advertisement(ALL_NODES, multicast_mac(ALL_NODES))]
 
     def advertisement(self, dst: bytes, dst_mac: bytes) -> bytes:
         """A Router Advertisement (Rule 3)."""

@@ -25,6 +25,11 @@ Rule R5: bounded: at most ``max_bytes`` held in all (4 MiB, Linux's ``ipfrag_hig
 Rule R6: the whole datagram carries the first fragment's header (options included: RFC 791
          3.2 copies the options that must be copied into every fragment, the first has them
          all), with the fragment field cleared but DF kept, its total length and checksum set.
+Rule R7: IPv6 (RFC 8200 4.5) the same way, with these differences: fragments belong together
+         by (source, destination, identification); the whole packet is the first fragment's
+         unfragmentable part, the fragment header taken out (the header before it names what
+         the fragment header named) and the payload length set; overlaps drop the whole
+         datagram as RFC 5722 requires (Rule R3).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from collections import Counter
 from typing import Final
 
 from wire.checksum import internet_checksum
+from wire.ipv6 import Ipv6
 from wire.packets import IPV4_DF, IPV4_MF, IPV4_OFFSET, ipv4_ihl
 
 MF, DF, OFFSET = IPV4_MF, IPV4_DF, IPV4_OFFSET
@@ -46,7 +52,7 @@ DatagramKey = tuple[bytes, bytes, int, int]
 
 
 class _Datagram:
-    __slots__ = ("deadline", "pieces", "first", "at", "total", "cost")
+    __slots__ = ("deadline", "pieces", "first", "at", "total", "cost", "six")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
@@ -55,6 +61,7 @@ class _Datagram:
         self.at = 0  # where its IP header starts
         self.total: int | None = None  # payload length, known from the last fragment
         self.cost = 0
+        self.six: tuple[int] | None = None  # IPv6: where the next-header byte to fix is
 
 
 class Reassembly:
@@ -74,18 +81,33 @@ class Reassembly:
         the datagram, the first fragment's link headers and the whole datagram (Rule R6)."""
         ihl = ipv4_ihl(packet, at)
         field = _U16.unpack_from(packet, at + 6)[0]
-        start = (field & OFFSET) * 8
-        payload = memoryview(packet)[at + ihl:]  # pieces are views of the fragments they came in
-        end = start + len(payload)
-        more = bool(field & MF)
         key = (packet[at + 12:at + 16], packet[at + 16:at + 20], packet[at + 9],
                _U16.unpack_from(packet, at + 4)[0])
+        # pieces are views of the fragments they came in
+        return self._add(key, (field & OFFSET) * 8, memoryview(packet)[at + ihl:],
+                         bool(field & MF), packet, at, ihl, now)
+
+    def add6(self, packet: bytes, now: float, ip: Ipv6) -> bytes | None:
+        """One IPv6 fragment (Rule R7): ``ip`` is its decoded header, with a fragment header.
+        Returns, when this completes the datagram, the whole packet (Rule R6)."""
+        assert ip.fragment is not None
+        ident, offset, more = ip.fragment
+        key = (ip.src, ip.dst, -1, ident)  # RFC 8200 4.5: source, destination, identification
+        unfragmentable = ip.fragment_at - 14
+        return self._add(key, offset, memoryview(packet)[ip.fragment_at + 8:ip.end], more,
+                         packet, ip.fragment_at, unfragmentable, now, six=(ip.next_at,))
+
+    def _add(self, key: DatagramKey, start: int, payload: memoryview, more: bool,
+             packet: bytes, at: int, header: int, now: float,
+             six: tuple[int] | None = None) -> bytes | None:
+        end = start + len(payload)
         datagram = self._datagrams.get(key)
         if datagram is None:
             datagram = self._datagrams[key] = _Datagram(now + self.timeout)
+            datagram.six = six
             self.stats["datagrams"] += 1
         # Rule R2
-        if (more and len(payload) % 8) or ihl + end > MAX_DATAGRAM or (more and not payload):
+        if (more and len(payload) % 8) or header + end > MAX_DATAGRAM or (more and not payload):
             self._drop(key, "bad-fragment")
             return None
         if datagram.total is not None and (end > datagram.total or
@@ -108,6 +130,8 @@ class Reassembly:
         datagram.pieces.append((start, end, payload))
         if start == 0:
             datagram.first, datagram.at = packet, at
+            if six is not None:
+                datagram.six = six
         cost = len(packet) + FRAGMENT_COST
         datagram.cost += cost
         self.held += cost
@@ -128,14 +152,20 @@ class Reassembly:
         self.stats["reassembled"] += 1
         assert datagram.first is not None and datagram.total is not None
         first, at = datagram.first, datagram.at
+        datagram.pieces.sort(key=lambda piece: piece[0])
+        body = b"".join(data for _, _, data in datagram.pieces)
+        if datagram.six is not None:  # Rule R7: the fragment header goes, its next header stays
+            whole = bytearray(first[:at])
+            whole[datagram.six[0]] = first[at]
+            _U16.pack_into(whole, 18, at - 54 + datagram.total)  # the IPv6 payload length
+            return bytes(whole) + body
         ihl = ipv4_ihl(first, at)
         header = bytearray(first[at:at + ihl])
         _U16.pack_into(header, 2, ihl + datagram.total)
         _U16.pack_into(header, 6, _U16.unpack_from(header, 6)[0] & DF)
         _U16.pack_into(header, 10, 0)
         _U16.pack_into(header, 10, internet_checksum(header))
-        datagram.pieces.sort(key=lambda piece: piece[0])
-        return first[:at] + header + b"".join(data for _, _, data in datagram.pieces)
+        return first[:at] + header + body
 
     def _drop(self, key: DatagramKey, reason: str) -> None:
         self._forget(key)

@@ -464,6 +464,8 @@ class Daemon:
         to_gateway |= {f"gateway-{k}": v for k, v in gateway.counters.items()}
         if gateway.v6 is not None:
             to_gateway |= {f"gateway6-{k}": v for k, v in gateway.v6.counters.items()}
+            to_gateway |= {f"gateway6-reassembly-{k}": v
+                           for k, v in gateway.v6.reassembly.stats.items()}
         if port.router is None:
             return to_gateway
         outside = self.uplink.stats() if self.uplink is not None else {}

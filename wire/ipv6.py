@@ -50,9 +50,13 @@ class Ipv6(NamedTuple):
     fragment: tuple[int, int, bool] | None
     """(identification, offset in bytes, more fragments) when a fragment header is present."""
     start: int
-    """Offset of the upper-layer header in the frame."""
+    """Offset of the upper-layer header in the frame (in a later fragment: of its data)."""
     end: int
     """Offset just past the payload (the payload length; Ethernet padding excluded)."""
+    fragment_at: int = 0
+    """Offset of the fragment header, when there is one (0 otherwise)."""
+    next_at: int = 0
+    """Offset of the next-header byte that names the fragment header (for reassembly)."""
 
 
 _new = tuple.__new__
@@ -69,10 +73,11 @@ def decode_ipv6(frame: bytes, offset: int = 14) -> Ipv6:
     end = offset + 40 + length
     if end > len(frame):
         raise MalformedPacket("IPv6 payload length beyond the frame")
-    at, fragment = offset + 40, None
+    at, fragment, fragment_at, next_at, names_at = offset + 40, None, 0, 0, offset + 6
     for count in range(MAX_EXTENSIONS + 1):
         if next_header not in (HOP_BY_HOP, ROUTING, FRAGMENT, DEST_OPTIONS):
-            return _new(Ipv6, (src, dst, next_header, hop_limit, fragment, at, end))
+            return _new(Ipv6, (src, dst, next_header, hop_limit, fragment, at, end,
+                               fragment_at, next_at))
         if count == MAX_EXTENSIONS:
             break
         if next_header == HOP_BY_HOP and count:
@@ -81,10 +86,18 @@ def decode_ipv6(frame: bytes, offset: int = 14) -> Ipv6:
             raise MalformedPacket("IPv6 extension header truncated")
         kind, next_header = next_header, frame[at]
         if kind == FRAGMENT:
+            if fragment is not None:
+                raise MalformedPacket("two fragment headers")
             field, ident = struct.unpack_from("!HI", frame, at + 2)
             fragment = (ident, field & 0xFFF8, bool(field & 1))
+            fragment_at, next_at = at, names_at
             at += 8
+            if fragment[1]:  # a later fragment: what follows is data, not headers
+                return _new(Ipv6, (src, dst, next_header, hop_limit, fragment, at, end,
+                                   fragment_at, next_at))
+            names_at = fragment_at
             continue
+        names_at = at
         size = (frame[at + 1] + 1) * 8
         if at + size > end:
             raise MalformedPacket("IPv6 extension header beyond the payload")

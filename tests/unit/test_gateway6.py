@@ -129,3 +129,36 @@ def test_ipv6_to_the_outside_gets_no_route_at_once_and_errors_get_nothing():
     quoted_error = IPv6(src=GUEST, dst="2001:db8::80") / ICMPv6DestUnreach()
     assert gw.handle(bytes(Ether(src=GUEST_MAC, dst="52:54:00:00:00:01") / quoted_error),
                      0.0) == []
+
+
+def test_fragments_to_the_gateway_are_reassembled_overlaps_dropped_late_ones_reported():
+    from scapy.layers.inet6 import ICMPv6TimeExceeded, IPv6ExtHdrFragment, fragment6
+
+    gw = gateway()
+    big = IPv6(src=GUEST, dst="fd42:0:0:1::1") / IPv6ExtHdrFragment(id=5) / ICMPv6EchoRequest(
+        id=9, seq=1, data=bytes(range(256)) * 5)
+    pieces = fragment6(big, 700)
+    assert len(pieces) >= 2
+    answers = [f for p in pieces for f in gw.handle(bytes(Ether(
+        src=GUEST_MAC, dst="52:54:00:00:00:01") / p), 0.0)]
+    (reply,) = [Ether(f) for f in answers]
+    assert reply[ICMPv6EchoReply].data == bytes(range(256)) * 5
+    # an atomic fragment is a whole packet (RFC 6946)
+    atomic = IPv6(src=GUEST, dst="fd42:0:0:1::1") / IPv6ExtHdrFragment(id=6, m=0, offset=0) \
+        / ICMPv6EchoRequest(id=9, seq=2)
+    assert len(gw.handle(bytes(Ether(src=GUEST_MAC, dst="52:54:00:00:00:01") / atomic), 0.0)) == 1
+    # an overlap drops the datagram (RFC 5722)
+    first = fragment6(IPv6(src=GUEST, dst="fd42:0:0:1::1") / IPv6ExtHdrFragment(id=7)
+                      / ICMPv6EchoRequest(data=bytes(2000)), 700)
+    overlap = first[1].copy()
+    overlap[IPv6ExtHdrFragment].offset -= 1
+    for p in (first[0], overlap, first[1], first[2]):
+        assert gw.handle(bytes(Ether(src=GUEST_MAC, dst="52:54:00:00:00:01") / p), 0.0) == []
+    assert gw.reassembly.stats["overlap"] == 1
+    # the first fragment alone: time exceeded, code 1, once the datagram times out
+    lone = fragment6(IPv6(src=GUEST, dst="fd42:0:0:1::1") / IPv6ExtHdrFragment(id=8)
+                     / ICMPv6EchoRequest(data=bytes(2000)), 700)[0]
+    gw.handle(bytes(Ether(src=GUEST_MAC, dst="52:54:00:00:00:01") / lone), 0.0)
+    late = [Ether(f) for f in gw.tick(100.0) if ICMPv6TimeExceeded in Ether(f)]
+    assert len(late) == 1 and late[0][ICMPv6TimeExceeded].code == 1
+    assert late[0][IPv6].dst == GUEST
