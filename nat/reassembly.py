@@ -1,4 +1,4 @@
-"""IPv4 reassembly where vswitch is the end of a datagram's road: the gateway's own stack
+"""IPv4 and IPv6 reassembly where vswitch is the end of a datagram's road: the gateway's own stack
 (``vswitch.ports.router``), and the host uplink, whose sockets send whole datagrams only (as
 libslirp's ``ip_reass`` does).  The raw uplink's NAT never reassembles (it forwards:
 ``nat.fragments.Fragments``).
