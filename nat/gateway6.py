@@ -19,9 +19,11 @@ Rule 5: the guests the gateway hears (the source link-layer option of their NS a
         remembered in a bounded cache, for the router and DNS names.
 Rule 6: UDP to the gateway's addresses, or to All_DHCP_Relay_Agents_and_Servers, goes to the
         service registered for its port (DNS 53, DHCPv6 547).
-Rule 7: nothing IPv6 is routed out of the guest network yet: a packet sent to the gateway's
-        MAC for another address gets destination unreachable, no route (RFC 4443 3.1), so a
-        guest's connection fails at once instead of timing out.
+Rule 7: a packet sent to the gateway's MAC for another address goes to ``egress`` (the host
+        uplink's IPv6 sockets: UDP and ping), or, when nothing takes it (TCP, another uplink),
+        gets destination unreachable, no route (RFC 4443 3.1), so a guest's connection fails
+        at once instead of timing out.  UDP to the gateway's address that no service takes
+        goes to ``egress`` too: the gateway's address stands for the host's ``::1``.
 Rule 8: fragments to the gateway's addresses are reassembled (``nat.reassembly`` Rule R7:
         overlaps drop the whole datagram, RFC 5722); an atomic fragment (offset 0, no more)
         is a whole packet (RFC 6946); a datagram still incomplete at its timeout gets time
@@ -105,6 +107,9 @@ class Gateway6:
         #: UDP services by port, as the IPv4 gateway's (DNS 53): (client MAC, client address,
         #: client port, destination, payload, now) -> frames
         self.udp: dict[int, Callable[[bytes, bytes, int, bytes, bytes, float], list[bytes]]] = {}
+        #: Where IPv6 for the outside goes when the host uplink takes it (Rule 7): (frame,
+        #: header, now) -> whether it was taken.
+        self.egress: Callable[[bytes, Ipv6, float], bool] | None = None
         #: guest address -> (MAC, when heard), bounded (Rule 5)
         self.neighbours: dict[bytes, tuple[bytes, float]] = {}
         self._rng = rng or random.Random()
@@ -120,6 +125,8 @@ class Gateway6:
         try:
             ip = decode_ipv6(frame)
             if self._not_routed(frame, ip):
+                if self.egress is not None and self.egress(frame, ip, now):
+                    return []  # the host uplink took it (nat.egress.v6)
                 return self._unreachable(frame, ip)
             if ip.fragment is not None and (ip.fragment[1] or ip.fragment[2]):
                 if ip.dst not in self.addresses and ip.dst != ALL_SERVERS:
@@ -171,6 +178,9 @@ class Gateway6:
         sport, dport, payload = decode_udp6(frame, ip)
         service = self.udp.get(dport)
         if service is None:
+            if ip.dst == self.address and self.egress is not None \
+                    and self.egress(frame, ip, now):
+                return []  # to the host's ::1, which the gateway's address stands for
             self.counters["udp6-no-service"] += 1
             return []
         return service(frame[6:12], ip.src, sport, ip.dst, payload, now)

@@ -653,8 +653,12 @@ class Daemon:
             endpoint_independent=n.filtering == "endpoint-independent", udp_timeout=n.udp,
             icmp_timeout=n.icmp, tcp_established=n.tcp_established,
             tcp_transitory=n.tcp_transitory, fragment_timeout=n.fragments,
-            buffer_budget=up.buffer_mib << 20)
+            buffer_budget=up.buffer_mib << 20,
+            gateway6=(self.router_port.gateway.mac, self.router_port.gateway.v6.address)
+            if self.router_port.gateway.v6 is not None else None)
         router.egress = self.egress  # the egress needs the loop, the router exists before it
+        if self.egress.v6 is not None and self.router_port.gateway.v6 is not None:
+            self.router_port.gateway.v6.egress = self.egress.v6.from_guest
         self.uplink = self.egress
         for f in config.forwards:
             try:

@@ -16,6 +16,7 @@ from nat.egress.side import HostSide
 from nat.egress.sockets import local_address
 from nat.egress.tcp import TcpAdapter
 from nat.egress.udp import UdpAdapter
+from nat.egress.v6 import HostEgress6
 from nat.explain import Line, endpoint, flow_text
 from nat.reassembly import Reassembly
 from nat.translate import icmp_error
@@ -52,14 +53,22 @@ class HostEgress:
                  endpoint_independent: bool = False, udp_timeout: float = 300.0,
                  icmp_timeout: float = 60.0, tcp_established: float = 7440.0,
                  tcp_transitory: float = 240.0, fragment_timeout: float = 30.0,
-                 buffer_budget: int = 256 << 20) -> None:
+                 buffer_budget: int = 256 << 20,
+                 gateway6: tuple[bytes, bytes] | None = None) -> None:
+        """``gateway6``: (the gateway's MAC, its IPv6 address) when guests have IPv6: their
+        UDP and ping leave by the host's IPv6 sockets too (``nat.egress.v6``)."""
         self.side = HostSide(loop, emit, deliver, gateway_ip, host_address, mtu, max_flows)
         self.flows = FlowTable(udp_timeout, icmp_timeout, endpoint_independent)
         self.udp = UdpAdapter(self.side, self.flows)
         self.echo = EchoAdapter(self.side, self.flows)
         self.tcp = TcpAdapter(self.side, tcp_established, tcp_transitory, buffer_budget)
         self.forwarding = Forwards(self.side, self.tcp, self.udp, udp_timeout)
-        self.side.flows_in_use = lambda: len(self.flows) + len(self.tcp)  # Rule 6
+        #: IPv6 UDP and ping, with a flow table of their own (their keys are 16 bytes)
+        self.v6 = None if gateway6 is None else HostEgress6(
+            self.side, gateway6[0], gateway6[1],
+            FlowTable(udp_timeout, icmp_timeout, endpoint_independent))
+        self.side.flows_in_use = lambda: len(self.flows) + len(self.tcp) + (
+            len(self.v6.flows) if self.v6 is not None else 0)  # Rule 6
         self.reassembly = Reassembly(fragment_timeout)
         self._by_proto = {PROTO_TCP: self.tcp.from_guest, PROTO_UDP: self.udp.from_guest,
                           PROTO_ICMP: self.echo.from_guest}
@@ -218,6 +227,9 @@ class HostEgress:
         for first in self.reassembly.expire(now):  # ICMP 11/1 (nat.reassembly Rule R4)
             self.side.icmp(icmp_error(first, 11, 1, self.side.gateway_ip))
         self._close(self.flows.expire(now))
+        if self.v6 is not None:
+            for flow in self.v6.flows.expire(now):
+                self.v6.close_flow(flow)
         self.forwarding.expire(now)
 
     def _close(self, flows: list[Any]) -> None:
@@ -228,7 +240,8 @@ class HostEgress:
                 self.udp.close(flow)
 
     def __len__(self) -> int:
-        return len(self.flows) + len(self.tcp) + len(self.forwarding.sessions)
+        six = len(self.v6.flows) if self.v6 is not None else 0
+        return len(self.flows) + len(self.tcp) + len(self.forwarding.sessions) + six
 
     def flow_rows(self, now: float) -> list[dict[str, Any]]:
         """``show conntrack``: the guest's tuple, and the host socket's as the translated side."""
@@ -251,6 +264,8 @@ class HostEgress:
                          "reply": f"{socket.inet_ntoa(e.last_peer)} -> host id {e.host_ident}",
                          "seconds_left": round(e.expires - now), "packets": list(e.packets),
                          "bytes": list(e.bytes)})
+        if self.v6 is not None:
+            rows += self.v6.rows(now)
         return rows
 
     def close(self) -> None:
@@ -258,3 +273,5 @@ class HostEgress:
         self._close(self.flows.clear())
         self.forwarding.close()
         self.echo.close()
+        if self.v6 is not None:
+            self.v6.close()

@@ -5,6 +5,7 @@ guest's own router advertisements and DHCPv6 replies never reach it (RFC 6105 gu
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import re
@@ -250,3 +251,71 @@ def test_a_static_host_gets_its_ip6_and_dhcpcd_takes_a_lease(lab, dhcp6_guest):
                         dev], timeout=60, check=False)
     ours = [r for r in leases6(daemon).values() if r["mac"] == "52:54:00:77:00:99"]
     assert ours, (done.stdout, done.stderr, daemon.show("dhcp"))
+
+
+UDP6_ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("listening", flush=True)
+while True:
+    data, peer = s.recvfrom(65535)
+    s.sendto(data + f" from {peer[0]}".encode(), peer)
+"""
+UDP6_ASK = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(b"hello", (sys.argv[1], int(sys.argv[2])))
+print(s.recv(200).decode())
+"""
+
+
+def test_guests_ipv6_udp_and_ping_leave_by_the_hosts_sockets(lab, tmp_path):
+    """The host uplink for IPv6: an IPv6-only server in the internet sees the host's address."""
+    host, inet, guest = lab.netns("x6h"), lab.netns("x6i"), lab.netns("x6g")
+    lab.veth("eth0", inet, "eth0", outer_ns=host)
+    for ns, address in ((host, "fd0e:96::1"), (inet, "fd0e:96::2")):
+        lab.run(ns, ["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0"])
+        lab.run(ns, ["ip", "-6", "addr", "add", f"{address}/64", "dev", "eth0", "nodad"])
+        lab.run(ns, ["ip", "link", "set", "eth0", "up"])
+    dev = lab.name("x6")
+    body = f"""
+[switch]
+name = "x{lab.tag}"
+[network]
+subnet = "10.97.0.0/24"
+subnet6 = "{PREFIX}/64"
+[dhcp]
+lease_file = "{tmp_path}/leases"
+[dns]
+forwarders = []
+[[port]]
+name = "{dev}"
+type = "internal"
+netns = "{guest}"
+"""
+    daemon = Daemon(lab, tmp_path, body, ports_up=2, ns=host)
+    lab.run(guest, ["sysctl", "-qw", f"net.ipv6.conf.{dev}.accept_ra=2",
+                    f"net.ipv6.conf.{dev}.disable_ipv6=0"])
+    lab.run(guest, ["ip", "link", "set", dev, "up"])
+    prefix = ipaddress.IPv6Network(f"{PREFIX}/64")
+    wait_for(lambda: any(a in prefix for a in global_addresses(lab, guest, dev)), 30,
+             "a SLAAC address")
+    lab.spawn([sys.executable, "-c", UDP6_ECHO, "fd0e:96::2", "7"], ns=inet,
+              stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    out = lab.run(guest, [sys.executable, "-c", UDP6_ASK, "fd0e:96::2", "7"]).stdout
+    assert out.strip() == "hello from fd0e:96::1", out  # the internet sees only the host
+    done = lab.run(guest, ["ping", "-6", "-n", "-c", "2", "-i", "0.2", "-W", "2",
+                           "fd0e:96::2"], check=False)
+    assert " 0% packet loss" in done.stdout, (done.stdout, daemon.show("router"))
+    rows = daemon.show("conntrack")
+    assert any(r["kind"] == "host6" and r["proto"] == "udp" for r in rows), rows
+    # TCP over IPv6 does not leave yet: refused at once with no route, not left to time out
+    tcp = lab.run(guest, [sys.executable, "-c", "import socket, time; s = socket.socket("
+                          "socket.AF_INET6); s.settimeout(5); t = time.monotonic()\n"
+                          "try: s.connect(('fd0e:96::2', 80))\n"
+                          "except OSError as e: print(e.errno, round(time.monotonic() - t, 1))"
+                          ]).stdout.split()
+    assert int(tcp[0]) == errno.ENETUNREACH and float(tcp[1]) < 2, tcp  # ICMPv6 1/0

@@ -68,3 +68,16 @@ def test_clear_hands_back_every_flow():
     udp = table.add_udp(GUEST, 1, "u", now=0)
     echo = table.add_echo(GUEST, 2, "e", 9, now=0)
     assert table.clear() == [udp, echo] and len(table) == 0 and table.echo_by_host_ident == {}
+
+
+def test_ipv6_destinations_the_host_uplink_never_forwards():
+    import socket
+
+    from nat.egress.v6 import forwardable6
+
+    def v6(text: str) -> bytes:
+        return socket.inet_pton(socket.AF_INET6, text)
+
+    assert forwardable6(v6("2001:db8::1")) and forwardable6(v6("fd0e:96::2"))
+    for never in ("ff02::1", "fe80::1", "::", "::1", "::ffff:10.0.0.1"):
+        assert not forwardable6(v6(never)), never
