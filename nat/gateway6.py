@@ -20,7 +20,7 @@ Rule 5: the guests the gateway hears (the source link-layer option of their NS a
 Rule 6: UDP to the gateway's addresses, or to All_DHCP_Relay_Agents_and_Servers, goes to the
         service registered for its port (DNS 53, DHCPv6 547).
 Rule 7: a packet sent to the gateway's MAC for another address goes to ``egress`` (the host
-        uplink's IPv6 sockets: UDP and ping), or, when nothing takes it (TCP, another uplink),
+        uplink's IPv6 sockets: TCP, UDP and ping), or, when nothing takes it (a raw uplink),
         gets destination unreachable, no route (RFC 4443 3.1), so a guest's connection fails
         at once instead of timing out.  UDP to the gateway's address that no service takes
         goes to ``egress`` too: the gateway's address stands for the host's ``::1``.

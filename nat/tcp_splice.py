@@ -56,9 +56,10 @@ from typing import Any, Final
 from nat.tcp_seq import SEQ_MASK, Unacked, seq_add, seq_le, seq_lt, seq_sub
 from wire.checksum import internet_checksum, pseudo_header_sum
 from wire.errors import MalformedPacket
-from wire.packets import ETH_P_IP, IPV4, IPV4_FRAGMENTED, PROTO_TCP, Ipv4, decode_ipv4
+from wire.ipv6 import Ipv6, pseudo_header6
+from wire.packets import ETH_P_IP, ETH_P_IPV6, IPV4, IPV4_FRAGMENTED, PROTO_TCP, Ipv4, decode_ipv4
 from wire.tcp import ACK, FIN, PSH, RST, SYN, TCP, decode_tcp
-from wire.vnet import FLAG_NEEDS_CSUM, GSO_TCPV4, VNET_HDR, VNET_HDR_LEN
+from wire.vnet import FLAG_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, VNET_HDR, VNET_HDR_LEN
 
 PORTS: Final = struct.Struct("!HH")
 U16: Final = struct.Struct("!H")
@@ -78,24 +79,27 @@ MAX_TIMEOUTS: Final = 12
 #: (14 + 20 + 20 + payload) must stay within 64 KiB (wire.gso.MAX_FRAME, Linux's GSO limit).
 MAX_GSO_PAYLOAD: Final = 0xFFFF - 14 - 20 - 20
 
-IP_AT: Final = VNET_HDR_LEN + 14  # IPv4 header offset in a packet
-TCP_AT: Final = IP_AT + 20  # TCP header offset in the packets we build
+IP_AT: Final = VNET_HDR_LEN + 14  # IP header offset in a packet
+TCP_AT: Final = IP_AT + 20  # TCP header offset in the IPv4 packets we build
 CSUM_START: Final = TCP_AT - VNET_HDR_LEN  # from the start of the Ethernet frame
+IPV6_HEADER: Final = struct.Struct("!IHBB16s16s")
 ZERO_MAC: Final = bytes(6)
 
 #: (seq, ack, flags, window, TCP header offset, payload offset, payload end) of a guest packet.
 Segment = tuple[int, int, int, int, int, int, int]
 
 
-def decode_segment(packet: bytes, ip: Ipv4 | None = None) -> Segment:
-    """Rule 1: the TCP segment in a vswitch packet (virtio-net header, Ethernet, IPv4, TCP);
-    ``ip`` is its IPv4 header when the caller decoded it already."""
+def decode_segment(packet: bytes, ip: Ipv4 | Ipv6 | None = None) -> Segment:
+    """Rule 1: the TCP segment in a vswitch packet (virtio-net header, Ethernet, IP, TCP);
+    ``ip`` is its IPv4 or IPv6 header when the caller decoded it already."""
     if ip is None:
         if len(packet) < IP_AT or U16.unpack_from(packet, IP_AT - 2)[0] != ETH_P_IP:
             raise MalformedPacket("not an IPv4 frame")
         ip = decode_ipv4(packet, IP_AT)
-    if ip.proto != PROTO_TCP or ip.fragment & IPV4_FRAGMENTED:
-        raise MalformedPacket("not TCP, or an IPv4 fragment")
+    fragmented = ip.fragment is not None if isinstance(ip, Ipv6) \
+        else ip.fragment & IPV4_FRAGMENTED
+    if ip.proto != PROTO_TCP or fragmented:
+        raise MalformedPacket("not TCP, or a fragment")
     _, _, seq, ack, flags, window, tcp_at, payload_at, end = decode_tcp(packet, ip)
     return seq, ack, flags, window, tcp_at, payload_at, end
 
@@ -173,19 +177,31 @@ class Splice:
         self._persist_at: float | None = None
         self._last_activity = now
         self._host_shut = False
-        self._pseudo = int.from_bytes(pseudo_header_sum(remote_ip, guest_ip, PROTO_TCP, 0), "big")
+        # IPv6 (a 16-byte guest address): a 40-byte header, its own pseudo header (congruent
+        # to the IPv4 one's sum plus the length, so the same arithmetic serves) and GSO type
+        self.v6 = len(guest_ip) == 16
+        self._tcp_at = TCP_AT + 20 if self.v6 else TCP_AT
+        self._max_gso = MAX_GSO_PAYLOAD - 20 if self.v6 else MAX_GSO_PAYLOAD
+        pseudo = pseudo_header6 if self.v6 else pseudo_header_sum
+        self._pseudo = int.from_bytes(pseudo(remote_ip, guest_ip, PROTO_TCP, 0), "big")
 
     # --- opening (Rule 2) ---------------------------------------------------------------------
 
     @classmethod
-    def outbound(cls, syn_packet: bytes, now: float, **kw: Any) -> Splice:
-        """The guest's SYN to a remote: state "connecting" while the adapter connects."""
-        seg = decode_segment(syn_packet)
+    def outbound(cls, syn_packet: bytes, now: float, *, ip: Ipv4 | Ipv6 | None = None,
+                 **kw: Any) -> Splice:
+        """The guest's SYN to a remote: state "connecting" while the adapter connects; ``ip``
+        is its IP header (an IPv6 one makes an IPv6 splice)."""
+        seg = decode_segment(syn_packet, ip)
         seq, _, flags, window, tcp_at, payload_at, end = seg
         if flags & (SYN | ACK | RST) != SYN:
             raise MalformedPacket("outbound() needs a SYN without ACK or RST")
         guest_port, remote_port = PORTS.unpack_from(syn_packet, tcp_at)
-        guest_ip, remote_ip = syn_packet[IP_AT + 12:IP_AT + 16], syn_packet[IP_AT + 16:IP_AT + 20]
+        if ip is not None:
+            guest_ip, remote_ip = ip.src, ip.dst
+        else:
+            guest_ip = syn_packet[IP_AT + 12:IP_AT + 16]
+            remote_ip = syn_packet[IP_AT + 16:IP_AT + 20]
         self = cls(guest_ip, guest_port, remote_ip, remote_port, now, **kw)
         self.syn_packet = bytes(syn_packet)
         self.packets_from_guest, self.bytes_from_guest = 1, end - payload_at
@@ -238,7 +254,7 @@ class Splice:
         mss, shift = decode_syn_options(options)
         self.irs, self.rcv_nxt = seq, seq_add(seq, 1)
         self.send_mss = max(MIN_MSS, min(mss, self.mss, MAX_GSO_PAYLOAD))
-        self.gso_chunk = MAX_GSO_PAYLOAD // self.send_mss * self.send_mss
+        self.gso_chunk = self._max_gso // self.send_mss * self.send_mss
         self.snd_wnd = window  # RFC 7323 2.2: the window field of a SYN is never scaled
         if shift is not None:
             self.snd_shift, self.rcv_shift = shift, WSCALE
@@ -253,7 +269,7 @@ class Splice:
 
     # --- segments from the guest --------------------------------------------------------------
 
-    def from_guest(self, packet: bytes, now: float, ip: Ipv4 | None = None) -> None:
+    def from_guest(self, packet: bytes, now: float, ip: Ipv4 | Ipv6 | None = None) -> None:
         """One segment from the guest (RFC 9293 3.10.7, simplified per Rules 2, 3, 5 and 8);
         ``ip``: its IPv4 header, when the caller decoded it already."""
         if self.closed:  # Rule 10
@@ -547,28 +563,35 @@ class Splice:
         self._ack_due = False  # every segment we send acknowledges all received
         hlen = 20 + len(options)
         tcp_len = hlen + len(payload)
-        packet = bytearray(TCP_AT + hlen)
+        tcp_at = self._tcp_at
+        packet = bytearray(tcp_at + hlen)
         gso = len(payload) > self.send_mss
         if gso:
-            VNET_HDR.pack_into(packet, 0, FLAG_NEEDS_CSUM, GSO_TCPV4, CSUM_START + hlen,
-                               self.send_mss, CSUM_START, 16)
+            start = tcp_at - VNET_HDR_LEN
+            VNET_HDR.pack_into(packet, 0, FLAG_NEEDS_CSUM, GSO_TCPV6 if self.v6 else GSO_TCPV4,
+                               start + hlen, self.send_mss, start, 16)
         packet[VNET_HDR_LEN:VNET_HDR_LEN + 12] = self.macs
-        U16.pack_into(packet, VNET_HDR_LEN + 12, ETH_P_IP)
-        IPV4.pack_into(packet, IP_AT, 0x45, 0, 20 + tcp_len, 0, 0x4000, 64, PROTO_TCP, 0,
-                       self.remote_ip, self.guest_ip)
-        U16.pack_into(packet, IP_AT + 10, internet_checksum(packet[IP_AT:TCP_AT]))
-        TCP.pack_into(packet, TCP_AT, self.remote_port, self.guest_port, seq & SEQ_MASK,
+        if self.v6:
+            U16.pack_into(packet, VNET_HDR_LEN + 12, ETH_P_IPV6)
+            IPV6_HEADER.pack_into(packet, IP_AT, 6 << 28, tcp_len, PROTO_TCP, 64,
+                                  self.remote_ip, self.guest_ip)
+        else:
+            U16.pack_into(packet, VNET_HDR_LEN + 12, ETH_P_IP)
+            IPV4.pack_into(packet, IP_AT, 0x45, 0, 20 + tcp_len, 0, 0x4000, 64, PROTO_TCP, 0,
+                           self.remote_ip, self.guest_ip)
+            U16.pack_into(packet, IP_AT + 10, internet_checksum(packet[IP_AT:TCP_AT]))
+        TCP.pack_into(packet, tcp_at, self.remote_port, self.guest_port, seq & SEQ_MASK,
                       self.rcv_nxt if flags & ACK else 0, hlen << 2, flags,
                       self._advertise() if window is None else window, 0, 0)
-        packet[TCP_AT + 20:] = options
+        packet[tcp_at + 20:] = options
         pseudo = self._pseudo + tcp_len
         if gso:  # CHECKSUM_PARTIAL: the folded pseudo header sum, not complemented
-            U16.pack_into(packet, TCP_AT + 16, pseudo % 0xFFFF or 0xFFFF)
+            U16.pack_into(packet, tcp_at + 16, pseudo % 0xFFFF or 0xFFFF)
             self.to_guest.append(b"".join((packet, payload)))  # the one copy of the payload
         else:
             packet += payload
-            U16.pack_into(packet, TCP_AT + 16,
-                          internet_checksum(memoryview(packet)[TCP_AT:], pseudo))
+            U16.pack_into(packet, tcp_at + 16,
+                          internet_checksum(memoryview(packet)[tcp_at:], pseudo))
             self.to_guest.append(bytes(packet))
         self.packets_to_guest += 1
         self.bytes_to_guest += len(payload)

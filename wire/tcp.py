@@ -11,6 +11,7 @@ from typing import Final, NamedTuple
 
 from wire.checksum import internet_checksum, pseudo_header_sum
 from wire.errors import MalformedPacket
+from wire.ipv6 import Ipv6
 from wire.packets import PROTO_TCP, Ipv4
 
 TCP: Final = struct.Struct("!HHIIBBHHH")
@@ -56,7 +57,7 @@ class Tcp(NamedTuple):
 _new = tuple.__new__  # a NamedTuple made without its keyword-parsing __new__: 2x faster
 
 
-def decode_tcp(frame: bytes, ip: Ipv4) -> Tcp:
+def decode_tcp(frame: bytes, ip: Ipv4 | Ipv6) -> Tcp:
     """Rule 1: the segment in ``ip``'s payload."""
     start, end = ip.start, ip.end
     if end - start < 20:

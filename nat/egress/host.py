@@ -66,7 +66,7 @@ class HostEgress:
         #: IPv6 UDP and ping, with a flow table of their own (their keys are 16 bytes)
         self.v6 = None if gateway6 is None else HostEgress6(
             self.side, gateway6[0], gateway6[1],
-            FlowTable(udp_timeout, icmp_timeout, endpoint_independent))
+            FlowTable(udp_timeout, icmp_timeout, endpoint_independent), self.tcp)
         self.side.flows_in_use = lambda: len(self.flows) + len(self.tcp) + (
             len(self.v6.flows) if self.v6 is not None else 0)  # Rule 6
         self.reassembly = Reassembly(fragment_timeout)

@@ -8,6 +8,7 @@ import asyncio
 import errno
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -17,6 +18,7 @@ from nat.egress.sockets import UNREACHABLE_CODE, local_address
 from nat.tcp_splice import Splice
 from nat.translate import icmp_error
 from wire.errors import MalformedPacket
+from wire.ipv6 import Ipv6
 from wire.packets import PROTO_TCP, Ipv4
 from wire.tcp import reset_for
 
@@ -25,6 +27,12 @@ RECENT, LINGER = 1024, 30.0  # closed TCP flows still listed, and for how long
 FLOW_BUFFER, MIN_BUFFER = 1 << 20, 64 << 10  # bytes a TCP flow may hold each way (Rule 6)
 
 Key = tuple[bytes, int, bytes, int]  # guest address and port, remote address and port
+
+
+def _ep(address: bytes, port: int) -> str:
+    if len(address) == 16:
+        return f"[{socket.inet_ntop(socket.AF_INET6, address)}]:{port}"
+    return f"{socket.inet_ntoa(address)}:{port}"
 
 
 @dataclass(eq=False, slots=True)
@@ -53,11 +61,15 @@ class TcpAdapter:
         self.flows: dict[Key, TcpFlow] = {}
         self.recent: dict[Key, tuple[dict[str, Any], float]] = {}
         self._dirty: list[TcpFlow] = []  # flows with guest segments not yet synced (Rule 3)
+        #: Where an IPv6 destination is on the host (``nat.egress.v6`` Rule 3), when guests
+        #: have IPv6.
+        self.real6: Callable[[bytes], str] = lambda dst: socket.inet_ntop(socket.AF_INET6, dst)
 
     def __len__(self) -> int:
         return len(self.flows)
 
-    def from_guest(self, packet: bytes, ip: Ipv4, now: float) -> None:
+    def from_guest(self, packet: bytes, ip: Ipv4 | Ipv6, now: float) -> None:
+        """A guest's TCP segment (IPv4, or IPv6 from ``nat.egress.v6``)."""
         side = self.side
         if ip.end - ip.start < 20:
             raise MalformedPacket("TCP header truncated")
@@ -75,24 +87,30 @@ class TcpAdapter:
                 self._dirty.append(flow)
             return
         flags = packet[ip.start + 13]
-        if flags & 0x12 != 0x02:  # not a SYN: nobody here (RFC 9293 3.10.7.1)
-            reset = reset_for(ip.dst, packet, ip)
+        six = isinstance(ip, Ipv6)
+        if flags & 0x12 != 0x02 and six:
+            side.counters["tcp6-no-flow"] += 1  # (an IPv6 RST is not built here yet)
+            return
+        if flags & 0x12 != 0x02 and isinstance(ip, Ipv4):  # not a SYN: nobody here
+            reset = reset_for(ip.dst, packet, ip)  # (RFC 9293 3.10.7.1)
             if reset is not None:
                 side.counters["tcp-resets"] += 1
                 side.emit([ip_packet(ip.dst, ip.src, PROTO_TCP, reset)])
             return
         if side.full(packet):
             return
-        splice = Splice.outbound(packet, now, mss=side.mtu - 40, buffer=self._flow_buffer(),
-                                 **self.timeouts)
+        splice = Splice.outbound(packet, now, ip=ip, mss=side.mtu - (60 if six else 40),
+                                 buffer=self._flow_buffer(),
+                                 established_timeout=self.timeouts["established_timeout"],
+                                 transitory_timeout=self.timeouts["transitory_timeout"])
         splice.macs = packet[16:22] + packet[10:16]  # to the guest, from the gateway
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET6 if six else socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         flow = TcpFlow(key, splice, sock, connecting=True)
         self.flows[key] = flow
         side.counters["tcp-connects"] += 1
-        err = sock.connect_ex((side.real(ip.dst), dport))
+        err = sock.connect_ex((self.real6(ip.dst) if six else side.real(ip.dst), dport))
         if err in (0, errno.EINPROGRESS):
             side.loop.add_writer(sock.fileno(), self._connected, flow)
             flow.writing = True
@@ -137,6 +155,9 @@ class TcpAdapter:
             flow.splice.host_connected(now)
         elif err == errno.ECONNREFUSED:
             counters["tcp-refused"] += 1
+            flow.splice.host_refused(now)
+        elif flow.splice.v6:  # no ICMPv6 error is built here yet: the guest gets a RST
+            counters[f"tcp6-connect-{errno.errorcode.get(err, 'error')}"] += 1
             flow.splice.host_refused(now)
         else:
             counters[f"tcp-connect-{errno.errorcode.get(err, 'error')}"] += 1
@@ -267,8 +288,8 @@ class TcpAdapter:
         half += "+host-fin" if sp.host_fin else ""
         return {"proto": "tcp", "kind": "host-forward" if flow.inbound else "host",
                 "state": sp.state + half,
-                "original": f"{socket.inet_ntoa(gip)}:{gport} -> {socket.inet_ntoa(rip)}:{rport}",
-                "reply": f"{socket.inet_ntoa(rip)}:{rport} -> {local_address(flow.sock)}",
+                "original": f"{_ep(gip, gport)} -> {_ep(rip, rport)}",
+                "reply": f"{_ep(rip, rport)} -> {local_address(flow.sock)}",
                 "seconds_left": round(sp.expires_at(now) - now),
                 "packets": [sp.packets_from_guest, sp.packets_to_guest],
                 "bytes": [sp.bytes_from_guest, sp.bytes_to_guest]}

@@ -14,7 +14,9 @@ Rule 3: the gateway's IPv6 address stands for the host's ``::1``, and ``::1`` as
         loopback and IPv4-mapped destinations are never forwarded.
 Rule 4: answers are addressed by the guest's MAC as last seen from its address, from the
         gateway's MAC; a guest whose MAC is not known gets nothing (counted).
-TCP over IPv6 does not leave yet: the gateway answers it with no route.
+Rule 5: a guest's IPv6 TCP goes to the TCP adapter (``nat.egress.tcp``), whose translator
+        (``nat.tcp_splice``) builds IPv6 segments for an IPv6 guest; a connection the host
+        cannot make is reset toward the guest.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any, Final
 
 from nat.egress.flows import EchoFlow, FlowTable, UdpFlow
 from nat.egress.side import HostSide
+from nat.egress.tcp import TcpAdapter
 from wire.errors import MalformedPacket
 from wire.ipv6 import (
     ECHO_REPLY,
@@ -37,12 +40,13 @@ from wire.ipv6 import (
     encode_ipv6,
     encode_udp6,
 )
-from wire.vnet import NO_OFFLOAD
+from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN
 
 BATCH: Final = 64
 LOOPBACK6: Final = socket.inet_pton(socket.AF_INET6, "::1")
 MACS: Final = 4096
 PROTO_UDP: Final = 17
+PROTO_TCP: Final = 6
 
 
 def forwardable6(address: bytes) -> bool:
@@ -53,8 +57,10 @@ def forwardable6(address: bytes) -> bool:
 
 class HostEgress6:
     def __init__(self, side: HostSide, gateway_mac: bytes, gateway6: bytes,
-                 flows: FlowTable) -> None:
+                 flows: FlowTable, tcp: TcpAdapter) -> None:
         self.side = side
+        self.tcp = tcp  # the IPv4 adapter: its splice speaks IPv6 too
+        tcp.real6 = self.real
         self.gateway_mac = gateway_mac
         self.gateway6 = gateway6
         self.flows = flows
@@ -102,6 +108,10 @@ class HostEgress6:
         try:
             if ip.proto == PROTO_UDP:
                 self._udp(frame, ip, now)
+                return True
+            if ip.proto == PROTO_TCP:  # the TCP adapter takes vswitch packets: offsets + 10
+                shifted = ip._replace(start=ip.start + VNET_HDR_LEN, end=ip.end + VNET_HDR_LEN)
+                self.tcp.from_guest(NO_OFFLOAD + frame, shifted, now)
                 return True
             if ip.proto == PROTO_ICMPV6 and ip.end - ip.start >= 8 \
                     and frame[ip.start] == ECHO_REQUEST and self.mode != "off":

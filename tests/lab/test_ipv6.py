@@ -6,6 +6,7 @@ guest's own router advertisements and DHCPv6 replies never reach it (RFC 6105 gu
 from __future__ import annotations
 
 import errno
+import hashlib
 import ipaddress
 import json
 import re
@@ -271,7 +272,7 @@ print(s.recv(200).decode())
 """
 
 
-def test_guests_ipv6_udp_and_ping_leave_by_the_hosts_sockets(lab, tmp_path):
+def test_guests_ipv6_udp_ping_and_tcp_leave_by_the_hosts_sockets(lab, tmp_path):
     """The host uplink for IPv6: an IPv6-only server in the internet sees the host's address."""
     host, inet, guest = lab.netns("x6h"), lab.netns("x6i"), lab.netns("x6g")
     lab.veth("eth0", inet, "eth0", outer_ns=host)
@@ -312,10 +313,22 @@ netns = "{guest}"
     assert " 0% packet loss" in done.stdout, (done.stdout, daemon.show("router"))
     rows = daemon.show("conntrack")
     assert any(r["kind"] == "host6" and r["proto"] == "udp" for r in rows), rows
-    # TCP over IPv6 does not leave yet: refused at once with no route, not left to time out
-    tcp = lab.run(guest, [sys.executable, "-c", "import socket, time; s = socket.socket("
-                          "socket.AF_INET6); s.settimeout(5); t = time.monotonic()\n"
-                          "try: s.connect(('fd0e:96::2', 80))\n"
-                          "except OSError as e: print(e.errno, round(time.monotonic() - t, 1))"
-                          ]).stdout.split()
-    assert int(tcp[0]) == errno.ENETUNREACH and float(tcp[1]) < 2, tcp  # ICMPv6 1/0
+    # TCP: a 2 MB download over IPv6 arrives whole, and the server saw the host's address
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "blob").write_bytes(bytes(range(256)) * 8192)
+    lab.spawn([sys.executable, "-m", "http.server", "-b", "fd0e:96::2", "-d", str(www), "8000"],
+              ns=inet, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(0.7)
+    got = lab.run(guest, [sys.executable, "-c", "import hashlib, urllib.request; print("
+                          "hashlib.sha256(urllib.request.urlopen('http://[fd0e:96::2]:8000/blob',"
+                          " timeout=20).read()).hexdigest())"], timeout=60).stdout.strip()
+    assert got == hashlib.sha256(bytes(range(256)) * 8192).hexdigest()
+    assert any(r["proto"] == "tcp" and "[fd0e:96::2]:8000" in r["original"]
+               for r in daemon.show("conntrack"))
+    # a closed port: refused at once (the host's RST becomes the guest's)
+    refused = lab.run(guest, [sys.executable, "-c", "import socket; s = socket.socket("
+                              "socket.AF_INET6); s.settimeout(5)\n"
+                              "try: s.connect(('fd0e:96::2', 81))\n"
+                              "except OSError as e: print(e.errno)"]).stdout.strip()
+    assert refused == str(errno.ECONNREFUSED), refused
