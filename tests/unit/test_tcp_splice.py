@@ -619,3 +619,41 @@ def test_malformed_segments_raise(our_isn, packet):
     with pytest.raises(MalformedPacket):
         splice.from_guest(packet, NOW)
     assert splice.drain() == [] and not splice.closed
+
+
+def test_an_ipv6_guest_gets_ipv6_segments_and_gso_frames_that_scapy_and_gso_accept():
+    from scapy.layers.inet import TCP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+
+    from wire.ipv6 import decode_ipv6
+
+    syn = NO_OFFLOAD + bytes(Ether(src="52:54:00:00:00:10", dst="52:54:00:00:00:01")
+                             / IPv6(src="fd42::10", dst="2001:db8::80")
+                             / TCP(sport=40000, dport=80, flags="S", seq=1000,
+                                   options=[("MSS", 1440), ("WScale", 7)]))
+    ip = decode_ipv6(syn, 24)
+    splice = Splice.outbound(syn, NOW, ip=ip, mss=1440)
+    splice.macs = syn[16:22] + syn[10:16]
+    splice.host_connected(NOW)
+    (synack,) = splice.drain()
+    frame = Ether(synack[10:])
+    assert frame[IPv6].src == "2001:db8::80" and frame[TCP].flags == "SA"
+    again = Ether(synack[10:])
+    del again[TCP].chksum  # scapy recomputes the checksum and agrees
+    assert Ether(bytes(again))[TCP].chksum == frame[TCP].chksum
+    ack = NO_OFFLOAD + bytes(Ether(src="52:54:00:00:00:10", dst="52:54:00:00:00:01")
+                             / IPv6(src="fd42::10", dst="2001:db8::80")
+                             / TCP(sport=40000, dport=80, flags="A", seq=1001,
+                                   ack=frame[TCP].seq + 1, window=4000))
+    splice.from_guest(ack, NOW, decode_ipv6(ack, 24))
+    splice.host_data(bytes(range(256)) * 40, NOW)  # 10240 bytes: more than one segment
+    sent = [p for p in splice.drain() if len(p) > 100]
+    assert sent and sent[0][1] == 4  # GSO_TCPV6
+    segments = to_plain_frames(sent[0])
+    assert len(segments) > 1
+    for segment in segments:
+        seg = Ether(segment)
+        check = seg[TCP].chksum
+        del seg[TCP].chksum
+        assert Ether(bytes(seg))[TCP].chksum == check
