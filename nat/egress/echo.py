@@ -13,7 +13,7 @@ from typing import Final
 from nat.egress.flows import EchoFlow, FlowTable
 from nat.egress.frames import U16, fragments
 from nat.egress.side import HostSide
-from nat.egress.sockets import IP_RECVERR, read_icmp_error
+from nat.egress.sockets import IP_RECVERR, open_ping, read_icmp_error
 from nat.translate import admin_prohibited
 from wire.packets import (
     ICMP_ECHO_REQUEST,
@@ -41,18 +41,8 @@ class EchoAdapter:
                         "\"0 2147483647\" (or include this user's group)")
 
     def _open_ping(self) -> tuple[str, socket.socket | None]:
-        try:
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP).close()
-            return "ping-socket", None
-        except OSError:
-            pass
-        try:
-            raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        except OSError:
-            return "off", None
-        raw.setblocking(False)
-        self.side.loop.add_reader(raw.fileno(), self._raw_readable)
-        return "raw", raw
+        return open_ping(socket.AF_INET, socket.IPPROTO_ICMP, self._raw_readable,
+                         self.side.loop)
 
     def from_guest(self, packet: bytes, ip: Ipv4, now: float) -> None:
         side = self.side

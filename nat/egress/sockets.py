@@ -55,3 +55,20 @@ def read_icmp_error(sock: socket.socket) -> tuple[bytes, tuple[Any, ...], int, i
             reporter = socket.inet_ntoa(value[EXT_ERR.size + 4:EXT_ERR.size + 8])
             return data, dest, icmp_type, code, info, reporter
     return None
+
+
+def open_ping(family: int, proto: int, on_raw: Any, loop: Any) -> tuple[str, socket.socket | None]:
+    """How echo leaves for ``family``: "ping-socket" (unprivileged ICMP sockets are allowed;
+    one is made per flow), "raw" (a shared raw socket, read by ``on_raw``), or "off"."""
+    try:
+        socket.socket(family, socket.SOCK_DGRAM, proto).close()
+        return "ping-socket", None
+    except OSError:
+        pass
+    try:
+        raw = socket.socket(family, socket.SOCK_RAW, proto)
+    except OSError:
+        return "off", None
+    raw.setblocking(False)
+    loop.add_reader(raw.fileno(), on_raw)
+    return "raw", raw

@@ -28,6 +28,7 @@ from typing import Any, Final
 
 from nat.egress.flows import EchoFlow, FlowTable, UdpFlow
 from nat.egress.side import HostSide
+from nat.egress.sockets import open_ping
 from nat.egress.tcp import TcpAdapter
 from wire.errors import MalformedPacket
 from wire.ipv6 import (
@@ -68,18 +69,8 @@ class HostEgress6:
         self.mode, self._raw = self._open_ping()
 
     def _open_ping(self) -> tuple[str, socket.socket | None]:
-        try:
-            socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_ICMPV6).close()
-            return "ping-socket", None
-        except OSError:
-            pass
-        try:
-            raw = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-        except OSError:
-            return "off", None
-        raw.setblocking(False)
-        self.side.loop.add_reader(raw.fileno(), self._raw_readable)
-        return "raw", raw
+        return open_ping(socket.AF_INET6, socket.IPPROTO_ICMPV6, self._raw_readable,
+                         self.side.loop)
 
     # -- addresses (Rule 3) --------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 UDP_ECHO = """
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((sys.argv[1], int(sys.argv[2])))
 print("listening", flush=True)
 while True:
@@ -41,7 +41,7 @@ while True:
 
 UDP_ASK = """
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(3)
 for _ in range(5):
     s.sendto(sys.argv[3].encode(), (sys.argv[1], int(sys.argv[2])))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab.test_host_egress import UDP_ASK, UDP_ECHO, serve
 from tests.support import Daemon
 from vswitch.lab import sh, wait_for
 
@@ -254,24 +255,6 @@ def test_a_static_host_gets_its_ip6_and_dhcpcd_takes_a_lease(lab, dhcp6_guest):
     assert ours, (done.stdout, done.stderr, daemon.show("dhcp"))
 
 
-UDP6_ECHO = """
-import socket, sys
-s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], int(sys.argv[2])))
-print("listening", flush=True)
-while True:
-    data, peer = s.recvfrom(65535)
-    s.sendto(data + f" from {peer[0]}".encode(), peer)
-"""
-UDP6_ASK = """
-import socket, sys
-s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-s.settimeout(3)
-s.sendto(b"hello", (sys.argv[1], int(sys.argv[2])))
-print(s.recv(200).decode())
-"""
-
-
 def test_guests_ipv6_udp_ping_and_tcp_leave_by_the_hosts_sockets(lab, tmp_path):
     """The host uplink for IPv6: an IPv6-only server in the internet sees the host's address."""
     host, inet, guest = lab.netns("x6h"), lab.netns("x6i"), lab.netns("x6g")
@@ -303,10 +286,8 @@ netns = "{guest}"
     prefix = ipaddress.IPv6Network(f"{PREFIX}/64")
     wait_for(lambda: any(a in prefix for a in global_addresses(lab, guest, dev)), 30,
              "a SLAAC address")
-    lab.spawn([sys.executable, "-c", UDP6_ECHO, "fd0e:96::2", "7"], ns=inet,
-              stdout=subprocess.PIPE, text=True)
-    time.sleep(0.5)
-    out = lab.run(guest, [sys.executable, "-c", UDP6_ASK, "fd0e:96::2", "7"]).stdout
+    serve(lab, inet, UDP_ECHO, "fd0e:96::2", "7")
+    out = lab.run(guest, [sys.executable, "-c", UDP_ASK, "fd0e:96::2", "7", "hello"]).stdout
     assert out.strip() == "hello from fd0e:96::1", out  # the internet sees only the host
     done = lab.run(guest, ["ping", "-6", "-n", "-c", "2", "-i", "0.2", "-W", "2",
                            "fd0e:96::2"], check=False)
