@@ -23,7 +23,8 @@ Rule 7: a packet sent to the gateway's MAC for another address goes to ``egress`
         uplink's IPv6 sockets: TCP, UDP and ping), or, when nothing takes it (a raw uplink),
         gets destination unreachable, no route (RFC 4443 3.1), so a guest's connection fails
         at once instead of timing out.  UDP to the gateway's address that no service takes
-        goes to ``egress`` too: the gateway's address stands for the host's ``::1``.
+        goes to ``egress`` too: the gateway's address stands for the host's ``::1``.  A
+        source outside the prefix is dropped and counted (BCP 38), as the IPv4 router does.
 Rule 8: fragments to the gateway's addresses are reassembled (``nat.reassembly`` Rule R7:
         overlaps drop the whole datagram, RFC 5722); an atomic fragment (offset 0, no more)
         is a whole packet (RFC 6946); a datagram still incomplete at its timeout gets time
@@ -125,6 +126,9 @@ class Gateway6:
         try:
             ip = decode_ipv6(frame)
             if self._not_routed(frame, ip):
+                if not self._in_prefix(ip.src):  # BCP 38: only the guest network's sources
+                    self.counters["drop-source-not-in-prefix"] += 1
+                    return []
                 if self.egress is not None and self.egress(frame, ip, now):
                     return []  # the host uplink took it (nat.egress.v6)
                 return self._unreachable(frame, ip)
@@ -161,6 +165,11 @@ class Gateway6:
         """Rule 7: unicast to the gateway's MAC for an address that is not the gateway's."""
         return (frame[:6] == self.mac and ip.dst[0] != 0xFF and ip.dst not in self.addresses
                 and ip.src != UNSPECIFIED and ip.src[0] != 0xFF)
+
+    def _in_prefix(self, address: bytes) -> bool:
+        shift = 128 - self.prefix_len
+        return int.from_bytes(address, "big") >> shift == int.from_bytes(self.prefix, "big") \
+            >> shift
 
     def _unreachable(self, frame: bytes, ip: Ipv6) -> list[bytes]:
         """Rule 7: destination unreachable, no route (RFC 4443 3.1, code 0), quoting as much

@@ -162,3 +162,19 @@ def test_fragments_to_the_gateway_are_reassembled_overlaps_dropped_late_ones_rep
     late = [Ether(f) for f in gw.tick(100.0) if ICMPv6TimeExceeded in Ether(f)]
     assert len(late) == 1 and late[0][ICMPv6TimeExceeded].code == 1
     assert late[0][IPv6].dst == GUEST
+
+
+def test_a_source_outside_the_prefix_is_never_routed():
+    from scapy.layers.inet import UDP
+
+    gw = gateway()
+    taken = []
+    gw.egress = lambda frame, ip, now: taken.append(ip) or True
+    for src in ("2001:db8::5", "fe80::5"):
+        spoofed = IPv6(src=src, dst="2001:db8::80") / UDP(dport=53)
+        assert gw.handle(bytes(Ether(src=GUEST_MAC, dst="52:54:00:00:00:01") / spoofed),
+                         0.0) == []
+    assert taken == [] and gw.counters["drop-source-not-in-prefix"] == 2
+    ours = IPv6(src=GUEST, dst="2001:db8::80") / UDP(dport=53)
+    gw.handle(bytes(Ether(src=GUEST_MAC, dst="52:54:00:00:00:01") / ours), 0.0)
+    assert len(taken) == 1
