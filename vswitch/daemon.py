@@ -8,14 +8,11 @@ future or task sits in between (docs/architecture.md: one asyncio hop costs more
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import signal
 import socket
-import time
 from collections import Counter
 from collections.abc import Callable
-from ipaddress import IPv6Address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,20 +25,12 @@ from nat.gateway6 import Gateway6
 from nat.router import Out, Router, UplinkAddress
 from nat.uplinks import RawNat, Uplink
 from vswitch.config import Config, PortConfig
-from vswitch.control import ControlError, ControlServer, Stream
+from vswitch.control import ControlError, ControlServer
 from vswitch.dhcp_service import DhcpService, dhcp6_config, dhcp_config, ip_text
-from vswitch.dns_service import DnsService
+from vswitch.dns_service import DnsService, host_resolvers, ipv6_names
 from vswitch.events import MacAged, MacEvicted, MacFlapping, MacMoved
 from vswitch.fdb import Event, ForwardingTable
-from vswitch.observe import (
-    GATEWAY,
-    INSIDE,
-    OUTSIDE,
-    Mirror,
-    Watch,
-    make_session,
-    rule_owner,
-)
+from vswitch.observe import Mirror, Watch
 from vswitch.ports.attach import AttachPort
 from vswitch.ports.base import Port
 from vswitch.ports.dgram import DgramPort
@@ -51,10 +40,9 @@ from vswitch.ports.stream import StreamPort
 from vswitch.ports.tap import TapPort
 from vswitch.ports.uplink import RawUplink
 from vswitch.switch import Switch
-from wire.filter import FilterError
+from vswitch.watching import Watching
 from wire.ipv6 import routers_only
 from wire.packets import format_mac, qemu_mac
-from wire.vnet import NO_OFFLOAD
 
 if TYPE_CHECKING:  # imported when [metrics] asks for it: prometheus_client takes ~70 ms
     from vswitch.metrics import MetricsServer
@@ -76,27 +64,6 @@ def make_port(port_id: int, pc: PortConfig) -> Port:
     if pc.type == "stream":
         return StreamPort(port_id, pc.name, pc.mtu, pc.mac_limit, pc.path, pc.mode, pc.connect)
     return DgramPort(port_id, pc.name, pc.mtu, pc.mac_limit, pc.path, pc.peer, pc.mode)
-
-
-def host_resolvers(path: str = "/etc/resolv.conf") -> tuple[tuple[str, int], ...]:
-    """The host's nameservers, IPv4 and IPv6, the default DNS upstreams (as dnsmasq reads
-    resolv.conf)."""
-    found = []
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError:
-        return ()
-    for line in lines:
-        fields = line.split()
-        if len(fields) >= 2 and fields[0] == "nameserver":
-            if "%" in fields[1]:
-                continue  # a scoped fe80::1%eth0: its zone means nothing to our sockets
-            try:
-                address = ipaddress.ip_address(fields[1])
-            except ValueError:
-                continue
-            found.append((str(address), 53))
-    return tuple(found)
 
 
 def gateway_mac(config: Config) -> bytes:
@@ -150,16 +117,6 @@ def build_nat(config: Config, gateway: Gateway) -> tuple[Conntrack | None, Route
                            uplink_mac(config), up.gateway.packed, up.mtu)
     conntrack = build_conntrack(config, uplink.ip) if net.mode == "nat" else None
     return conntrack, Router(gateway, net.mode, subnet, uplink, conntrack)
-
-
-def _reaches_gateway(lines: list[tuple[str, str, str]]) -> bool:
-    """Whether the switch's decision, as explained, hands the frame to the gateway."""
-    for _, text, _ in lines:
-        if text == "forwarded to gateway":
-            return True
-        if text.startswith("flooded to ") and "gateway" in text[11:].split(" (")[0].split(","):
-            return True
-    return False
 
 
 def build_gateway(config: Config) -> Gateway:
@@ -223,9 +180,9 @@ class Daemon:
         self.control = ControlServer(config.socket, {
             "show": self._show,
             "forward": self._forward,
-            "trace": self._trace,
-            "capture": self._capture,
-            "explain": self._explain,
+            "trace": lambda r: self.watching.trace(r),
+            "capture": lambda r: self.watching.capture(r),
+            "explain": lambda r: self.watching.explain(r),
             "ping": lambda _: "pong",
         })
         self.watch = Watch(self.switch, self.ports, self.router_port, self._name,
@@ -234,7 +191,11 @@ class Daemon:
         self.watch.mirrors = [Mirror(frozenset(ids[n] for n in m.sources), ids[m.to],
                                      m.direction != "tx", m.direction != "rx")
                               for m in config.mirrors]
-        self._plain_deliver: Callable[[bytes, int, float], None] | None = None
+        #: The control socket's trace, capture and explain requests (vswitch.watching).
+        self.watching = Watching(self.watch, self.switch, self.fdb, self.ports,
+                                 self.router_port, self.uplink_port, self._name,
+                                 host_uplink=config.uplink is not None
+                                 and config.uplink.type == "host")
         self._evicted: Counter[int] = Counter()
         self._flapping: dict[bytes, float] = {}
         self._stop = asyncio.Event()
@@ -262,104 +223,6 @@ class Daemon:
                 ports[out].send(packet)  # type: ignore[union-attr]
 
         return deliver
-
-    def _rewire(self) -> None:
-        """observe Rule 1: the watched closures while anything is armed, the plain ones
-        otherwise."""
-        watch, plain = self.watch, self._plain_deliver
-        assert plain is not None
-        deliver = watch.deliver() if watch.armed else plain
-        for port in self.ports:
-            if port is not None:
-                port.deliver = deliver
-        router_port = self.router_port
-        if router_port is not None:
-            router_port.__dict__.pop("dispatch", None)
-            if watch.armed:
-                router_port.dispatch = watch.dispatch(router_port.dispatch)  # type: ignore
-        uplink = self.uplink_port
-        if uplink is not None and router_port is not None and router_port.router is not None:
-            reader = uplink.from_uplink
-            uplink.deliver = watch.from_uplink(reader, router_port.router) if watch.armed \
-                else reader
-
-    def _points(self) -> dict[str, str]:
-        """Capture points (observe Rule 4) and what each is."""
-        points = {p.name: f"{p.kind} port" for p in self.ports if p is not None}
-        if self.router_port is not None:
-            points[GATEWAY] = "the gateway (router port)"
-            if self.router_port.router is not None:
-                points[INSIDE] = "routed packets on the guest side of the router (before NAT)"
-        if self.uplink_port is not None:
-            points[OUTSIDE] = "the raw uplink's own frames (after NAT)"
-        return points
-
-    def _watch(self, kind: str, request: dict[str, Any], points: frozenset[str]) -> Stream:
-        try:
-            assert self.loop is not None
-            session = make_session(kind, str(request.get("filter") or ""), points,
-                                   time.time() - self.loop.time())
-        except FilterError as exc:
-            raise ControlError(str(exc)) from None
-        self.watch.sessions.append(session)
-        self._rewire()
-
-        def close() -> None:
-            self.watch.sessions.remove(session)
-            self._rewire()
-
-        return Stream(session, close, {"kind": kind, "points": sorted(points)})
-
-    def _trace(self, request: dict[str, Any]) -> Stream:
-        """``vswitch trace``: one record per frame the filter matches, with its decisions."""
-        port = request.get("port")
-        known = {p.name for p in self.ports if p is not None} | {"uplink"}
-        if port is not None and port not in known:
-            raise ControlError(f"no port {port!r}; ports: {', '.join(sorted(known))}")
-        return self._watch("trace", request, frozenset([port] if port else []))
-
-    def _capture(self, request: dict[str, Any]) -> Stream:
-        """``vswitch capture``: the frames at the asked points (observe Rule 4)."""
-        available = self._points()
-        wanted = [str(p) for p in request.get("points") or []]
-        unknown = [p for p in wanted if p not in available]
-        if not wanted or unknown:
-            if OUTSIDE in unknown and self.config.uplink is not None \
-                    and self.config.uplink.type == "host":
-                raise ControlError("uplink-outside needs a raw uplink: with the host uplink the "
-                                   "outside is this host's own sockets (tcpdump -i any shows "
-                                   "them); capture uplink-inside for the guest side")
-            raise ControlError(f"no capture point {', '.join(unknown) or '(none given)'}; "
-                               "points: " + ", ".join(f"{k} ({v})" for k, v in
-                                                      available.items()))
-        return self._watch("capture", request, frozenset(wanted))
-
-    def _explain(self, request: dict[str, Any]) -> Any:
-        """``vswitch explain``: what the switch would do with each frame, changing nothing."""
-        names = {p.name: p.id for p in self.ports if p is not None}
-        results = []
-        for text in request.get("frames") or []:
-            try:
-                frame = bytes.fromhex(str(text))
-            except ValueError:
-                raise ControlError("frames are hex strings") from None
-            packet = NO_OFFLOAD + frame
-            port = request.get("port")
-            if port is None:  # where the source MAC lives, else the first guest port
-                learned = self.fdb.lookup(frame[6:12]) if len(frame) >= 12 else None
-                port_id = learned if learned is not None else min(
-                    (i for i in names.values() if i != 0), default=0)
-            elif port in names:
-                port_id = names[port]
-            else:
-                raise ControlError(f"no port {port!r}; ports: {', '.join(sorted(names))}")
-            lines = [(rule_owner(r), t, r) for t, r in
-                     self.switch.explain(packet, port_id, self._name)]
-            if port_id != 0 and self.router_port is not None and _reaches_gateway(lines):
-                lines += [(rule_owner(r), t, r) for t, r in self.router_port.explain(packet)]
-            results.append({"port": self._name(port_id), "frame": text,
-                            "decisions": [list(line) for line in lines]})
-        return results
 
     # -- events (one log line each, never per frame) ---------------------------------------
 
@@ -580,7 +443,8 @@ class Daemon:
 
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
-        deliver = self._plain_deliver = self._make_deliver()
+        deliver = self.watching.plain = self._make_deliver()
+        self.watching.loop = self.loop
         if self.watch.armed:  # mirrors: watched from the start (observe Rule 1)
             deliver = self.watch.deliver()
         opened: list[Port] = []
@@ -692,7 +556,8 @@ class Daemon:
                 return {**names, **static}
 
             responder = DnsResponder(net.domain, hosts, upstreams, subnet=net.subnet,
-                                     hosts6=self._hosts6, subnet6=net.subnet6)
+                                     hosts6=lambda: ipv6_names(net, self.router_port, self.dhcp),
+                                     subnet6=net.subnet6)
             self.dns = DnsService(responder, self.router_port, self.loop,
                                   frozenset(n.lower() for n in static))
             if dhcp is not None:
@@ -715,36 +580,6 @@ class Daemon:
             raise SystemExit(f"vswitch: metrics.listen {metrics.listen}: "
                              f"{exc.strerror or exc}") from exc
         log.info("metrics on %s", url(host, port))
-
-    def _hosts6(self) -> dict[str, tuple[IPv6Address, ...]]:
-        """Guests' names -> their IPv6 addresses for DNS: a static host's ip6, and the
-        addresses in subnet6 the gateway heard from a MAC that has a name (a static host's,
-        or a DHCP lease's hostname), as dnsmasq's ra-names."""
-        net = self.config.network
-        v6 = self.router_port.gateway.v6 if self.router_port is not None else None
-        if net is None or v6 is None or net.subnet6 is None:
-            return {}
-        heard: dict[bytes, list[IPv6Address]] = {}
-        for address, (mac, _) in v6.neighbours.items():
-            ip = IPv6Address(address)
-            if ip in net.subnet6:
-                heard.setdefault(mac, []).append(ip)
-        names: dict[str, list[IPv6Address]] = {}
-        if self.dhcp is not None and self.dhcp.server6 is not None:
-            for lease in self.dhcp.server6.leases():  # DHCPv6 leases with a client FQDN
-                if lease.hostname:
-                    names.setdefault(lease.hostname, []).append(IPv6Address(lease.ip))
-        if self.dhcp is not None:
-            for lease in self.dhcp.server.leases():
-                if lease.hostname and lease.mac in heard:
-                    names.setdefault(lease.hostname, []).extend(heard[lease.mac])
-        for host in net.dhcp_hosts:
-            if host.name and host.mac:
-                found = names.setdefault(host.name, [])
-                found.extend(heard.get(bytes.fromhex(host.mac.replace(":", "")), []))
-                if host.ip6 is not None and host.ip6 not in found:
-                    found.insert(0, host.ip6)
-        return {n: tuple(dict.fromkeys(a)) for n, a in names.items() if a}
 
     def stop(self) -> None:
         self._stop.set()

@@ -10,9 +10,12 @@ asyncio streams: rare, and control-plane speed is plenty for it.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 from dataclasses import asdict
+from ipaddress import IPv6Address
+from pathlib import Path
 from typing import Any
 
 from dhcp.dns import DnsResponder
@@ -20,6 +23,7 @@ from dhcp.dns_actions import Answer, Forward, Release
 from dhcp.dnsmsg import TcpFramer, encode_tcp_frame
 from dhcp.explain import explain_dns
 from nat.tcp_server import Key, TcpServer
+from vswitch.config import NetworkConfig
 from vswitch.ports.router import RouterPort
 from wire.errors import MalformedPacket
 from wire.packets import PROTO_UDP
@@ -184,3 +188,55 @@ class DnsService:
             self._release(key)
         if self._timer is not None:
             self._timer.cancel()
+
+
+def host_resolvers(path: str = "/etc/resolv.conf") -> tuple[tuple[str, int], ...]:
+    """The host's nameservers, IPv4 and IPv6, the default DNS upstreams (as dnsmasq reads
+    resolv.conf)."""
+    found = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return ()
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            if "%" in fields[1]:
+                continue  # a scoped fe80::1%eth0: its zone means nothing to our sockets
+            try:
+                address = ipaddress.ip_address(fields[1])
+            except ValueError:
+                continue
+            found.append((str(address), 53))
+    return tuple(found)
+
+
+def ipv6_names(net: NetworkConfig | None, router_port: RouterPort | None,
+               dhcp: Any) -> dict[str, tuple[IPv6Address, ...]]:
+    """Guests' names -> their IPv6 addresses for DNS: a static host's ip6, and the
+    addresses in subnet6 the gateway heard from a MAC that has a name (a static host's,
+    or a DHCP lease's hostname), as dnsmasq's ra-names."""
+    v6 = router_port.gateway.v6 if router_port is not None else None
+    if net is None or v6 is None or net.subnet6 is None:
+        return {}
+    heard: dict[bytes, list[IPv6Address]] = {}
+    for address, (mac, _) in v6.neighbours.items():
+        ip = IPv6Address(address)
+        if ip in net.subnet6:
+            heard.setdefault(mac, []).append(ip)
+    names: dict[str, list[IPv6Address]] = {}
+    if dhcp is not None and dhcp.server6 is not None:
+        for lease in dhcp.server6.leases():  # DHCPv6 leases with a client FQDN
+            if lease.hostname:
+                names.setdefault(lease.hostname, []).append(IPv6Address(lease.ip))
+    if dhcp is not None:
+        for lease in dhcp.server.leases():
+            if lease.hostname and lease.mac in heard:
+                names.setdefault(lease.hostname, []).extend(heard[lease.mac])
+    for host in net.dhcp_hosts:
+        if host.name and host.mac:
+            found = names.setdefault(host.name, [])
+            found.extend(heard.get(bytes.fromhex(host.mac.replace(":", "")), []))
+            if host.ip6 is not None and host.ip6 not in found:
+                found.insert(0, host.ip6)
+    return {n: tuple(dict.fromkeys(a)) for n, a in names.items() if a}

@@ -3,8 +3,9 @@
 from ipaddress import IPv4Address
 
 from vswitch.config import parse_config
-from vswitch.daemon import gateway_mac, host_resolvers
+from vswitch.daemon import gateway_mac
 from vswitch.dhcp_service import dhcp_config
+from vswitch.dns_service import host_resolvers
 
 
 def network(mode: str):

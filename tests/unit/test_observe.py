@@ -26,10 +26,11 @@ def daemon(tmp_path):
     d = Daemon(config)
     loop = asyncio.new_event_loop()
     d.loop = loop
-    d._plain_deliver = d._make_deliver()
+    d.watching.plain = d._make_deliver()
+    d.watching.loop = loop
     sent: dict[str, list[bytes]] = {"a": [], "b": []}
     for port in d.ports:
-        port.loop, port.deliver = loop, d._plain_deliver
+        port.loop, port.deliver = loop, d.watching.plain
         if port.name in sent:
             port.send = sent[port.name].append  # what the switch hands each guest port
         d.switch.set_up(port.id, True)
@@ -44,8 +45,8 @@ def arp_from_a(target: str = "10.7.0.1") -> bytes:
 
 def test_tracing_swaps_the_closures_in_and_back_out(daemon):
     d, sent = daemon
-    plain = d._plain_deliver
-    stream = d._trace({"filter": "arp"})
+    plain = d.watching.plain
+    stream = d.watching.trace({"filter": "arp"})
     assert all(p.deliver is not plain for p in d.ports)
     assert "dispatch" in d.router_port.__dict__
     d.ports[1].deliver(arp_from_a(), 1, 0.0)
@@ -57,7 +58,7 @@ def test_tracing_swaps_the_closures_in_and_back_out(daemon):
 
 def test_a_traced_frame_carries_each_cores_decision_and_rule(daemon):
     d, _ = daemon
-    stream = d._trace({"filter": "arp"})
+    stream = d.watching.trace({"filter": "arp"})
     d.ports[1].deliver(arp_from_a(), 1, 0.0)
     first = stream.session.queue[0]
     assert first["port"] == "a"
@@ -75,7 +76,7 @@ def test_a_traced_frame_carries_each_cores_decision_and_rule(daemon):
 def test_explain_says_the_same_and_changes_nothing(daemon):
     d, sent = daemon
     frame = arp_from_a()[10:].hex()
-    (result,) = d._explain({"frames": [frame], "port": "a"})
+    (result,) = d.watching.explain({"frames": [frame], "port": "a"})
     assert [t for _, t, _ in result["decisions"]][:2] == [f"learned {A_MAC} on a",
                                                           "flooded to gateway,b (broadcast)"]
     assert len(d.fdb) == 0 and not sent["b"]
@@ -83,7 +84,7 @@ def test_explain_says_the_same_and_changes_nothing(daemon):
 
 def test_a_session_holds_at_most_its_bound_and_counts_the_rest(daemon):
     d, _ = daemon
-    stream = d._capture({"points": ["a"]})
+    stream = d.watching.capture({"points": ["a"]})
     for _ in range(QUEUE_FRAMES + 10):
         d.ports[1].deliver(arp_from_a("10.7.0.9"), 1, 0.0)
     assert len(stream.session.queue) == QUEUE_FRAMES and stream.session.dropped == 10
@@ -93,13 +94,13 @@ def test_a_session_holds_at_most_its_bound_and_counts_the_rest(daemon):
 def test_bad_filters_and_points_are_refused_with_one_message(daemon):
     d, _ = daemon
     with pytest.raises(ControlError, match='after "port" at column 6'):
-        d._trace({"filter": "port http"})
+        d.watching.trace({"filter": "port http"})
     with pytest.raises(ControlError, match="uplink-outside needs a raw uplink"):
-        d._capture({"points": ["uplink-outside"]})
+        d.watching.capture({"points": ["uplink-outside"]})
     with pytest.raises(ControlError,
                        match=r"no capture point nowhere; points: gateway .*, a \(stream port\)"):
-        d._capture({"points": ["a", "nowhere"]})
-    assert all(p.deliver is d._plain_deliver for p in d.ports)
+        d.watching.capture({"points": ["a", "nowhere"]})
+    assert all(p.deliver is d.watching.plain for p in d.ports)
 
 
 def test_a_session_is_bounded_in_bytes_and_a_trace_keeps_only_headers(daemon):
@@ -108,8 +109,8 @@ def test_a_session_is_bounded_in_bytes_and_a_trace_keeps_only_headers(daemon):
 
     big = NO_OFFLOAD + bytes(Ether(src=A_MAC, dst="ff:ff:ff:ff:ff:ff") /
                              IP(src="10.7.0.5", dst="10.7.0.255") / UDP() / bytes(60000))
-    capture = d._capture({"points": ["a"]})
-    trace = d._trace({})
+    capture = d.watching.capture({"points": ["a"]})
+    trace = d.watching.trace({})
     for _ in range(400):
         d.ports[1].deliver(big, 1, 0.0)
     assert 0 < capture.session.queued <= QUEUE_BYTES and capture.session.dropped > 0
@@ -130,8 +131,8 @@ def test_the_ra_guard_drops_a_guests_router_advertisement_traced_or_not(daemon):
     d.ports[1].deliver(ra, 1, 0.0)
     d.ports[1].deliver(ns, 1, 0.0)
     assert sent["b"] == [ns] and d.switch.drops[1]["ra-guard"] == 1
-    stream = d._trace({})
-    capture = d._capture({"points": ["a"]})
+    stream = d.watching.trace({})
+    capture = d.watching.capture({"points": ["a"]})
     d.ports[1].deliver(ra, 1, 0.0)
     assert sent["b"] == [ns] and d.switch.drops[1]["ra-guard"] == 2
     assert stream.session.queue[0]["decisions"][0][1].startswith("dropped: ra-guard")
