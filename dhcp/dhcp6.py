@@ -34,10 +34,11 @@ from dataclasses import dataclass
 from typing import Final
 
 from wire.errors import MalformedPacket
+from wire.ipv6 import DHCP6_SERVER_PORT, in_prefix, search_domain
 
 from .leases import Lease, LeaseState, LeaseTable, hostname_label
 
-SERVER_PORT6: Final = 547
+SERVER_PORT6: Final = DHCP6_SERVER_PORT
 CLIENT_PORT6: Final = 546
 
 SOLICIT, ADVERTISE, REQUEST, CONFIRM, RENEW, REBIND, REPLY, RELEASE, DECLINE = range(1, 10)
@@ -118,11 +119,6 @@ def duid_mac(duid: bytes) -> bytes | None:
     return None
 
 
-def encode_domain(domain: str) -> bytes:
-    labels = [label.encode() for label in domain.strip(".").split(".") if label]
-    return b"".join(bytes([len(x)]) + x for x in labels) + b"\x00"
-
-
 @dataclass(frozen=True)
 class Dhcp6Config:
     server_mac: bytes
@@ -193,7 +189,9 @@ class Dhcp6Server:
         if kind == INFORMATION_REQUEST:
             return self._reply(REPLY, msg, b"")
         if kind == CONFIRM:
-            on_link = all(self._on_link(a) for _, asked in msg.ia_nas() for a in asked)
+            prefix = self.config.prefix.to_bytes(16, "big")
+            on_link = all(in_prefix(a, prefix, self.config.prefix_len)
+                          for _, asked in msg.ia_nas() for a in asked)
             return self._reply(REPLY, msg, self._status(SUCCESS if on_link else NOT_ON_LINK))
         ias = b""
         for iaid, asked in msg.ia_nas():
@@ -280,10 +278,6 @@ class Dhcp6Server:
         dynamic = sum(1 for lease in self.table if lease.ip not in self._static)
         return dynamic < self.max_leases
 
-    def _on_link(self, address: bytes) -> bool:
-        shift = 128 - self.config.prefix_len
-        return int.from_bytes(address, "big") >> shift == self.config.prefix >> shift
-
     def _expire(self, now: float) -> None:
         deadline = self.table.next_deadline()
         if deadline is not None and deadline <= now:
@@ -306,7 +300,7 @@ class Dhcp6Server:
             out += option(OPT_CLIENTID, client)
         out += body + option(OPT_DNS, self.config.dns_server)
         if self.config.domain:
-            out += option(OPT_DOMAINS, encode_domain(self.config.domain))
+            out += option(OPT_DOMAINS, search_domain(self.config.domain))
         return out
 
     @staticmethod

@@ -6,19 +6,16 @@ numbered rule of that core (``nat.conntrack``, ``nat.router``) behind the outcom
 from __future__ import annotations
 
 from nat.conntrack import Conntrack
-from wire.packets import PROTO_ICMP, PROTO_NAMES, PROTO_TCP
+from wire.packets import PROTO_ICMP, PROTO_NAMES, PROTO_TCP, format_ip
 from wire.tcp import ACK, FIN, RST, SYN
 
 #: One decision in words and the rule that made it.
 Line = tuple[str, str]
 
 
-def _ip(address: bytes) -> str:
-    return ".".join(map(str, address))
-
 
 def endpoint(address: bytes, port: int) -> str:
-    return f"{_ip(address)}:{port}"
+    return f"{format_ip(address)}:{port}"
 
 
 def flow_text(proto: int, src: bytes, sport: int, dst: bytes, dport: int) -> str:
@@ -110,7 +107,7 @@ def explain_inbound(ct: Conntrack, proto: int, src: bytes, sport: int, dst: byte
         line = (f"forward matched: {PROTO_NAMES[proto]} port {dport} DNAT to {guest}",
                 "conntrack Rule 8")
     elif ct.filtering == "address-dependent" and not mapping.has_flow_to(src):  # step 4
-        return [(f"filtered: {guest}'s mapping has no flow to {_ip(src)} "
+        return [(f"filtered: {guest}'s mapping has no flow to {format_ip(src)} "
                  "(address-dependent filtering, RFC 4787 REQ-8)", "conntrack Rule 3")]
     else:
         line = (f"new: {what} admitted by {guest}'s mapping ({ct.filtering} filtering)",

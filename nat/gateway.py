@@ -51,6 +51,7 @@ from wire.packets import (
     encode_icmp_error,
     encode_ipv4,
     encode_udp,
+    format_ip,
     format_mac,
 )
 from wire.tcp import reset_for
@@ -66,9 +67,6 @@ Explainer = Callable[[bytes, bytes, bytes], list[Line]]
 #: The well-known ports of the gateway's services, named in explanations.
 SERVICE_NAMES = {53: "DNS", 67: "DHCP"}
 
-
-def _ip(address: bytes) -> str:
-    return ".".join(map(str, address))
 
 
 class TcpService(Protocol):
@@ -192,7 +190,7 @@ class Gateway:
                 if arp.sender_ip == self.ip:
                     return [("ARP claims the gateway's address: conflict, not answered",
                              "gateway Rule 1")]
-                return [(f"ARP answered: {_ip(arp.target_ip)} is at {format_mac(self.mac)}",
+                return [(f"ARP answered: {format_ip(arp.target_ip)} is at {format_mac(self.mac)}",
                          "gateway Rule 1")]
             if ethertype == ETH_P_IPV6 and not tags and self.v6 is not None:
                 return self.v6.explain(frame)
@@ -205,16 +203,16 @@ class Gateway:
     def _explain_ipv4(self, frame: bytes, ip: Ipv4) -> list[Line]:
         if ip.dst not in (self.ip, self.broadcast, BROADCAST_IP, *self.aliases):
             if frame[:6] != self.mac:
-                return [(f"to {_ip(ip.dst)}, not sent to the gateway's MAC: nobody routes it",
+                return [(f"to {format_ip(ip.dst)}, not sent to the gateway's MAC: nobody routes it",
                          "gateway Rule 3")]
-            return [(f"to {_ip(ip.dst)}: not routed (this network has no uplink)",
+            return [(f"to {format_ip(ip.dst)}: not routed (this network has no uplink)",
                      "router Rule 2")]
         if ip.fragment & IPV4_FRAGMENTED:
             return [("dropped: a fragment to the gateway", "gateway Rule 2")]
         if ip.proto == PROTO_ICMP:
             icmp = decode_icmp(frame, ip)
             if icmp.type == ICMP_ECHO_REQUEST:
-                return [(f"echo answered from {_ip(ip.dst)}", "gateway Rule 2")]
+                return [(f"echo answered from {format_ip(ip.dst)}", "gateway Rule 2")]
             return [(f"ICMP type {icmp.type}: ignored", "gateway Rule 2")]
         if ip.dst in self.aliases:
             return [("TCP/UDP to the host address: the router's", "gateway Rule 5")]
@@ -229,7 +227,7 @@ class Gateway:
                          "gateway Rule 3")]
             explain = self.explainers.get((PROTO_UDP, dport))
             more = explain(frame[6:12], ip.src, payload) if explain is not None else []
-            return [(f"UDP {_ip(ip.src)}:{sport} taken by the {service} service",
+            return [(f"UDP {format_ip(ip.src)}:{sport} taken by the {service} service",
                      "gateway Rule 3"), *more]
         if ip.dst != self.ip:
             return [("broadcast other than UDP: ignored", "gateway Rule 3")]

@@ -65,10 +65,12 @@ from wire.ipv6 import (
     encode_ipv6,
     encode_udp6,
     icmpv6_checksum_ok,
+    in_prefix,
     link_local,
     multicast_mac,
     nd_option,
     nd_options,
+    search_domain,
 )
 from wire.packets import ETH_P_IPV6, PROTO_UDP, encode_ethernet
 
@@ -83,12 +85,6 @@ DNS_LIFETIME: Final = 1800
 MIN_INTERVAL, MAX_INTERVAL = 200.0, 600.0
 INITIAL_INTERVAL, INITIAL_COUNT = 16.0, 3
 NEIGHBOURS: Final = 4096
-
-
-def dns_search_list(domain: str) -> bytes:
-    """A domain name in DNS wire format, as DNSSL carries it (RFC 8106 5.2)."""
-    labels = [label.encode() for label in domain.strip(".").split(".") if label]
-    return b"".join(bytes([len(label)]) + label for label in labels) + b"\x00"
 
 
 class Gateway6:
@@ -126,7 +122,8 @@ class Gateway6:
         try:
             ip = decode_ipv6(frame)
             if self._not_routed(frame, ip):
-                if not self._in_prefix(ip.src):  # BCP 38: only the guest network's sources
+                # BCP 38: only the guest network's own sources
+                if not in_prefix(ip.src, self.prefix, self.prefix_len):
                     self.counters["drop-source-not-in-prefix"] += 1
                     return []
                 if self.egress is not None and self.egress(frame, ip, now):
@@ -165,11 +162,6 @@ class Gateway6:
         """Rule 7: unicast to the gateway's MAC for an address that is not the gateway's."""
         return (frame[:6] == self.mac and ip.dst[0] != 0xFF and ip.dst not in self.addresses
                 and ip.src != UNSPECIFIED and ip.src[0] != 0xFF)
-
-    def _in_prefix(self, address: bytes) -> bool:
-        shift = 128 - self.prefix_len
-        return int.from_bytes(address, "big") >> shift == int.from_bytes(self.prefix, "big") \
-            >> shift
 
     def _unreachable(self, frame: bytes, ip: Ipv6) -> list[bytes]:
         """Rule 7: destination unreachable, no route (RFC 4443 3.1, code 0), quoting as much
@@ -302,7 +294,7 @@ class Gateway6:
                           + self.prefix)
         body += nd_option(RDNSS, struct.pack("!HI", 0, DNS_LIFETIME) + self.address)
         if self.domain:
-            search = dns_search_list(self.domain)
+            search = search_domain(self.domain)
             search += bytes(-(len(search) + 8) % 8)
             body += nd_option(DNSSL, struct.pack("!HI", 0, DNS_LIFETIME) + search)
         return self._icmp(dst_mac, dst, ROUTER_ADVERT, body, source=self.link_local,

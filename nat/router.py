@@ -67,6 +67,7 @@ from wire.packets import (
     encode_ethernet,
     encode_icmp,
     encode_ipv4,
+    format_ip,
     ipv4_ihl,
 )
 from wire.vnet import FLAG_NEEDS_CSUM, NO_OFFLOAD, VNET_HDR_LEN, is_gso
@@ -80,9 +81,6 @@ _U16: Final = struct.Struct("!H")
 HELD_ADDRESSES: Final = 256
 ARP_ENTRIES: Final = 4096
 
-
-def _ip(address: bytes) -> str:
-    return ".".join(map(str, address))
 
 
 class Out(NamedTuple):
@@ -274,7 +272,7 @@ class Router:
     def explain_from_guest(self, packet: bytes, ip: Ipv4) -> list[Line]:
         """What ``from_guest`` would do with ``packet`` (its IPv4 header ``ip``)."""
         if not self.local(ip.src):
-            return [(f"dropped: source {_ip(ip.src)} is not in the guest network (BCP 38)",
+            return [(f"dropped: source {format_ip(ip.src)} is not in the guest network (BCP 38)",
                      "router Rule 1")]
         if self.local(ip.dst) and (self.egress is None or ip.dst != self.egress.host_address):
             return [("on-link: the switch delivers it, not the router", "router Rule 1")]

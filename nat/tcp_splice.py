@@ -56,7 +56,7 @@ from typing import Any, Final
 from nat.tcp_seq import SEQ_MASK, Unacked, seq_add, seq_le, seq_lt, seq_sub
 from wire.checksum import internet_checksum, pseudo_header_sum
 from wire.errors import MalformedPacket
-from wire.ipv6 import Ipv6, pseudo_header6
+from wire.ipv6 import IPV6, Ipv6, pseudo_header6
 from wire.packets import ETH_P_IP, ETH_P_IPV6, IPV4, IPV4_FRAGMENTED, PROTO_TCP, Ipv4, decode_ipv4
 from wire.tcp import ACK, FIN, PSH, RST, SYN, TCP, decode_tcp
 from wire.vnet import FLAG_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, VNET_HDR, VNET_HDR_LEN
@@ -82,7 +82,6 @@ MAX_GSO_PAYLOAD: Final = 0xFFFF - 14 - 20 - 20
 IP_AT: Final = VNET_HDR_LEN + 14  # IP header offset in a packet
 TCP_AT: Final = IP_AT + 20  # TCP header offset in the IPv4 packets we build
 CSUM_START: Final = TCP_AT - VNET_HDR_LEN  # from the start of the Ethernet frame
-IPV6_HEADER: Final = struct.Struct("!IHBB16s16s")
 ZERO_MAC: Final = bytes(6)
 
 #: (seq, ack, flags, window, TCP header offset, payload offset, payload end) of a guest packet.
@@ -573,7 +572,7 @@ class Splice:
         packet[VNET_HDR_LEN:VNET_HDR_LEN + 12] = self.macs
         if self.v6:
             U16.pack_into(packet, VNET_HDR_LEN + 12, ETH_P_IPV6)
-            IPV6_HEADER.pack_into(packet, IP_AT, 6 << 28, tcp_len, PROTO_TCP, 64,
+            IPV6.pack_into(packet, IP_AT, 6 << 28, tcp_len, PROTO_TCP, 64,
                                   self.remote_ip, self.guest_ip)
         else:
             U16.pack_into(packet, VNET_HDR_LEN + 12, ETH_P_IP)

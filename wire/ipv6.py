@@ -21,6 +21,7 @@ from typing import Final, NamedTuple
 from wire.checksum import internet_checksum
 from wire.errors import MalformedPacket
 from wire.packets import ETH_P_IPV6 as ETH_P_IPV6
+from wire.packets import PROTO_UDP
 
 IPV6: Final = struct.Struct("!IHBB16s16s")
 PROTO_ICMPV6: Final = 58
@@ -109,6 +110,7 @@ def decode_ipv6(frame: bytes, offset: int = 14) -> Ipv6:
 
 REDIRECT: Final = 137
 DHCP6_SERVER_PORT: Final = 547
+DHCP6_FROM_SERVER: Final = struct.pack("!H", DHCP6_SERVER_PORT)  # a UDP source port field
 
 
 def routers_only(frame: bytes) -> bool:
@@ -124,7 +126,7 @@ def routers_only(frame: bytes) -> bool:
         return False
     if ip.proto == PROTO_ICMPV6:
         return frame[ip.start] in (ROUTER_ADVERT, REDIRECT)
-    return ip.proto == 17 and frame[ip.start:ip.start + 2] == b"\x02\x23"  # from 547
+    return ip.proto == PROTO_UDP and frame[ip.start:ip.start + 2] == DHCP6_FROM_SERVER
 
 
 def encode_ipv6(src: bytes, dst: bytes, next_header: int, payload: bytes,
@@ -190,6 +192,19 @@ def nd_option(kind: int, body: bytes) -> bytes:
     """One NDP option, padded to a multiple of 8 bytes."""
     size = -(-(len(body) + 2) // 8) * 8
     return bytes([kind, size // 8]) + body + bytes(size - 2 - len(body))
+
+
+def in_prefix(address: bytes, prefix: bytes, prefix_len: int) -> bool:
+    """Whether ``address`` lies in ``prefix``/``prefix_len`` (16-byte addresses)."""
+    shift = 128 - prefix_len
+    return int.from_bytes(address, "big") >> shift == int.from_bytes(prefix, "big") >> shift
+
+
+def search_domain(domain: str) -> bytes:
+    """A domain in DNS wire format, uncompressed, as RA's DNSSL (RFC 8106 5.2) and DHCPv6's
+    domain list (RFC 3646 4) carry it."""
+    labels = [label.encode() for label in domain.strip(".").split(".") if label]
+    return b"".join(bytes([len(label)]) + label for label in labels) + b"\x00"
 
 
 def link_local(mac: bytes) -> bytes:

@@ -7,6 +7,7 @@ Rule 2: one ``struct.Struct`` per header, module level; no object per header on 
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 import zlib
 from typing import Any, Final, NamedTuple
@@ -139,6 +140,11 @@ def decode_ethernet(frame: bytes, offset: int = 0) -> Ethernet:
 
 def encode_ethernet(dst: bytes, src: bytes, ethertype: int, payload: bytes) -> bytes:
     return ETH.pack(dst, src, ethertype) + payload
+
+
+def format_ip(address: bytes) -> str:
+    """An IPv4 (4 bytes) or IPv6 (16 bytes) address as text, for people."""
+    return str(ipaddress.ip_address(address))
 
 
 def format_mac(mac: bytes) -> str:

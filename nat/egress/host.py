@@ -33,13 +33,10 @@ from wire.packets import (
     decode_icmp,
     decode_ipv4,
     decode_udp,
+    format_ip,
 )
 from wire.tcp import ACK, SYN, decode_tcp
 from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN, is_gso
-
-
-def _ip(address: bytes) -> str:
-    return ".".join(map(str, address))
 
 
 class HostEgress:
@@ -147,7 +144,7 @@ class HostEgress:
         if ip.fragment & IPV4_FRAGMENTED:
             return [("a fragment: reassembled first, then sent whole", "egress Rule 1")]
         if not forwardable(ip.dst):
-            return [(f"dropped: {_ip(ip.dst)} is not forwardable (martian)", "egress Rule 4")]
+            return [(f"dropped: {format_ip(ip.dst)} is not forwardable (martian)", "egress Rule 4")]
         try:
             if ip.proto == PROTO_UDP:
                 sport, dport, _ = decode_udp(packet, ip)
@@ -165,10 +162,10 @@ class HostEgress:
                     return [("dropped: only echo requests leave by the host", "egress Rule 2")]
                 ident = icmp.word >> 16
                 if self.flows.echo.get((ip.src, ident)) is not None:
-                    return [(f"hit: echo id {ident} from {_ip(ip.src)} goes on by "
+                    return [(f"hit: echo id {ident} from {format_ip(ip.src)} goes on by "
                              f"{self.ping_mode}", "egress Rule 2")]
-                return [self._new(f"new: echo id {ident} from {_ip(ip.src)} to {_ip(ip.dst)} "
-                                  f"by {self.ping_mode}", "egress Rule 2")]
+                return [self._new(f"new: echo id {ident} from {format_ip(ip.src)} to "
+                                  f"{format_ip(ip.dst)} by {self.ping_mode}", "egress Rule 2")]
             if ip.proto == PROTO_TCP:
                 tcp = decode_tcp(packet, ip)
                 what = flow_text(ip.proto, ip.src, tcp.sport, ip.dst, tcp.dport)

@@ -41,13 +41,12 @@ from wire.ipv6 import (
     encode_ipv6,
     encode_udp6,
 )
+from wire.packets import ETH_P_IPV6, PROTO_TCP, PROTO_UDP, encode_ethernet
 from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN
 
 BATCH: Final = 64
 LOOPBACK6: Final = socket.inet_pton(socket.AF_INET6, "::1")
 MACS: Final = 4096
-PROTO_UDP: Final = 17
-PROTO_TCP: Final = 6
 
 
 def forwardable6(address: bytes) -> bool:
@@ -243,8 +242,8 @@ class HostEgress6:
         if mac is None:
             self.side.counters["drop-guest6-mac-unknown"] += 1
             return []
-        return [NO_OFFLOAD + mac + self.gateway_mac + b"\x86\xdd"
-                + encode_ipv6(src, dst, proto, payload)]
+        return [NO_OFFLOAD + encode_ethernet(mac, self.gateway_mac, ETH_P_IPV6,
+                                             encode_ipv6(src, dst, proto, payload))]
 
     # -- timers, listing, shutdown ------------------------------------------------------------
 
