@@ -15,16 +15,18 @@ Rule 3: a Router Solicitation is answered with a Router Advertisement, and adver
         (RFC 8106), the M flag when addresses are leased by DHCPv6, the O flag for DNS by
         DHCPv6, and router lifetime 1800 s, or 0 in an isolated network (no default route).
 Rule 4: an echo request to the gateway's addresses is answered (RFC 4443 4.2).
-Rule 5: the guests the gateway hears (the source link-layer option of their NS and RS) are
-        remembered in a bounded cache, for the router and DNS names.
+Rule 5: the guests the gateway hears (the source link-layer option of their NS and RS, the
+        target link-layer option of their NA) are remembered in a bounded cache, for DNS
+        names, and told to the router (``on_neighbour``), which resolves guests' addresses by
+        the solicitations the gateway makes (``solicitation``, RFC 4861 7.2).
 Rule 6: UDP to the gateway's addresses, or to All_DHCP_Relay_Agents_and_Servers, goes to the
         service registered for its port (DNS 53, DHCPv6 547).
-Rule 7: a packet sent to the gateway's MAC for another address goes to ``egress`` (the host
-        uplink's IPv6 sockets: TCP, UDP and ping), or, when nothing takes it (a raw uplink),
-        gets destination unreachable, no route (RFC 4443 3.1), so a guest's connection fails
-        at once instead of timing out.  UDP to the gateway's address that no service takes
-        goes to ``egress`` too: the gateway's address stands for the host's ``::1``.  A
-        source outside the prefix is dropped and counted (BCP 38), as the IPv4 router does.
+Rule 7: a packet sent to the gateway's MAC for another address is the router's
+        (``nat.router6``); with no router it gets destination unreachable, no route
+        (RFC 4443 3.1), so a guest's connection fails at once instead of timing out.  UDP to
+        the gateway's address that no service takes goes to ``egress`` (the host uplink): the
+        gateway's address stands for the host's ``::1``.  A source outside the prefix is
+        dropped and counted (BCP 38), as the IPv4 router does.
 Rule 8: fragments to the gateway's addresses are reassembled (``nat.reassembly`` Rule R7:
         overlaps drop the whole datagram, RFC 5722); an atomic fragment (offset 0, no more)
         is a whole packet (RFC 6946); a datagram still incomplete at its timeout gets time
@@ -71,6 +73,7 @@ from wire.ipv6 import (
     nd_option,
     nd_options,
     search_domain,
+    solicited_node,
 )
 from wire.packets import ETH_P_IPV6, PROTO_UDP, encode_ethernet
 
@@ -107,6 +110,9 @@ class Gateway6:
         #: Where IPv6 for the outside goes when the host uplink takes it (Rule 7): (frame,
         #: header, now) -> whether it was taken.
         self.egress: Callable[[bytes, Ipv6, float], bool] | None = None
+        #: Told of each guest address heard with its MAC (Rule 5): the router resolves its
+        #: next hops on the guest link by it.
+        self.on_neighbour: Callable[[bytes, bytes, float], None] | None = None
         #: guest address -> (MAC, when heard), bounded (Rule 5)
         self.neighbours: dict[bytes, tuple[bytes, float]] = {}
         self._rng = rng or random.Random()
@@ -126,8 +132,6 @@ class Gateway6:
                 if not in_prefix(ip.src, self.prefix, self.prefix_len):
                     self.counters["drop-source-not-in-prefix"] += 1
                     return []
-                if self.egress is not None and self.egress(frame, ip, now):
-                    return []  # the host uplink took it (nat.egress.v6)
                 return self._unreachable(frame, ip)
             if ip.fragment is not None and (ip.fragment[1] or ip.fragment[2]):
                 if ip.dst not in self.addresses and ip.dst != ALL_SERVERS:
@@ -142,10 +146,12 @@ class Gateway6:
                 self.counters["icmpv6-bad-checksum-or-short"] += 1
                 return []
             kind = frame[ip.start]
-            if kind in (NEIGHBOR_SOLICIT, ROUTER_SOLICIT):
+            if kind in (NEIGHBOR_SOLICIT, ROUTER_SOLICIT, NEIGHBOR_ADVERT):
                 if ip.hop_limit != 255:
                     self.counters["ndp-hop-limit-not-255"] += 1
                     return []
+                if kind == NEIGHBOR_ADVERT:
+                    return self._advertised(frame[ip.start + 8:ip.end], now)
                 if kind == NEIGHBOR_SOLICIT:
                     return self._solicited(frame, ip.src, frame[ip.start + 8:ip.end], now)
                 return self._router_solicited(frame, ip.src, frame[ip.start + 8:ip.end], now)
@@ -164,14 +170,37 @@ class Gateway6:
                 and ip.src != UNSPECIFIED and ip.src[0] != 0xFF)
 
     def _unreachable(self, frame: bytes, ip: Ipv6) -> list[bytes]:
-        """Rule 7: destination unreachable, no route (RFC 4443 3.1, code 0), quoting as much
-        of the packet as fits in the minimum MTU; never for an ICMPv6 error (RFC 4443 2.4)."""
-        if ip.proto == PROTO_ICMPV6 and ip.end > ip.start and frame[ip.start] < 128:
-            return []
-        self.counters["unreachable6-sent"] += 1
+        """Rule 7: destination unreachable, no route (RFC 4443 3.1, code 0)."""
+        error = self.error(frame, ip, DEST_UNREACHABLE, 0)
+        return [] if error is None else [error]
+
+    def error(self, frame: bytes, ip: Ipv6, icmp_type: int, code: int,
+              word: int = 0) -> bytes | None:
+        """An ICMPv6 error from the gateway's address to the sender of ``frame`` (a plain
+        Ethernet frame, ``ip`` its header), quoting as much of it as fits in the minimum MTU;
+        ``word`` is the MTU of packet too big or the pointer of parameter problem.  None for
+        an ICMPv6 error, or a packet from the unspecified or a multicast address
+        (RFC 4443 2.4 (e))."""
+        if ip.proto == PROTO_ICMPV6 and ip.end > ip.start and frame[ip.start] < 128 \
+                and (ip.fragment is None or not ip.fragment[1]):
+            return None
+        if ip.src == UNSPECIFIED or ip.src[0] == 0xFF:
+            return None
+        self.counters[f"icmp6-errors-sent-type-{icmp_type}"] += 1
         quoted = frame[14:ip.end][:MIN_MTU - 48]
-        return [self._icmp(frame[6:12], ip.src, DEST_UNREACHABLE, bytes(4) + quoted,
-                           source=self.address)]
+        return self._icmp(frame[6:12], ip.src, icmp_type, struct.pack("!I", word) + quoted,
+                          source=self.address, code=code)
+
+    def solicitation(self, target: bytes) -> bytes:
+        """A Neighbor Solicitation for a guest's ``target`` address, to its solicited-node
+        group (RFC 4861 7.2.2), from the gateway's address in the prefix (or its link-local
+        one for a link-local target), with the gateway's link-layer address."""
+        group = solicited_node(target)
+        source = self.link_local if target[:2] == b"\xfe\x80" else self.address
+        self.counters["neighbor-solicits-sent"] += 1
+        return self._icmp(multicast_mac(group), group, NEIGHBOR_SOLICIT,
+                          bytes(4) + target + nd_option(SOURCE_LL, self.mac), source=source,
+                          hop_limit=255)
 
     def _udp(self, frame: bytes, ip: Ipv6, now: float) -> list[bytes]:
         """UDP to the gateway: the service registered for its port (DNS 53), as the IPv4
@@ -221,15 +250,28 @@ class Gateway6:
         self.counters["router-adverts-solicited"] += 1
         return [self.advertisement(ALL_NODES, multicast_mac(ALL_NODES))]
 
-    def _learn(self, address: bytes, options: list[tuple[int, bytes]], now: float) -> None:
+    def _advertised(self, body: bytes, now: float) -> list[bytes]:
+        """Rule 5: a guest's Neighbor Advertisement (the answer to ``solicitation``): its
+        target is at its target link-layer address."""
+        if len(body) < 16:
+            raise MalformedPacket("neighbor advertisement truncated")
+        if body[0] == 0xFF:
+            raise MalformedPacket("neighbor advertisement for a multicast address")
+        self._learn(body[:16], nd_options(body[16:]), now, TARGET_LL)
+        return []
+
+    def _learn(self, address: bytes, options: list[tuple[int, bytes]], now: float,
+               option: int = SOURCE_LL) -> None:
         """Rule 5."""
-        mac = next((body[:6] for kind, body in options if kind == SOURCE_LL and len(body) >= 6),
+        mac = next((body[:6] for kind, body in options if kind == option and len(body) >= 6),
                    None)
-        if mac is None or address[0] == 0xFF:
+        if mac is None or address[0] == 0xFF or address in self.addresses:
             return
         if len(self.neighbours) >= NEIGHBOURS and address not in self.neighbours:
             self.neighbours.pop(next(iter(self.neighbours)))
         self.neighbours[address] = (mac, now)
+        if self.on_neighbour is not None:
+            self.on_neighbour(address, mac, now)
 
     def explain(self, frame: bytes) -> list[tuple[str, str]]:
         """What ``handle`` would do with ``frame``, in words with its rule; changes nothing."""

@@ -41,8 +41,9 @@ from vswitch.ports.tap import TapPort
 from vswitch.ports.uplink import RawUplink
 from vswitch.switch import Switch
 from vswitch.watching import Watching
-from wire.ipv6 import routers_only
+from wire.ipv6 import Ipv6, routers_only
 from wire.packets import format_mac, qemu_mac
+from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN
 
 if TYPE_CHECKING:  # imported when [metrics] asks for it: prometheus_client takes ~70 ms
     from vswitch.metrics import MetricsServer
@@ -329,6 +330,8 @@ class Daemon:
             to_gateway |= {f"gateway6-{k}": v for k, v in gateway.v6.counters.items()}
             to_gateway |= {f"gateway6-reassembly-{k}": v
                            for k, v in gateway.v6.reassembly.stats.items()}
+        if port.router6 is not None:
+            to_gateway |= port.router6.stats()
         if port.router is None:
             return to_gateway
         outside = self.uplink.stats() if self.uplink is not None else {}
@@ -503,7 +506,14 @@ class Daemon:
         assert router is not None and net is not None
         loop, port = self.loop, self.router_port
 
+        router6 = port.router6
+
         def emit(packets: list[bytes]) -> None:
+            """Packets for guests, addressed by the router's ARP or NDP cache."""
+            if router6 is not None and any(p[22:24] == b"\x86\xdd" for p in packets):
+                six = [p for p in packets if p[22:24] == b"\x86\xdd"]
+                port.dispatch(router6.to_guests(six, loop.time()))
+                packets = [p for p in packets if p[22:24] != b"\x86\xdd"]
             port.dispatch(router.to_guests(packets, loop.time()))
 
         def deliver(packets: list[bytes]) -> None:
@@ -521,8 +531,15 @@ class Daemon:
             gateway6=(self.router_port.gateway.mac, self.router_port.gateway.v6.address)
             if self.router_port.gateway.v6 is not None else None)
         router.egress = self.egress  # the egress needs the loop, the router exists before it
-        if self.egress.v6 is not None and self.router_port.gateway.v6 is not None:
-            self.router_port.gateway.v6.egress = self.egress.v6.from_guest
+        if self.egress.v6 is not None and router6 is not None:
+            router6.egress = egress6 = self.egress.v6
+
+            def to_host(frame: bytes, ip: Ipv6, now: float) -> bool:
+                """The gateway's traffic for the host's ::1 (gateway6 Rule 7)."""
+                return egress6.from_guest(NO_OFFLOAD + frame, ip._replace(
+                    start=ip.start + VNET_HDR_LEN, end=ip.end + VNET_HDR_LEN), now)
+
+            router6.gateway.egress = to_host
         self.uplink = self.egress
         for f in config.forwards:
             try:

@@ -12,8 +12,8 @@ Rule 2: a guest's echo requests leave by an ICMPv6 ping socket per (guest, ident
 Rule 3: the gateway's IPv6 address stands for the host's ``::1``, and ``::1`` as a source is
         shown to guests as the gateway's address; link-local, multicast, unspecified,
         loopback and IPv4-mapped destinations are never forwarded.
-Rule 4: answers are addressed by the guest's MAC as last seen from its address, from the
-        gateway's MAC; a guest whose MAC is not known gets nothing (counted).
+Rule 4: answers go to ``emit`` with their MACs unset: the router addresses them by Neighbor
+        Discovery (``nat.router6`` Rule 4).
 Rule 5: a guest's IPv6 TCP goes to the TCP adapter (``nat.egress.tcp``), whose translator
         (``nat.tcp_splice``) builds IPv6 segments for an IPv6 guest; a connection the host
         cannot make is reset toward the guest.
@@ -27,26 +27,28 @@ import struct
 from typing import Any, Final
 
 from nat.egress.flows import EchoFlow, FlowTable, UdpFlow
+from nat.egress.frames import ZERO_MACS
 from nat.egress.side import HostSide
 from nat.egress.sockets import open_ping
 from nat.egress.tcp import TcpAdapter
 from wire.errors import MalformedPacket
+from wire.gso import to_plain_frames
 from wire.ipv6 import (
     ECHO_REPLY,
     ECHO_REQUEST,
     PROTO_ICMPV6,
     Ipv6,
+    decode_ipv6,
     decode_udp6,
     encode_icmpv6,
     encode_ipv6,
     encode_udp6,
 )
 from wire.packets import ETH_P_IPV6, PROTO_TCP, PROTO_UDP, encode_ethernet
-from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN
+from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN, is_gso
 
 BATCH: Final = 64
 LOOPBACK6: Final = socket.inet_pton(socket.AF_INET6, "::1")
-MACS: Final = 4096
 
 
 def forwardable6(address: bytes) -> bool:
@@ -64,7 +66,6 @@ class HostEgress6:
         self.gateway_mac = gateway_mac
         self.gateway6 = gateway6
         self.flows = flows
-        self.macs: dict[bytes, bytes] = {}  # guest address -> MAC (Rule 4)
         self.mode, self._raw = self._open_ping()
 
     def _open_ping(self) -> tuple[str, socket.socket | None]:
@@ -82,30 +83,29 @@ class HostEgress6:
 
     # -- from guests ---------------------------------------------------------------------------
 
-    def from_guest(self, frame: bytes, ip: Ipv6, now: float) -> bool:
-        """A guest's IPv6 packet for the outside (or for the host's ``::1``); False when this
-        uplink does not take it (the gateway then answers no route)."""
+    def from_guest(self, packet: bytes, ip: Ipv6, now: float) -> bool:
+        """A guest's IPv6 packet (virtio-net header + frame, ``ip`` its header in packet
+        offsets, whole: ``nat.router6`` reassembles) for the outside or the host's ``::1``;
+        False when this uplink does not take it (the router then answers no route)."""
         counters = self.side.counters
         if not forwardable6(ip.dst) and ip.dst != self.gateway6:
             counters["drop-martian6"] += 1
             return True
-        if ip.fragment is not None:
-            counters["drop-fragment6"] += 1  # the gateway reassembles what is its own only
-            return True
-        if len(self.macs) >= MACS and ip.src not in self.macs:
-            self.macs.pop(next(iter(self.macs)))
-        self.macs[ip.src] = frame[6:12]
         try:
-            if ip.proto == PROTO_UDP:
-                self._udp(frame, ip, now)
+            if ip.proto == PROTO_TCP:  # GSO super-frames go to the splice whole
+                self.tcp.from_guest(packet, ip, now)
                 return True
-            if ip.proto == PROTO_TCP:  # the TCP adapter takes vswitch packets: offsets + 10
-                shifted = ip._replace(start=ip.start + VNET_HDR_LEN, end=ip.end + VNET_HDR_LEN)
-                self.tcp.from_guest(NO_OFFLOAD + frame, shifted, now)
+            if is_gso(packet):  # UDP GSO: the datagrams it stands for
+                for frame in to_plain_frames(packet):
+                    plain = NO_OFFLOAD + frame
+                    self.from_guest(plain, decode_ipv6(plain, VNET_HDR_LEN + 14), now)
+                return True
+            if ip.proto == PROTO_UDP:
+                self._udp(packet, ip, now)
                 return True
             if ip.proto == PROTO_ICMPV6 and ip.end - ip.start >= 8 \
-                    and frame[ip.start] == ECHO_REQUEST and self.mode != "off":
-                self._echo(frame, ip, now)
+                    and packet[ip.start] == ECHO_REQUEST and self.mode != "off":
+                self._echo(packet, ip, now)
                 return True
         except MalformedPacket:
             counters["malformed6"] += 1
@@ -164,7 +164,7 @@ class HostEgress6:
                                   encode_udp6(src, flow.guest_ip, peer[1], flow.guest_port, data))
         if out:
             self.flows.udp_answered(flow, self.side.loop.time())
-            self.side.deliver(out)
+            self.side.emit(out)
 
     def _echo(self, frame: bytes, ip: Ipv6, now: float) -> None:
         """Rule 2."""
@@ -206,7 +206,7 @@ class HostEgress6:
                 continue
             out += self._reply(flow, self.seen(peer[0]), message)
         if out:
-            self.side.deliver(out)
+            self.side.emit(out)
 
     def _raw_readable(self) -> None:
         assert self._raw is not None
@@ -224,7 +224,7 @@ class HostEgress6:
             if flow is not None:
                 out += self._reply(flow, self.seen(peer[0]), message)
         if out:
-            self.side.deliver(out)
+            self.side.emit(out)
 
     def _reply(self, flow: EchoFlow, src: bytes, message: bytes) -> list[bytes]:
         if len(message) < 8 or message[0] != ECHO_REPLY:
@@ -237,12 +237,8 @@ class HostEgress6:
         return self._to_guest(src, flow.guest_ip, PROTO_ICMPV6, reply)
 
     def _to_guest(self, src: bytes, dst: bytes, proto: int, payload: bytes) -> list[bytes]:
-        """Rule 4."""
-        mac = self.macs.get(dst)
-        if mac is None:
-            self.side.counters["drop-guest6-mac-unknown"] += 1
-            return []
-        return [NO_OFFLOAD + encode_ethernet(mac, self.gateway_mac, ETH_P_IPV6,
+        """Rule 4: MACs left for the router to fill in."""
+        return [NO_OFFLOAD + encode_ethernet(ZERO_MACS[:6], ZERO_MACS[6:], ETH_P_IPV6,
                                              encode_ipv6(src, dst, proto, payload))]
 
     # -- timers, listing, shutdown ------------------------------------------------------------

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from nat.gateway import Gateway, Line
 from nat.reassembly import Reassembly
 from nat.router import Out, Router
+from nat.router6 import Router6
 from nat.translate import icmp_error
 from vswitch.ports.base import TX_MALFORMED, Deliver, Port
 from wire.errors import MalformedPacket
@@ -52,6 +53,12 @@ class RouterPort(Port):
         #: packets go (the raw uplink's port sets it when it opens, and as its device changes).
         self.router = router
         self.to_uplink: Callable[[bytes], None] | None = None
+        #: The IPv6 router (``nat.router6``), when the guest network has a prefix.
+        self.router6: Router6 | None = None
+        if gateway.v6 is not None:
+            self.router6 = Router6(gateway.v6, router.mode if router is not None else "isolated",
+                                   fragment_timeout=fragment_timeout)
+            self.router6.released = self.dispatch
 
     def open(self, loop: asyncio.AbstractEventLoop, deliver: Deliver) -> None:
         super().open(loop, deliver)
@@ -68,6 +75,11 @@ class RouterPort(Port):
         assert self.loop is not None
         if self.router is not None and self._routed(packet):
             return
+        if self.router6 is not None and packet[22:24] == b"\x86\xdd":
+            ip6 = self.router6.routes(packet)
+            if ip6 is not None:  # nat.router6 Rule 1
+                self.dispatch(self.router6.from_guest(packet, ip6, self.loop.time()))
+                return
         if self._fragment_for_us(packet):
             self._reassemble(packet)
             return
@@ -124,6 +136,10 @@ class RouterPort(Port):
         if ip is not None:
             assert self.router is not None
             return self.router.explain_from_guest(packet, ip)
+        if self.router6 is not None and packet[22:24] == b"\x86\xdd":
+            ip6 = self.router6.routes(packet)
+            if ip6 is not None:
+                return self.router6.explain(packet, ip6)
         if self._fragment_for_us(packet):
             return [("a fragment for the gateway: held until the datagram is whole",
                      "router port (RFC 1122 3.3.2)")]
@@ -170,6 +186,8 @@ class RouterPort(Port):
         if self.gateway.v6 is not None:  # unsolicited router advertisements (gateway6 Rule 3)
             for frame in self.gateway.v6.tick(now):
                 self.emit(frame, now)
+        if self.router6 is not None:
+            self.router6.expire(now)
         for first in self.reassembly.expire(now):
             error = icmp_error(first, 11, 1, first[VNET_HDR_LEN + 30:VNET_HDR_LEN + 34])
             if error is not None:

@@ -1,0 +1,211 @@
+"""The IPv6 router: between the guest prefix (the switch's router port) and the uplink.
+
+Rule 1: a guest packet sent to the gateway's MAC for a unicast address that is not the
+        gateway's is routed; what is for the gateway itself is its stack's (``nat.gateway6``).
+        A source outside the guest prefix is dropped and counted (BCP 38), as the IPv4 router
+        does (``nat.router`` Rule 1).
+Rule 2: modes, as the IPv4 router's: ``nat`` translates (NAT66, ``nat.translate6``) to the
+        uplink's address; ``route`` and ``open`` forward unchanged (the far side routes the
+        prefix to the uplink); ``isolated`` forwards nothing: the guest gets destination
+        unreachable, administratively prohibited (RFC 4443 3.1, code 1).  With no uplink, or
+        no uplink address yet, the answer is no route (code 0).
+Rule 3: the hop limit is decremented; a packet that would leave with hop limit 0 gets time
+        exceeded (RFC 4443 3.3, RFC 8200 3).  A router never fragments IPv6 (RFC 8200 5): a
+        packet larger than the link it leaves by gets packet too big with that link's MTU
+        (RFC 4443 3.2); GSO super-frames are exempt, they leave as segments of the right
+        size.
+Rule 4: next hops on the guest link are found by Neighbor Discovery (RFC 4861 7.2): a bounded
+        cache (``nat.router.Neighbours``) fed by what the gateway hears (``Gateway6``
+        Rule 5) and by each routed packet's source, a few packets held per address while a
+        solicitation is out, dropped and counted when nobody answers.
+Rule 5: with a host uplink (``nat.egress.v6``) routed packets go to the host's IPv6 sockets;
+        fragments are reassembled first (RFC 8200 4.5, ``nat.reassembly`` Rule R7), since a
+        socket takes whole datagrams.  What comes back is addressed by Rule 4.
+Rule 6: with a raw uplink, the uplink's own station (``nat.uplink6``) answers for its
+        addresses and resolves the next hop; everything else arriving for the uplink's
+        address goes through the conntrack (``nat``), or, for the guest prefix, is routed
+        to the guests (``route``/``open``), hop limit decremented.
+
+Sans-I/O: packets (virtio-net header + frame) in, ``Out(switch, uplink)`` packets out.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Protocol
+
+from nat.gateway6 import Gateway6
+from nat.reassembly import Reassembly
+from nat.router import Neighbours, Out
+from wire.errors import MalformedPacket
+from wire.ipv6 import (
+    DEST_UNREACHABLE,
+    TIME_EXCEEDED,
+    Ipv6,
+    decode_ipv6,
+    in_prefix,
+)
+from wire.packets import ETH_P_IPV6
+from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN, is_gso
+
+ETH: Final = VNET_HDR_LEN
+L3: Final = VNET_HDR_LEN + 14
+_HOP_LIMIT: Final = L3 + 7
+
+
+class Egress6(Protocol):
+    """Where routed IPv6 goes with a host uplink (``nat.egress.v6.HostEgress6``)."""
+
+    def from_guest(self, packet: bytes, ip: Ipv6, now: float) -> bool: ...
+
+
+class Router6:
+    def __init__(self, gateway: Gateway6, mode: str, egress: Egress6 | None = None,
+                 fragment_timeout: float = 30.0) -> None:
+        self.gateway = gateway
+        self.mode = mode
+        self.egress = egress
+        self.guests = Neighbours()
+        self.reassembly = Reassembly(fragment_timeout)
+        self.counters: Counter[str] = Counter()
+        #: Where packets released by a guest's Neighbor Advertisement go (the router port's
+        #: ``dispatch``).
+        self.released: Callable[[Out], None] | None = None
+        gateway.on_neighbour = self._heard
+
+    def _heard(self, address: bytes, mac: bytes, now: float) -> None:
+        """Rule 4: the gateway heard a guest; packets held for it are released through
+        ``released`` (the router port sets it)."""
+        held = self.guests.learn(address, mac, now)
+        if held and self.released is not None:
+            self.released(self.to_guests(held, now))
+
+    def routes(self, packet: bytes) -> Ipv6 | None:
+        """The IPv6 header of ``packet`` (in packet offsets) if it is the router's to route
+        (Rule 1), else None: the gateway stack takes it."""
+        gateway = self.gateway
+        if packet[ETH:ETH + 6] != gateway.mac:
+            return None
+        try:
+            ip = decode_ipv6(packet, L3)
+        except MalformedPacket:
+            return None  # the gateway stack counts it
+        if ip.dst[0] == 0xFF or ip.dst in gateway.addresses or ip.src[0] == 0xFF \
+                or not any(ip.src):
+            return None
+        return ip
+
+    # -- guest -> outside ---------------------------------------------------------------
+
+    def from_guest(self, packet: bytes, ip: Ipv6, now: float) -> Out:
+        """A guest's packet to route (Rule 1); ``ip`` is its header, from ``routes``."""
+        out = Out([], [])
+        gateway = self.gateway
+        if not in_prefix(ip.src, gateway.prefix, gateway.prefix_len):
+            self.counters["drop-source-not-in-prefix"] += 1
+            return out
+        self.guests.learn(ip.src, packet[ETH + 6:ETH + 12], now)
+        if in_prefix(ip.dst, gateway.prefix, gateway.prefix_len):
+            return out  # on-link: the switch delivers it
+        if self.mode == "isolated":
+            return self._refuse(packet, ip, out, DEST_UNREACHABLE, 1, "isolated")
+        if ip.hop_limit <= 1:
+            return self._refuse(packet, ip, out, TIME_EXCEEDED, 0, "hop-limit-exceeded")
+        if self.egress is not None:
+            return self._to_host(packet, ip, now, out)
+        return self._refuse(packet, ip, out, DEST_UNREACHABLE, 0, "no-route")
+
+    def _to_host(self, packet: bytes, ip: Ipv6, now: float, out: Out) -> Out:
+        """Rule 5."""
+        assert self.egress is not None
+        if ip.fragment is not None and (ip.fragment[1] or ip.fragment[2]):
+            if is_gso(packet):
+                self.counters["malformed"] += 1
+                return out
+            frame = packet[ETH:ip.end]
+            try:
+                whole = self.reassembly.add6(frame, now, decode_ipv6(frame))
+            except MalformedPacket:
+                self.counters["malformed"] += 1
+                return out
+            if whole is None:
+                return out
+            packet = NO_OFFLOAD + whole
+            try:
+                ip = decode_ipv6(packet, L3)
+            except MalformedPacket:
+                self.counters["malformed"] += 1
+                return out
+        if not self.egress.from_guest(packet, ip, now):
+            return self._refuse(packet, ip, out, DEST_UNREACHABLE, 0, "no-route")
+        return out
+
+    def explain(self, packet: bytes, ip: Ipv6) -> list[tuple[str, str]]:
+        """What ``from_guest`` would do with ``packet``, in words with its rule; changes
+        nothing."""
+        gateway = self.gateway
+        if not in_prefix(ip.src, gateway.prefix, gateway.prefix_len):
+            return [("dropped: the source is not in the guest prefix (BCP 38)",
+                     "router6 Rule 1")]
+        if in_prefix(ip.dst, gateway.prefix, gateway.prefix_len):
+            return [("on-link: the switch delivers it, not the router", "router6 Rule 1")]
+        if self.mode == "isolated":
+            return [("refused: the network is isolated; ICMPv6 unreachable (administratively "
+                     "prohibited) sent", "router6 Rule 2")]
+        if ip.hop_limit <= 1:
+            return [(f"hop limit {ip.hop_limit}: ICMPv6 time exceeded sent", "router6 Rule 3")]
+        if self.egress is not None:
+            return [("to the host's IPv6 sockets (TCP, UDP, ping)", "router6 Rule 5")]
+        return [("no IPv6 route out: ICMPv6 unreachable (no route) sent", "router6 Rule 2")]
+
+    def _refuse(self, packet: bytes, ip: Ipv6, out: Out, icmp_type: int, code: int,
+                reason: str, word: int = 0) -> Out:
+        self.counters[f"drop-{reason}"] += 1
+        frame = packet[ETH:]
+        error = self.gateway.error(frame, ip._replace(start=ip.start - ETH, end=ip.end - ETH),
+                                   icmp_type, code, word)
+        if error is not None:
+            out.switch.append(NO_OFFLOAD + error)
+        return out
+
+    def too_big(self, packet: bytes, ip: Ipv6, mtu: int) -> bool:
+        """Rule 3: over ``mtu`` and not a GSO super-frame."""
+        return ip.end - L3 > mtu and not is_gso(packet)
+
+    # -- outside -> guests ------------------------------------------------------------------
+
+    def to_guests(self, packets: Sequence[bytes | bytearray], now: float) -> Out:
+        """IPv6 packets for guests, addressed to their MACs from the gateway's (Rule 4)."""
+        out = Out([], [])
+        gateway = self.gateway
+        for packet in packets:
+            dst = bytes(packet[L3 + 24:L3 + 40])
+            mac = self.guests.lookup(dst, now)
+            if mac is None:
+                heard = gateway.neighbours.get(dst)
+                if heard is not None:
+                    mac = heard[0]
+                    self.guests.learn(dst, mac, now)
+            if mac is None:
+                if self.guests.hold(dst, packet, now):
+                    out.switch.append(NO_OFFLOAD + gateway.solicitation(dst))
+                continue
+            frame = packet if type(packet) is bytearray else bytearray(packet)
+            frame[ETH:ETH + 12] = mac + gateway.mac
+            frame[ETH + 12:ETH + 14] = ETH_P_IPV6.to_bytes(2, "big")
+            out.switch.append(bytes(frame))
+        return out
+
+    # -- timers, listing -----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """``show router``: IPv6 drops by reason and the guest-side neighbour cache."""
+        return {f"ipv6-{k}": v for k, v in self.counters.items()} | {
+            "ndp_guests": len(self.guests.cache), "ndp_held_dropped": self.guests.dropped}
+
+    def expire(self, now: float) -> None:
+        """Neighbours and held packets past their time; datagrams whose fragments did not
+        all come (counted by the reassembly)."""
+        self.guests.expire(now)
+        self.reassembly.expire(now)

@@ -1,0 +1,151 @@
+"""The IPv6 router (nat.router6) against packets scapy builds and reads: BCP 38, hop limit,
+isolated and no-route answers, Neighbor Discovery toward guests with held packets, and
+fragments reassembled before the host uplink takes them."""
+
+import random
+
+from scapy.layers.inet import UDP
+from scapy.layers.inet6 import (
+    ICMPv6DestUnreach,
+    ICMPv6EchoRequest,
+    ICMPv6ND_NA,
+    ICMPv6ND_NS,
+    ICMPv6NDOptDstLLAddr,
+    ICMPv6NDOptSrcLLAddr,
+    ICMPv6TimeExceeded,
+    IPv6,
+    IPv6ExtHdrFragment,
+    fragment6,
+)
+from scapy.layers.l2 import Ether
+
+from nat.gateway6 import Gateway6
+from nat.router6 import L3, Router6
+from wire.ipv6 import Ipv6
+from wire.vnet import NO_OFFLOAD
+
+GW_MAC, GUEST_MAC = bytes.fromhex("525400000001"), "52:54:00:00:00:10"
+PREFIX = bytes.fromhex("fd42000000000001") + bytes(8)
+GW = PREFIX[:15] + b"\x01"
+GUEST, OUTSIDE = "fd42:0:0:1::10", "2001:db8::80"
+
+
+class Taker:
+    """A host uplink that takes everything and remembers it."""
+
+    def __init__(self) -> None:
+        self.taken: list[tuple[bytes, Ipv6]] = []
+
+    def from_guest(self, packet: bytes, ip: Ipv6, now: float) -> bool:
+        self.taken.append((packet, ip))
+        return True
+
+
+def router(mode: str = "nat", egress: Taker | None = None) -> Router6:
+    gw = Gateway6(GW_MAC, GW, PREFIX, 64, rng=random.Random(1))
+    return Router6(gw, mode, egress)
+
+
+def packet(ip6) -> bytes:
+    return NO_OFFLOAD + bytes(Ether(src=GUEST_MAC, dst="52:54:00:00:00:01") / ip6)
+
+
+def route(r: Router6, ip6, now: float = 0.0):
+    p = packet(ip6)
+    ip = r.routes(p)
+    assert ip is not None
+    return r.from_guest(p, ip, now)
+
+
+def test_only_the_guest_prefix_is_routed_bcp38():
+    egress = Taker()
+    r = router(egress=egress)
+    for src in ("2001:db8::5", "fe80::5"):
+        out = route(r, IPv6(src=src, dst=OUTSIDE) / UDP(dport=53))
+        assert out.switch == [] and out.uplink == []
+    assert egress.taken == [] and r.counters["drop-source-not-in-prefix"] == 2
+    route(r, IPv6(src=GUEST, dst=OUTSIDE) / UDP(dport=53))
+    assert len(egress.taken) == 1
+
+
+def test_what_is_the_gateways_or_multicast_is_not_routed():
+    r = router(egress=Taker())
+    for dst in ("fd42:0:0:1::1", "ff02::1", str(r.gateway.link_local.hex(":", 2))):
+        assert r.routes(packet(IPv6(src=GUEST, dst=dst) / UDP(dport=53))) is None
+    on_link = route(r, IPv6(src=GUEST, dst="fd42:0:0:1::20") / UDP())
+    assert on_link.switch == []  # the switch delivers it
+
+
+def test_hop_limit_1_gets_time_exceeded_and_isolated_gets_admin_prohibited():
+    egress = Taker()
+    r = router(egress=egress)
+    [error] = route(r, IPv6(src=GUEST, dst=OUTSIDE, hlim=1) / UDP(dport=53)).switch
+    answer = Ether(error[10:])
+    assert answer[ICMPv6TimeExceeded].code == 0 and answer[IPv6].dst == GUEST
+    assert answer[IPv6].src == "fd42:0:0:1::1" and egress.taken == []
+    isolated = router("isolated", egress=Taker())
+    [error] = route(isolated, IPv6(src=GUEST, dst=OUTSIDE) / UDP(dport=53)).switch
+    assert Ether(error[10:])[ICMPv6DestUnreach].code == 1
+    assert isolated.counters["drop-isolated"] == 1
+
+
+def test_no_uplink_answers_no_route_but_never_for_an_error():
+    r = router()
+    [error] = route(r, IPv6(src=GUEST, dst=OUTSIDE) / ICMPv6EchoRequest()).switch
+    answer = Ether(error[10:])
+    assert answer[ICMPv6DestUnreach].code == 0
+    # the quoted packet is the one sent, and the checksum verifies
+    quoted = answer[ICMPv6DestUnreach].payload
+    assert quoted.dst == OUTSIDE and quoted.src == GUEST
+    check = answer[ICMPv6DestUnreach].cksum
+    del answer[ICMPv6DestUnreach].cksum
+    assert Ether(bytes(answer))[ICMPv6DestUnreach].cksum == check
+    again = route(r, IPv6(src=GUEST, dst=OUTSIDE) / ICMPv6DestUnreach() / IPv6())
+    assert again.switch == []
+
+
+def test_packets_for_an_unknown_guest_wait_for_its_neighbor_advertisement():
+    r = router(egress=Taker())
+    released = []
+    r.released = released.append
+    reply = NO_OFFLOAD + bytes(Ether(src="00:00:00:00:00:00", dst="00:00:00:00:00:00")
+                               / IPv6(src=OUTSIDE, dst="fd42:0:0:1::33") / UDP(sport=53))
+    out = r.to_guests([reply, reply], 0.0)
+    [ns] = [Ether(f[10:]) for f in out.switch]  # one solicitation, the packets held
+    assert ns[ICMPv6ND_NS].tgt == "fd42:0:0:1::33" and ns[IPv6].dst == "ff02::1:ff00:33"
+    assert ns.dst == "33:33:ff:00:00:33" and ns[IPv6].hlim == 255
+    assert ns[ICMPv6NDOptSrcLLAddr].lladdr == "52:54:00:00:00:01"
+    advert = (Ether(src="52:54:00:00:00:33", dst="52:54:00:00:00:01")
+              / IPv6(src="fd42:0:0:1::33", dst="fd42:0:0:1::1")
+              / ICMPv6ND_NA(tgt="fd42:0:0:1::33", S=1)
+              / ICMPv6NDOptDstLLAddr(lladdr="52:54:00:00:00:33"))
+    assert r.gateway.handle(bytes(advert), 0.5) == []
+    [freed] = released
+    assert len(freed.switch) == 2
+    for frame in freed.switch:
+        assert Ether(frame[10:]).dst == "52:54:00:00:00:33"
+        assert Ether(frame[10:]).src == "52:54:00:00:00:01"
+    # known now: the next packet goes at once
+    assert len(r.to_guests([reply], 1.0).switch) == 1
+
+
+def test_an_advertisement_with_hop_limit_below_255_teaches_nothing():
+    r = router(egress=Taker())
+    advert = (Ether(src="52:54:00:00:00:33", dst="52:54:00:00:00:01")
+              / IPv6(src="fd42:0:0:1::33", dst="fd42:0:0:1::1", hlim=64)
+              / ICMPv6ND_NA(tgt="fd42:0:0:1::33")
+              / ICMPv6NDOptDstLLAddr(lladdr="52:54:00:00:00:66"))
+    r.gateway.handle(bytes(advert), 0.0)
+    assert r.guests.lookup(bytes.fromhex("fd420000000000010000000000000033"), 0.0) is None
+
+
+def test_fragments_are_whole_before_the_host_uplink_takes_them():
+    egress = Taker()
+    r = router(egress=egress)
+    big = IPv6(src=GUEST, dst=OUTSIDE) / IPv6ExtHdrFragment(id=9) / UDP(dport=9) / bytes(3000)
+    for piece in fragment6(big, 1280):
+        route(r, piece)
+    [(whole, ip)] = egress.taken
+    assert ip.proto == 17 and ip.end - ip.start == 3008 and ip.start >= L3 + 40
+    assert Ether(whole[10:])[UDP].dport == 9
+    assert bytes(Ether(whole[10:])[UDP].payload) == bytes(3000)
