@@ -5,7 +5,8 @@ Rule 1: a flow is known by two 5-tuples ``(proto, src, sport, dst, dport)``: its
         ``conntrack -L`` shows them.  Each tuple is a key in the table of the side its packets
         arrive from (``inside``: guests, ``outside``: the external network), both keys point at
         one ``Entry``, so a packet of a known flow costs one dict lookup.  ICMP echo uses its
-        identifier as both ports.  Addresses are ``bytes`` (4, or later 16).
+        identifier as both ports, and so does ICMPv6 echo (protocol 58, ``nat.translate6``).
+        Addresses are ``bytes`` (4, or 16 for NAT66).
 Rule 2: mappings are endpoint-independent: a guest endpoint (proto, ip, port) gets one external
         port whatever the destination (RFC 4787 REQ-1, RFC 5382 REQ-1; ICMP identifiers too,
         RFC 7857 section 5).  The guest's own port is kept when it lies in the range and is free;
@@ -73,12 +74,15 @@ from nat.verdicts import (
     Drop,
     Translation,
 )
+from wire.ipv6 import PROTO_ICMPV6
 from wire.packets import PROTO_ICMP, PROTO_TCP, PROTO_UDP
 from wire.tcp import ACK, FIN, RST, SYN
 
 #: (proto, source address, source port, destination address, destination port).
 FlowKey = tuple[int, bytes, int, bytes, int]
 Filtering = Literal["endpoint-independent", "address-dependent"]
+#: The echo protocols, whose identifier is both ports (Rule 1): ICMP and ICMPv6.
+_ECHO: Final = (PROTO_ICMP, PROTO_ICMPV6)
 
 # What a TCP flow has seen, as bits of Entry.state (Rule 5).
 _SYN_ORIGINAL: Final = 1
@@ -211,12 +215,18 @@ class Conntrack:
         self._count = 0
         # Mappings (Rule 2), and the forwards' static ones (Rule 8): nat.mappings.
         self.mappings = Mappings(port_range)
+        # ICMPv6 echo identifiers are mapped as ICMP ones are: the whole 16 bits (Rule 2).
+        self.mappings.by_port[PROTO_ICMPV6] = {}
+        self.mappings.by_guest[PROTO_ICMPV6] = {}
+        self.mappings.static[PROTO_ICMPV6] = {}
+        self.mappings.ranges[PROTO_ICMPV6] = (0, 65535)
         self._address_dependent = filtering == "address-dependent"
         # Flows in the order they were made; the replied and the dead are skipped (Rule 7).
         self._unreplied: deque[Entry] = deque()
         self._timers: list[tuple[float, Entry]] = []  # heap; items go stale (see expire)
         self._forwards: list[Forward] = []
-        self._idle = {PROTO_UDP: timeouts.udp, PROTO_ICMP: timeouts.icmp}
+        self._idle = {PROTO_UDP: timeouts.udp, PROTO_ICMP: timeouts.icmp,
+                      PROTO_ICMPV6: timeouts.icmp}
         self._tcp_idle = [_tcp_timeout(bits, timeouts) for bits in range(32)]
 
     def __len__(self) -> int:
@@ -248,7 +258,7 @@ class Conntrack:
         if by_port is None:
             return self._drop(NO_MAPPING)
         hairpin = dst == self.external_ip
-        if hairpin and (proto == PROTO_ICMP or dport not in by_port):
+        if hairpin and (proto in _ECHO or dport not in by_port):
             return self._drop(NO_MAPPING)
         # 4.
         refused = self._make_room()
@@ -266,7 +276,7 @@ class Conntrack:
         if target is not None:
             reply = (proto, target.guest_ip, target.guest_port, self.external_ip, port)
             return self._create(HAIRPIN, key, reply, mapping, size, now)
-        reply = (proto, dst, port if proto == PROTO_ICMP else dport, self.external_ip, port)
+        reply = (proto, dst, port if proto in _ECHO else dport, self.external_ip, port)
         return self._create(SNAT, key, reply, mapping, size, now)
 
     def inbound(self, proto: int, src: bytes, sport: int, dst: bytes, dport: int,
