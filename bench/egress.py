@@ -175,8 +175,9 @@ def compare(med: dict[str, dict[str, float]]) -> dict[str, dict[str, dict[str, A
 
 # --- the helpers that run inside the namespaces ---------------------------------------------
 
-def rr_server(port: int) -> None:
-    """Echo every byte back, one thread per connection, TCP_NODELAY."""
+def rr_server(port: int, host: str = "0.0.0.0") -> None:
+    """Echo every byte back, one thread per connection, TCP_NODELAY; on ``host`` ("::": IPv6
+    and IPv4 alike)."""
     def echo(conn: socket.socket) -> None:
         with conn:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -186,9 +187,12 @@ def rr_server(port: int) -> None:
             except OSError:
                 pass
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as ls:
+    six = ":" in host
+    with socket.socket(socket.AF_INET6 if six else socket.AF_INET, socket.SOCK_STREAM) as ls:
         ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        ls.bind(("0.0.0.0", port))
+        if six:
+            ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        ls.bind((host, port))
         ls.listen(64)
         print("listening", flush=True)
         while True:
@@ -354,8 +358,8 @@ BUILDERS: dict[str, Callable[[Lab], Setup]] = {
 
 # --- measurements ---------------------------------------------------------------------------
 
-def request_response(setup: Setup) -> dict[str, float]:
-    cmd = helper(["rr-client", SERVER_IP, str(RR_PORT), str(RR_COUNT), str(RR_WARMUP)],
+def request_response(setup: Setup, server: str = SERVER_IP) -> dict[str, float]:
+    cmd = helper(["rr-client", server, str(RR_PORT), str(RR_COUNT), str(RR_WARMUP)],
                  setup.client_ns)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False,
                           cwd=REPO)
@@ -558,7 +562,7 @@ def slirp_version() -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["rr-server"]:
-        rr_server(int(argv[1]))
+        rr_server(int(argv[1]), *argv[2:3])
         return 0
     if argv[:1] == ["rr-client"]:
         rr_client(argv[1], int(argv[2]), int(argv[3]), int(argv[4]))
