@@ -1,17 +1,19 @@
 # Two commands do everything on a fresh Debian machine, as root:
 #   make demo   - build the venv, start a switch with two namespace guests and an "internet":
 #                 DHCP, DNS, NAT and a forward, shown with the switch's own tables
-#   make test   - install the test peers (Debian packages) and run the whole suite (CI runs this)
+#   make test   - install the test peers (Debian packages, and udhcpc6 built from Debian's busybox
+#                 source) and run the whole suite (CI runs this)
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DEBS := iproute2 iputils-ping udhcpc curl tcpdump
 DEBS := $(DEMO_DEBS) tcpdump iperf3 socat procps kmod \
         qemu-system-x86 linux-image-amd64 busybox-static \
-        isc-dhcp-client dhcpcd-base dnsutils dnsmasq-base kea-admin dnsperf nftables ethtool tshark ndisc6
+        isc-dhcp-client dhcpcd-base dnsutils dnsmasq-base kea-admin dnsperf nftables ethtool tshark ndisc6 \
+        gcc libc6-dev make bzip2
 BENCH_DEBS := $(DEBS) slirp4netns
 
-.PHONY: demo test venv debs bench lint clean
+.PHONY: demo test venv debs peers bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,7 +37,11 @@ demo: venv
 	@$(MAKE) --no-print-directory debs PKGS="$(DEMO_DEBS)"
 	$(VENV)/bin/vswitch demo
 
-test: venv debs
+# test peers built from source: busybox udhcpc6 (Debian's busybox has none), into $(VENV)/bin
+peers: venv debs
+	bash tests/peers/build_udhcpc6.sh $(VENV)/bin
+
+test: venv debs peers
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -ra
@@ -46,6 +52,7 @@ bench: venv
 	$(PY) -m bench.services
 	$(PY) -m bench.nat
 	$(PY) -m bench.egress
+	$(PY) -m bench.ipv6
 	$(PY) -m bench.offloads
 	$(PY) -m bench.cold
 
