@@ -53,6 +53,9 @@ class RawNat:
     def add_forward(self, proto: int, ports: range, listen: str, guest_ip: bytes,
                     guest_port: int) -> int:
         conntrack = self.router.conntrack
+        if len(guest_ip) == 16:
+            raise ValueError("IPv6 forwards need the host uplink ([uplink] type = \"host\"); "
+                             "a raw uplink forwards to IPv4 guests only")
         if conntrack is None:
             raise ValueError("the uplink has no address yet (or the mode is not nat)")
         if listen not in ("", "0.0.0.0"):

@@ -34,10 +34,11 @@ def main(argv: list[str] | None = None) -> int:
                    f"{default_socket()})")
 
     p = sub.add_parser("forward", help="add or remove a port forward at run time")
-    p.add_argument("action", choices=["add", "del"])
+    p.add_argument("action", choices=["add", "del", "remove"], help="remove is del")
     p.add_argument("proto", choices=["tcp", "udp"])
     p.add_argument("port", help="external port or range, e.g. 8080 or 8080-8090")
-    p.add_argument("to", nargs="?", help="guest_ip:port (for add)")
+    p.add_argument("to", nargs="?", help="guest_ip:port, or [guest_ipv6]:port with a host "
+                   "uplink (for add)")
     p.add_argument("--listen", help="host uplink: the host address to listen on, IPv4 or IPv6 "
                    "(default 0.0.0.0)")
     p.add_argument("--socket", help="control socket")
@@ -249,7 +250,8 @@ def cmd_forward(args: argparse.Namespace) -> int:
     if args.action == "add" and not args.to:
         raise ControlError("forward add needs the guest: vswitch forward add tcp 8080 "
                            "192.168.122.10:80")
-    result = request(path, "forward", action=args.action, proto=args.proto, port=args.port,
+    action = "del" if args.action == "remove" else args.action
+    result = request(path, "forward", action=action, proto=args.proto, port=args.port,
                      to=args.to, listen=args.listen)
     print(" ".join(f"{k}: {v}" for k, v in result.items()))
     return 0

@@ -185,8 +185,9 @@ class ForwardConfig:
     """"tcp" or "udp"."""
     ports: tuple[int, int]
     """First and last external port."""
-    to_ip: IPv4Address
-    """Guest address."""
+    to_ip: IPv4Address | IPv6Address
+    """Guest address: IPv4 in network.subnet, or IPv6 in network.subnet6 (written
+    ``"[fd42:0:0:1::10]:22"``; host uplink only for now)."""
     to_port: int
     """Guest port for the first external port (the rest follow in order)."""
     listen: IPv4Address | IPv6Address | None = None
@@ -741,18 +742,46 @@ def _forward(raw: dict[str, Any], i: int, network: NetworkConfig | None,
     if proto not in ("tcp", "udp"):
         raise ConfigError(key + ".proto", f"{proto!r}: use \"tcp\" or \"udp\"")
     ports = parse_ports(raw.get("port"), key + ".port")
-    to = _get(raw, key + ".to", str, None, required="the guest, e.g. to = \"192.168.122.10:80\"")
+    to = _get(raw, key + ".to", str, None, required="the guest, e.g. to = \"192.168.122.10:80\" "
+              "or \"[fd42:0:0:1::10]:80\"")
     host, _, port = to.rpartition(":")
+    addr: IPv4Address | IPv6Address
     try:
         guest_port = int(port)
         if not 0 < guest_port < 65536 or guest_port + ports[1] - ports[0] > 65535:
             raise ValueError
-        addr = IPv4Address(str(netaddr.IPAddress(host, version=4)))
+        if host.startswith("[") and host.endswith("]"):
+            addr = IPv6Address(host[1:-1])
+            if addr.scope_id is not None:
+                raise ValueError
+        else:
+            addr = IPv4Address(str(netaddr.IPAddress(host, version=4)))
     except (netaddr.AddrFormatError, ValueError):
-        raise ConfigError(key + ".to", f"{to!r} must be \"guest_ip:port\"") from None
-    if network is not None and addr not in network.subnet:
+        raise ConfigError(key + ".to", f"{to!r} must be \"guest_ip:port\" or "
+                          "\"[guest_ipv6]:port\", e.g. \"192.168.122.10:22\" or "
+                          "\"[fd42:0:0:1::10]:22\"") from None
+    if isinstance(addr, IPv6Address):
+        _forward6(addr, key + ".to", network, uplink)
+    elif network is not None and addr not in network.subnet:
         raise ConfigError(key + ".to", f"{host} is not in the guest network {network.subnet}")
     return ForwardConfig(proto, ports, addr, guest_port, listen)
+
+
+def _forward6(addr: IPv6Address, key: str, network: NetworkConfig | None,
+              uplink: UplinkConfig | None) -> None:
+    """A forward to an IPv6 guest: a host address of network.subnet6, through the host
+    uplink (a raw uplink forwards IPv4 only, for now)."""
+    if uplink is not None and uplink.type != "host":
+        raise ConfigError(key, f"{addr} is IPv6: IPv6 forwards need the host uplink ([uplink] "
+                          "type = \"host\", the default); a raw uplink forwards to IPv4 guests "
+                          "only")
+    subnet6 = network.subnet6 if network is not None else None
+    if subnet6 is None:
+        raise ConfigError(key, f"{addr} is IPv6 but the guest network has no IPv6 prefix: set "
+                          "network.subnet6 (e.g. \"fd42:0:0:1::/64\", or \"auto\")")
+    if addr not in subnet6 or addr == subnet6.network_address:
+        raise ConfigError(key, f"{addr} is not a host address of network.subnet6 {subnet6}; "
+                          "forward to a guest's IPv6 address in it")
 
 
 def _mirrors(data: dict[str, Any], names: list[str]) -> tuple[MirrorConfig, ...]:

@@ -13,6 +13,7 @@ import signal
 import socket
 from collections import Counter
 from collections.abc import Callable
+from ipaddress import IPv6Address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -396,7 +397,8 @@ class Daemon:
                  socket.inet_ntoa(bound.router))
 
     def _forward(self, request: dict[str, Any]) -> Any:
-        """`vswitch forward add|del`: forwards at run time; open flows are kept."""
+        """`vswitch forward add|del|remove`: forwards at run time, to IPv4 guests
+        (``guest_ip:port``) or IPv6 ones (``[guest_ipv6]:port``); open flows are kept."""
         from vswitch.config import ConfigError, parse_listen, parse_ports
 
         outside = self.uplink
@@ -418,20 +420,41 @@ class Daemon:
         try:
             if request.get("action") == "add":
                 host, _, port = str(request.get("to", "")).rpartition(":")
-                guest = socket.inet_aton(host)
-                if not router.local(guest) or not 0 < int(port) <= 65536 - len(ports):
-                    raise ValueError(f"{request.get('to')!r} is not guest_ip:port in the guest "
-                                     "network")
+                if host.startswith("[") and host.endswith("]"):  # an IPv6 guest
+                    guest = self._guest6(host[1:-1], str(request.get("to")))
+                else:
+                    guest = socket.inet_aton(host)
+                    if not router.local(guest):
+                        raise ValueError(f"{request.get('to')!r} is not guest_ip:port in the "
+                                         "guest network")
+                if not 0 < int(port) <= 65536 - len(ports):
+                    raise ValueError(f"{request.get('to')!r}: the guest port {port} is out of "
+                                     "range")
                 count = outside.add_forward(proto, ports, listen, guest, int(port))
                 log.info("forward %s added to %s", what, request.get("to"))
                 return {"added": f"{what} -> {request.get('to')}", "ports": count}
-            if request.get("action") == "del":
+            if request.get("action") in ("del", "remove"):
                 outside.remove_forward(proto, ports, listen)
                 log.info("forward %s removed", what)
                 return {"removed": what}
         except (KeyError, ValueError, OSError) as exc:
             raise ControlError(f"forward {request.get('action')}: {exc}") from None
-        raise ControlError("action must be add or del")
+        raise ControlError("action must be add or del (remove)")
+
+    def _guest6(self, text: str, to: str) -> bytes:
+        """A forward's IPv6 guest: a host address of network.subnet6 (ValueError if not)."""
+        net = self.config.network
+        subnet6 = net.subnet6 if net is not None else None
+        if subnet6 is None:
+            raise ValueError(f"{to!r}: the guest network has no IPv6 prefix (network.subnet6)")
+        try:
+            address = IPv6Address(text)
+        except ValueError:
+            raise ValueError(f"{to!r} is not [guest_ipv6]:port") from None
+        if address.scope_id is not None or address not in subnet6 \
+                or address == subnet6.network_address:
+            raise ValueError(f"{to!r} is not [guest_ipv6]:port in the guest prefix {subnet6}")
+        return address.packed
 
     def _port_row(self, port: Port) -> dict[str, Any]:
         row = port.describe()

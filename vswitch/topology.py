@@ -84,7 +84,7 @@ def _forward_words(forward: dict[str, Any]) -> str:
 
 def _forward_target(topo: dict[str, Any], forward: dict[str, Any]) -> tuple[int, int] | None:
     """(port index, guest index) of the guest a forward goes to, if it is in the topology."""
-    ip = str(forward["to"]).rpartition(":")[0]
+    ip = str(forward["to"]).rpartition(":")[0].strip("[]")  # [IPv6]:port too
     for i, port in enumerate(topo["ports"]):
         for j, guest in enumerate(port["guests"]):
             if guest.get("ip") == ip:

@@ -33,10 +33,11 @@ Rule 4: the host address (default: the gateway's, as libslirp and passt do) stan
         host's loopback: TCP and UDP to it go to 127.0.0.1; what comes from loopback or from an
         IPv6 peer appears to guests to come from it.  Destinations the router must never forward
         (0/8, 127/8, multicast, class E: RFC 1812 5.3.7) are dropped and counted.
-Rule 5: forwards.  Each ``[[forward]]`` port is a listening host socket (IPv4 or IPv6 address).
-        An accepted TCP connection becomes a splice opened toward the guest; a UDP datagram is
-        sent to the guest from its real source, and the guest's answers leave by the listening
-        socket (a session, timed out like a UDP mapping).
+Rule 5: forwards.  Each ``[[forward]]`` port is a listening host socket (IPv4 or IPv6 address),
+        to an IPv4 guest or, when guests have IPv6, an IPv6 one.  An accepted TCP connection
+        becomes a splice opened toward the guest; a UDP datagram is sent to the guest from its
+        peer, and the guest's answers leave by the listening socket (a session, timed out like
+        a UDP mapping).  How peers appear to guests: ``forwards.py``.
 Rule 6: limits.  At most ``max_flows`` host sockets (the conntrack size, and the process's file
         limit); beyond it new flows are dropped, counted and answered with ICMP 3/13 (RFC 5508
         REQ-8), existing flows go on.  TCP flows hold at most FLOW_BUFFER bytes each way, and

@@ -1,7 +1,20 @@
 """Port forwards on the host uplink (``nat.egress`` Rule 5): each ``[[forward]]`` port is a
-listening host socket.  An accepted TCP connection becomes a splice opened toward the guest; a
-UDP datagram goes to the guest from its real source, and the guest's answers leave by the
-listening socket (a session, timed out like a UDP mapping)."""
+listening host socket, IPv4 or IPv6 whatever the guest's family.  An accepted TCP connection
+becomes a splice opened toward the guest; a UDP datagram goes to the guest from its peer, and
+the guest's answers leave by the listening socket (a session, timed out like a UDP mapping).
+
+How a peer appears to the guest:
+  an IPv4 guest sees an IPv4 peer as itself, and loopback and IPv6 peers as the host address
+  (``HostSide.seen``, ``nat.egress`` Rule 4);
+  an IPv6 guest (a forward to an address of the guest prefix, ``nat.egress.v6``) sees an IPv6
+  peer as itself, ``::1`` as the gateway's IPv6 address (``nat.egress.v6`` Rule 3), and every
+  other peer, IPv4 (or IPv4-mapped), link-local, as the gateway's IPv6 address, as passt and
+  slirp show host connections coming from the gateway: an IPv4 address cannot be the source
+  of an IPv6 packet, and Linux TCP drops segments from IPv4-mapped sources.  The guest's
+  answers to the gateway's address reach us through the gateway (``nat.gateway6`` Rule 7).
+Peers shown as one address share its port space: a second peer with the same port, while the
+first one's flow or session lasts, is refused (TCP) or taken for the first (UDP).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from nat.egress.side import HostSide
-from nat.egress.sockets import local_address
+from nat.egress.sockets import address_port, local_address
 from nat.egress.tcp import TcpAdapter
 from nat.egress.udp import UdpAdapter
+from nat.egress.v6 import HostEgress6, forwardable6
+from wire.ipv6 import Ipv6
 from wire.packets import PROTO_TCP, Ipv4
 
 BATCH: Final = 64
@@ -42,18 +57,38 @@ class UdpSession:
 
 class Forwards:
     def __init__(self, side: HostSide, tcp: TcpAdapter, udp: UdpAdapter,
-                 udp_timeout: float) -> None:
+                 udp_timeout: float, v6: HostEgress6 | None = None) -> None:
+        """``v6``: the IPv6 side of the host uplink, when guests have IPv6 (forwards to IPv6
+        guests need it)."""
         self.side = side
         self.tcp = tcp
         self.udp = udp
+        self.v6 = v6
         self.udp_timeout = udp_timeout
         self.listeners: dict[tuple[int, str, int], Listener] = {}
         self.sessions: dict[tuple[bytes, int, bytes, int], UdpSession] = {}
         udp.answer_session = self.answer
+        if v6 is not None:
+            v6.answer_session = self.answer
+
+    def seen(self, guest_ip: bytes, host: str) -> bytes:
+        """How the peer ``host`` (as a socket gives it) appears to the guest (the module's
+        rule)."""
+        if len(guest_ip) == 4:
+            return self.side.seen(host)
+        assert self.v6 is not None
+        if ":" in host:
+            address = self.v6.seen(host)  # ::1 is the gateway's address
+            if forwardable6(address):
+                return address
+        return self.v6.gateway6
 
     def add(self, proto: int, ports: range, listen: str, guest_ip: bytes,
             guest_port: int) -> list[Listener]:
-        """Listen on every port of ``ports``; all or nothing (OSError names the failure)."""
+        """Listen on every port of ``ports``; all or nothing (OSError names the failure;
+        ValueError: an IPv6 guest, and guests have no IPv6)."""
+        if len(guest_ip) == 16 and self.v6 is None:
+            raise ValueError("the guest network has no IPv6 prefix (network.subnet6)")
         opened: list[Listener] = []
         try:
             for offset, port in enumerate(ports):
@@ -110,7 +145,8 @@ class Forwards:
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            key = (listener.guest_ip, listener.guest_port, side.seen(peer[0]), peer[1])
+            key = (listener.guest_ip, listener.guest_port,
+                   self.seen(listener.guest_ip, peer[0]), peer[1])
             if not self.tcp.open_inbound(key, sock, now):
                 side.counters["drop-forward-busy"] += 1
                 sock.close()
@@ -128,7 +164,7 @@ class Forwards:
                 break
             except OSError:
                 continue
-            src = side.seen(peer[0])
+            src = self.seen(listener.guest_ip, peer[0])
             key = (listener.guest_ip, listener.guest_port, src, peer[1])
             session = self.sessions.get(key)
             if session is None:
@@ -139,18 +175,29 @@ class Forwards:
             session.expires = now + self.udp_timeout
             session.packets[0] += 1
             session.bytes[0] += len(data)
-            out.extend(side.datagram_to_guest(src, peer[1], listener.guest_ip,
-                                              listener.guest_port, data))
+            if len(listener.guest_ip) == 4:
+                to_guest = side.datagram_to_guest
+            else:
+                assert self.v6 is not None  # add takes IPv6 guests only with it
+                to_guest = self.v6.datagram_to_guest
+            out.extend(to_guest(src, peer[1], listener.guest_ip, listener.guest_port, data))
         if out:
             side.emit(out)
 
-    def answer(self, packet: bytes, ip: Ipv4, sport: int, dport: int, payload: bytes,
+    def answer(self, packet: bytes, ip: Ipv4 | Ipv6, sport: int, dport: int, payload: bytes,
                now: float) -> bool:
         """A guest's datagram to a forward's peer leaves by the listening socket."""
         session = self.sessions.get((ip.src, sport, ip.dst, dport))
         if session is None:
             return False
-        self.udp.send(session.listener.sock, payload, session.remote, packet)
+        if isinstance(ip, Ipv6):
+            try:
+                session.listener.sock.sendto(payload, session.remote)
+            except OSError as exc:
+                name = errno.errorcode.get(exc.errno or 0, "error")
+                self.side.counters[f"udp6-forward-send-{name}"] += 1
+        else:
+            self.udp.send(session.listener.sock, payload, session.remote, packet)
         session.expires = now + self.udp_timeout
         session.packets[1] += 1
         session.bytes[1] += len(payload)
@@ -167,12 +214,13 @@ class Forwards:
                     listener.sock.close()
 
     def rows(self, now: float) -> list[dict[str, Any]]:
-        def ep(address: bytes, port: int) -> str:
-            return f"{socket.inet_ntoa(address)}:{port}"
+        def peer(remote: tuple[Any, ...]) -> str:
+            host, port = remote[:2]
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
         return [{"proto": "udp", "kind": "host-forward", "state": "mapped",
-                 "original": f"{s.remote[0]}:{s.remote[1]} -> {local_address(s.listener.sock)}",
-                 "reply": f"{ep(gip, gport)} -> {ep(rip, rport)}",
+                 "original": f"{peer(s.remote)} -> {local_address(s.listener.sock)}",
+                 "reply": f"{address_port(gip, gport)} -> {address_port(rip, rport)}",
                  "seconds_left": round(s.expires - now), "packets": list(s.packets),
                  "bytes": list(s.bytes)}
                 for (gip, gport, rip, rport), s in self.sessions.items()]

@@ -13,7 +13,7 @@ from nat.egress.flows import EchoFlow, FlowTable
 from nat.egress.forwards import Forwards, Listener
 from nat.egress.frames import IP, Emit, forwardable
 from nat.egress.side import HostSide
-from nat.egress.sockets import local_address
+from nat.egress.sockets import address_port, local_address
 from nat.egress.tcp import TcpAdapter
 from nat.egress.udp import UdpAdapter
 from nat.egress.v6 import HostEgress6
@@ -59,11 +59,11 @@ class HostEgress:
         self.udp = UdpAdapter(self.side, self.flows)
         self.echo = EchoAdapter(self.side, self.flows)
         self.tcp = TcpAdapter(self.side, tcp_established, tcp_transitory, buffer_budget)
-        self.forwarding = Forwards(self.side, self.tcp, self.udp, udp_timeout)
         #: IPv6 UDP and ping, with a flow table of their own (their keys are 16 bytes)
         self.v6 = None if gateway6 is None else HostEgress6(
             self.side, gateway6[0], gateway6[1],
             FlowTable(udp_timeout, icmp_timeout, endpoint_independent), self.tcp)
+        self.forwarding = Forwards(self.side, self.tcp, self.udp, udp_timeout, self.v6)
         self.side.flows_in_use = lambda: len(self.flows) + len(self.tcp) + (
             len(self.v6.flows) if self.v6 is not None else 0)  # Rule 6
         self.reassembly = Reassembly(fragment_timeout)
@@ -202,7 +202,7 @@ class HostEgress:
     def forward_rows(self) -> list[dict[str, Any]]:
         """``show forwards``."""
         return [{"proto": PROTO_NAMES[f.proto], "port": str(f.port), "listen": f.listen,
-                 "to": f"{socket.inet_ntoa(f.guest_ip)}:{f.guest_port}"}
+                 "to": address_port(f.guest_ip, f.guest_port)}
                 for f in self.forwards()]
 
     def stats(self) -> dict[str, Any]:

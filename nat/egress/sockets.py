@@ -8,6 +8,8 @@ import socket
 import struct
 from typing import Any, Final
 
+from wire.packets import format_ip
+
 IP_RECVERR: Final = 11  # <linux/in.h>
 SO_EE_ORIGIN_ICMP: Final = 2  # <linux/errqueue.h>
 #: struct sock_extended_err: errno, origin, type, code, pad, info, data; the offender follows
@@ -17,16 +19,23 @@ UNREACHABLE_CODE: Final = {errno.ENETUNREACH: 0, errno.EHOSTUNREACH: 1, errno.ET
                            errno.EACCES: 13, errno.EPERM: 13}
 
 
+def address_port(address: bytes, port: int) -> str:
+    """``192.0.2.1:80`` or ``[2001:db8::1]:80``: a 4- or 16-byte address and a port, for
+    ``show``."""
+    text = format_ip(address)
+    return f"[{text}]:{port}" if len(address) == 16 else f"{text}:{port}"
+
+
 def local_address(sock: socket.socket, peer: str | None = None) -> str:
-    """``host:port`` a host socket uses, for ``show conntrack``; an unbound address is shown as
-    the source the host would use toward ``peer``."""
+    """``host:port`` (``[host]:port`` for IPv6) a host socket uses, for ``show conntrack``; an
+    unbound address is shown as the source the host would use toward ``peer``."""
     try:
         host, port = sock.getsockname()[:2]
         if host in ("0.0.0.0", "::") and peer is not None:
             host = route_source(peer)
     except OSError:
         return "?"
-    return f"{host}:{port}"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def route_source(peer: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from nat.egress.frames import UNKNOWN_MACS, ip_packet
 from nat.egress.side import HostSide
-from nat.egress.sockets import UNREACHABLE_CODE, local_address
+from nat.egress.sockets import UNREACHABLE_CODE, address_port, local_address
 from nat.tcp_splice import Splice
 from nat.translate import icmp_error
 from wire.errors import MalformedPacket
@@ -27,12 +27,6 @@ RECENT, LINGER = 1024, 30.0  # closed TCP flows still listed, and for how long
 FLOW_BUFFER, MIN_BUFFER = 1 << 20, 64 << 10  # bytes a TCP flow may hold each way (Rule 6)
 
 Key = tuple[bytes, int, bytes, int]  # guest address and port, remote address and port
-
-
-def _ep(address: bytes, port: int) -> str:
-    if len(address) == 16:
-        return f"[{socket.inet_ntop(socket.AF_INET6, address)}]:{port}"
-    return f"{socket.inet_ntoa(address)}:{port}"
 
 
 @dataclass(eq=False, slots=True)
@@ -119,12 +113,14 @@ class TcpAdapter:
         self._sync(flow)
 
     def open_inbound(self, key: Key, sock: socket.socket, now: float) -> bool:
-        """A connection a forward accepted (Rule 5): a splice that opens toward the guest;
-        False when the flow exists or the table is full."""
+        """A connection a forward accepted (Rule 5): a splice that opens toward the guest (an
+        IPv6 one for a 16-byte guest address); False when the flow exists or the table is
+        full."""
         side = self.side
         if key in self.flows or not side.has_room():
             return False
-        splice = Splice.inbound(key[0], key[1], key[2], key[3], now, mss=side.mtu - 40,
+        mss = side.mtu - (60 if len(key[0]) == 16 else 40)  # IPv6's header is 20 bytes more
+        splice = Splice.inbound(key[0], key[1], key[2], key[3], now, mss=mss,
                                 buffer=self._flow_buffer(), **self.timeouts)
         splice.macs = UNKNOWN_MACS
         flow = TcpFlow(key, splice, sock, connecting=False, inbound=True)
@@ -288,8 +284,8 @@ class TcpAdapter:
         half += "+host-fin" if sp.host_fin else ""
         return {"proto": "tcp", "kind": "host-forward" if flow.inbound else "host",
                 "state": sp.state + half,
-                "original": f"{_ep(gip, gport)} -> {_ep(rip, rport)}",
-                "reply": f"{_ep(rip, rport)} -> {local_address(flow.sock)}",
+                "original": f"{address_port(gip, gport)} -> {address_port(rip, rport)}",
+                "reply": f"{address_port(rip, rport)} -> {local_address(flow.sock)}",
                 "seconds_left": round(sp.expires_at(now) - now),
                 "packets": [sp.packets_from_guest, sp.packets_to_guest],
                 "bytes": [sp.bytes_from_guest, sp.bytes_to_guest]}

@@ -12,13 +12,15 @@ from nat.egress.flows import FlowTable, UdpFlow
 from nat.egress.side import HostSide
 from nat.egress.sockets import IP_RECVERR, UNREACHABLE_CODE, read_icmp_error
 from nat.translate import icmp_error
+from wire.ipv6 import Ipv6
 from wire.packets import PROTO_UDP, Ipv4, decode_udp, encode_ipv4, encode_udp
 
 BATCH: Final = 64
 
 #: A guest's datagram that may answer a forward's peer: (packet, ip, sport, dport, payload,
-#: now) -> True if a forward session took it (``nat.egress.forwards``).
-SessionAnswer = Callable[[bytes, Ipv4, int, int, bytes, float], bool]
+#: now) -> True if a forward session took it (``nat.egress.forwards``); IPv4 from this
+#: adapter, IPv6 from ``nat.egress.v6``.
+SessionAnswer = Callable[[bytes, Ipv4 | Ipv6, int, int, bytes, float], bool]
 
 
 class UdpAdapter:

@@ -17,6 +17,9 @@ Rule 4: answers go to ``emit`` with their MACs unset: the router addresses them 
 Rule 5: a guest's IPv6 TCP goes to the TCP adapter (``nat.egress.tcp``), whose translator
         (``nat.tcp_splice``) builds IPv6 segments for an IPv6 guest; a connection the host
         cannot make is reset toward the guest.
+Rule 6: forwards to IPv6 guests (``nat.egress.forwards``): a guest's datagram that answers a
+        forward's peer leaves by the forward's listening socket, not a Rule 1 socket; the
+        forward's datagrams reach the guest as this module's own answers do (Rule 4).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from nat.egress.frames import ZERO_MACS
 from nat.egress.side import HostSide
 from nat.egress.sockets import open_ping
 from nat.egress.tcp import TcpAdapter
+from nat.egress.udp import SessionAnswer
 from wire.errors import MalformedPacket
 from wire.gso import to_plain_frames
 from wire.ipv6 import (
@@ -66,6 +70,9 @@ class HostEgress6:
         self.gateway_mac = gateway_mac
         self.gateway6 = gateway6
         self.flows = flows
+        #: Rule 6: set by ``nat.egress.forwards``; True when a forward's session took the
+        #: datagram.
+        self.answer_session: SessionAnswer = lambda *_: False
         self.mode, self._raw = self._open_ping()
 
     def _open_ping(self) -> tuple[str, socket.socket | None]:
@@ -113,8 +120,10 @@ class HostEgress6:
         return False
 
     def _udp(self, frame: bytes, ip: Ipv6, now: float) -> None:
-        """Rule 1."""
+        """Rule 1 (Rule 6 first: an answer to a forward's peer)."""
         sport, dport, payload = decode_udp6(frame, ip)
+        if self.answer_session(frame, ip, sport, dport, payload, now):
+            return
         flow = self.flows.udp.get((ip.src, sport))
         if flow is None:
             if not self.side.has_room():
@@ -160,8 +169,7 @@ class HostEgress6:
             if not self.flows.udp_in(flow, src, len(data)):
                 self.side.counters["drop-udp6-filtered"] += 1
                 continue
-            out += self._to_guest(src, flow.guest_ip, PROTO_UDP,
-                                  encode_udp6(src, flow.guest_ip, peer[1], flow.guest_port, data))
+            out += self.datagram_to_guest(src, peer[1], flow.guest_ip, flow.guest_port, data)
         if out:
             self.flows.udp_answered(flow, self.side.loop.time())
             self.side.emit(out)
@@ -235,6 +243,11 @@ class HostEgress6:
         body = struct.pack("!HH", flow.guest_ident, struct.unpack_from("!H", message, 6)[0])
         reply = encode_icmpv6(src, flow.guest_ip, ECHO_REPLY, 0, body + message[8:])
         return self._to_guest(src, flow.guest_ip, PROTO_ICMPV6, reply)
+
+    def datagram_to_guest(self, src: bytes, sport: int, dst: bytes, dport: int,
+                          data: bytes) -> list[bytes]:
+        """A UDP datagram to a guest, its MACs left for the router (Rule 4)."""
+        return self._to_guest(src, dst, PROTO_UDP, encode_udp6(src, dst, sport, dport, data))
 
     def _to_guest(self, src: bytes, dst: bytes, proto: int, payload: bytes) -> list[bytes]:
         """Rule 4: MACs left for the router to fill in."""
