@@ -31,15 +31,15 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from wire.errors import MalformedPacket
-from wire.ipv6 import DHCP6_SERVER_PORT, in_prefix, search_domain
+from wire.ipv6 import DHCP6_CLIENT_PORT, DHCP6_SERVER_PORT, in_prefix, search_domain
 
 from .leases import Lease, LeaseState, LeaseTable, hostname_label
 
 SERVER_PORT6: Final = DHCP6_SERVER_PORT
-CLIENT_PORT6: Final = 546
+CLIENT_PORT6: Final = DHCP6_CLIENT_PORT
 
 SOLICIT, ADVERTISE, REQUEST, CONFIRM, RENEW, REBIND, REPLY, RELEASE, DECLINE = range(1, 10)
 INFORMATION_REQUEST: Final = 11
@@ -108,6 +108,49 @@ def decode_message6(data: bytes) -> Message6:
     if len(data) < 4:
         raise MalformedPacket("DHCPv6 message shorter than its header")
     return Message6(data[0], data[1:4], read_options(data[4:]))
+
+
+class IaNa(NamedTuple):
+    """An IA_NA option as read (RFC 8415 21.4), for the client (``dhcp.client6``)."""
+
+    iaid: int
+    t1: int
+    t2: int
+    addresses: list[tuple[bytes, int, int]]
+    """(address, preferred lifetime, valid lifetime) of each IAADDR (RFC 8415 21.6)."""
+    status: int | None
+    """The IA's own status code (RFC 8415 21.13), None without one."""
+
+
+def decode_ia_na(data: bytes) -> IaNa:
+    """Rule 1: the body of an IA_NA option, with its IAADDR and status code options."""
+    if len(data) < 12:
+        raise MalformedPacket("IA_NA shorter than 12 bytes")
+    iaid, t1, t2 = _IA.unpack_from(data)
+    addresses, status = [], None
+    for code, body in read_options(data[12:]):
+        if code == OPT_IAADDR:
+            if len(body) < _IAADDR.size:
+                raise MalformedPacket("IAADDR shorter than 24 bytes")
+            addresses.append(_IAADDR.unpack_from(body))
+        elif code == OPT_STATUS:
+            status = status_code(body)
+    return IaNa(iaid, t1, t2, addresses, status)
+
+
+def status_code(data: bytes) -> int:
+    """The code of a Status Code option (RFC 8415 21.13); its message is for people."""
+    if len(data) < 2:
+        raise MalformedPacket("status code option shorter than 2 bytes")
+    return int.from_bytes(data[:2], "big")
+
+
+def ia_na_option(iaid: int, addresses: list[tuple[bytes, int, int]], status: bytes = b"",
+                 t1: int = 0, t2: int = 0) -> bytes:
+    """An IA_NA option: (address, preferred, valid) for each IAADDR, then ``status``."""
+    inner = b"".join(option(OPT_IAADDR, _IAADDR.pack(a, preferred, valid))
+                     for a, preferred, valid in addresses)
+    return option(OPT_IA_NA, _IA.pack(iaid, t1, t2) + inner + status)
 
 
 def duid_mac(duid: bytes) -> bytes | None:
@@ -312,9 +355,7 @@ class Dhcp6Server:
     @staticmethod
     def _ia_option(iaid: int, addresses: list[tuple[bytes, int, int]], status: bytes = b"",
                    t1: int = 0, t2: int = 0) -> bytes:
-        inner = b"".join(option(OPT_IAADDR, _IAADDR.pack(a, preferred, valid))
-                         for a, preferred, valid in addresses)
-        return option(OPT_IA_NA, _IA.pack(iaid, t1, t2) + inner + status)
+        return ia_na_option(iaid, addresses, status, t1, t2)
 
 
 def _fqdn_label(data: bytes | None) -> str:

@@ -31,6 +31,11 @@ Rule 8: fragments to the gateway's addresses are reassembled (``nat.reassembly``
         overlaps drop the whole datagram, RFC 5722); an atomic fragment (offset 0, no more)
         is a whole packet (RFC 6946); a datagram still incomplete at its timeout gets time
         exceeded, code 1, when its first fragment came (RFC 8200 4.5).
+Rule 9: TCP to the gateway's addresses goes to the TCP service registered for its port (DNS
+        53 over ``nat.tcp_server``, RFC 7766), as the IPv4 gateway's Rule 4.  A port no
+        service takes goes to ``egress`` when sent to the gateway's address in the prefix (the
+        host's ``::1``, as UDP in Rule 7); otherwise a segment gets RST (RFC 9293 3.10.7.1),
+        unless its checksum fails: then it is dropped and counted (RFC 9293 3.1, MUST-3).
 
 Sans-I/O: ``handle(frame, now)`` takes a plain Ethernet frame and returns frames to send;
 ``tick(now)`` returns the unsolicited advertisements that are due, and the time-exceeded
@@ -43,12 +48,13 @@ import random
 import struct
 from collections import Counter
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 from nat.reassembly import Reassembly
 from wire.errors import MalformedPacket
 from wire.ipv6 import (
     ALL_NODES,
+    ALL_SERVERS,
     DEST_UNREACHABLE,
     ECHO_REPLY,
     ECHO_REQUEST,
@@ -63,10 +69,10 @@ from wire.ipv6 import (
     Ipv6,
     decode_ipv6,
     decode_udp6,
-    encode_icmpv6,
     encode_ipv6,
     encode_udp6,
     icmpv6_checksum_ok,
+    icmpv6_frame,
     in_prefix,
     link_local,
     multicast_mac,
@@ -75,12 +81,11 @@ from wire.ipv6 import (
     search_domain,
     solicited_node,
 )
-from wire.packets import ETH_P_IPV6, PROTO_UDP, encode_ethernet
+from wire.packets import ETH_P_IPV6, PROTO_TCP, PROTO_UDP, encode_ethernet
+from wire.tcp import checksum_ok, reset_for
 
 # NDP option types (RFC 4861 4.6, RFC 8106 5).
 SOURCE_LL, TARGET_LL, PREFIX_INFO, MTU_OPTION, RDNSS, DNSSL = 1, 2, 3, 5, 25, 31
-#: All_DHCP_Relay_Agents_and_Servers (RFC 8415 7.1): where DHCPv6 clients send.
-ALL_SERVERS: Final = bytes.fromhex("ff020000000000000000000000010002")
 ROUTER_LIFETIME: Final = 1800
 VALID_LIFETIME: Final = 86400
 PREFERRED_LIFETIME: Final = 14400
@@ -88,6 +93,15 @@ DNS_LIFETIME: Final = 1800
 MIN_INTERVAL, MAX_INTERVAL = 200.0, 600.0
 INITIAL_INTERVAL, INITIAL_COUNT = 16.0, 3
 NEIGHBOURS: Final = 4096
+#: The well-known ports of the gateway's services, named in explanations.
+SERVICE_NAMES: Final = {53: "DNS", 547: "DHCPv6"}
+
+
+class TcpService(Protocol):
+    def handle_segment(self, gateway: Gateway6, frame: bytes, ip: Ipv6,
+                       now: float) -> list[bytes]:
+        """Frames answering one TCP segment addressed to the gateway (Rule 9)."""
+        ...
 
 
 class Gateway6:
@@ -107,6 +121,8 @@ class Gateway6:
         #: UDP services by port, as the IPv4 gateway's (DNS 53): (client MAC, client address,
         #: client port, destination, payload, now) -> frames
         self.udp: dict[int, Callable[[bytes, bytes, int, bytes, bytes, float], list[bytes]]] = {}
+        #: TCP services by port (Rule 9), as the IPv4 gateway's (DNS 53: ``nat.tcp_server``)
+        self.tcp: dict[int, TcpService] = {}
         #: Where IPv6 for the outside goes when the host uplink takes it (Rule 7): (frame,
         #: header, now) -> whether it was taken.
         self.egress: Callable[[bytes, Ipv6, float], bool] | None = None
@@ -140,6 +156,8 @@ class Gateway6:
                 return self.handle(whole, now) if whole is not None else []
             if ip.proto == PROTO_UDP and (ip.dst in self.addresses or ip.dst == ALL_SERVERS):
                 return self._udp(frame, ip, now)
+            if ip.proto == PROTO_TCP and ip.dst in self.addresses:
+                return self._tcp(frame, ip, now)
             if ip.proto != PROTO_ICMPV6:
                 return []
             if ip.end - ip.start < 8 or not icmpv6_checksum_ok(frame, ip):
@@ -215,6 +233,35 @@ class Gateway6:
             return []
         return service(frame[6:12], ip.src, sport, ip.dst, payload, now)
 
+    def _tcp(self, frame: bytes, ip: Ipv6, now: float) -> list[bytes]:
+        """Rule 9: the service for the destination port; no service: the host's ``::1``
+        (the gateway's address in the prefix) or RST."""
+        service = self.tcp.get(_tcp_dport(frame, ip))
+        if service is not None:
+            return service.handle_segment(self, frame, ip, now)
+        if ip.dst == self.address and self.egress is not None and self.egress(frame, ip, now):
+            return []  # to the host's ::1, which the gateway's address stands for
+        if not checksum_ok(frame, ip):
+            self.counters["tcp-bad-checksum"] += 1
+            return []
+        return self.tcp_reset(frame, ip)
+
+    def tcp_reset(self, frame: bytes, ip: Ipv6) -> list[bytes]:
+        """RST for a segment to a port nobody serves (Rule 9), from the address it was sent
+        to; never in answer to a RST."""
+        reset = reset_for(ip.dst, frame, ip)
+        if reset is None:
+            return []
+        self.counters["tcp-resets"] += 1
+        return [self.ip_frame(frame[6:12], ip.src, PROTO_TCP, reset, source=ip.dst)]
+
+    def ip_frame(self, dst_mac: bytes, dst_ip: bytes, proto: int, payload: bytes,
+                 source: bytes | None = None) -> bytes:
+        """An IPv6 packet of ``proto`` from the gateway's address (or ``source``) to a guest:
+        the header a TCP service's segments go in (``nat.tcp_server`` Rule 5)."""
+        return encode_ethernet(dst_mac, self.mac, ETH_P_IPV6,
+                               encode_ipv6(source or self.address, dst_ip, proto, payload))
+
     def udp_frame(self, dst_mac: bytes, dst: bytes, sport: int, dport: int, payload: bytes,
                   source: bytes | None = None) -> bytes:
         """A UDP datagram from the gateway's address (or ``source``) to a guest."""
@@ -282,6 +329,9 @@ class Gateway6:
         if self._not_routed(frame, ip):
             return [("IPv6 is not routed out of the guest network yet: ICMPv6 no route sent",
                      "gateway6 Rule 7")]
+        if ip.proto in (PROTO_UDP, PROTO_TCP) and ip.dst in self.addresses \
+                and ip.end - ip.start >= 4 and ip.fragment is None:
+            return self._explain_service(frame, ip)
         if ip.proto != PROTO_ICMPV6 or ip.end - ip.start < 8:
             return [(f"IPv6 next header {ip.proto}: not the gateway's", "gateway6 Rule 1")]
         kind = frame[ip.start]
@@ -303,6 +353,21 @@ class Gateway6:
         if kind == ECHO_REQUEST and ip.dst in self.addresses:
             return [("echo6 answered", "gateway6 Rule 4")]
         return [(f"ICMPv6 type {kind}: not for the gateway", "gateway6 Rule 1")]
+
+    def _explain_service(self, frame: bytes, ip: Ipv6) -> list[tuple[str, str]]:
+        """UDP (Rule 6) and TCP (Rule 9) to one of the gateway's addresses."""
+        dport = int.from_bytes(frame[ip.start + 2:ip.start + 4], "big")
+        name = SERVICE_NAMES.get(dport, f"port {dport}")
+        udp = ip.proto == PROTO_UDP
+        kind, rule = ("UDP", "gateway6 Rule 6") if udp else ("TCP", "gateway6 Rule 9")
+        if dport in (self.udp if udp else self.tcp):
+            return [(f"{kind} taken by the {name} service", rule)]
+        if ip.dst == self.address and self.egress is not None:
+            return [(f"{kind} to {name}: no gateway service, to the host's ::1 (host uplink)",
+                     "gateway6 Rule 7" if udp else rule)]
+        if udp:
+            return [(f"UDP to {name}: no service, dropped", rule)]
+        return [(f"TCP to {name}: no service, RST sent", rule)]
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -349,6 +414,10 @@ class Gateway6:
 
     def _icmp(self, dst_mac: bytes, dst: bytes, icmp_type: int, body: bytes,
               source: bytes, code: int = 0, hop_limit: int = 64) -> bytes:
-        message = encode_icmpv6(source, dst, icmp_type, code, body)
-        return encode_ethernet(dst_mac, self.mac, ETH_P_IPV6,
-                               encode_ipv6(source, dst, PROTO_ICMPV6, message, hop_limit))
+        return icmpv6_frame(dst_mac, self.mac, source, dst, icmp_type, code, body, hop_limit)
+
+
+def _tcp_dport(frame: bytes, ip: Ipv6) -> int:
+    if ip.end - ip.start < 20:
+        raise MalformedPacket("TCP header truncated")
+    return int.from_bytes(frame[ip.start + 2:ip.start + 4], "big")

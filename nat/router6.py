@@ -35,19 +35,24 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
 
+from nat.conntrack import Conntrack
 from nat.gateway6 import Gateway6
 from nat.reassembly import Reassembly
 from nat.router import Neighbours, Out
+from nat.translate6 import icmp6_error, nat_packet6
+from nat.verdicts import Drop
 from wire.errors import MalformedPacket
+from wire.gso import to_plain_frames
 from wire.ipv6 import (
     DEST_UNREACHABLE,
+    PACKET_TOO_BIG,
     TIME_EXCEEDED,
     Ipv6,
     decode_ipv6,
     in_prefix,
 )
-from wire.packets import ETH_P_IPV6
-from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN, is_gso
+from wire.packets import ETH_P_IPV6, PROTO_ICMPV6, PROTO_UDP
+from wire.vnet import FLAG_NEEDS_CSUM, NO_OFFLOAD, VNET_HDR_LEN, is_gso
 
 ETH: Final = VNET_HDR_LEN
 L3: Final = VNET_HDR_LEN + 14
@@ -60,12 +65,35 @@ class Egress6(Protocol):
     def from_guest(self, packet: bytes, ip: Ipv6, now: float) -> bool: ...
 
 
+class Station6(Protocol):
+    """The raw uplink's own IPv6 station (``nat.uplink6.UplinkStation6``, Rule 6)."""
+
+    mac: bytes
+
+    @property
+    def address(self) -> bytes | None: ...
+
+    @property
+    def mtu(self) -> int: ...
+
+    def handle(self, frame: bytes, now: float) -> tuple[list[bytes], bool]: ...
+
+    def resolve(self, packets: list[bytes | bytearray],
+                now: float) -> list[bytes | bytearray]: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
 class Router6:
     def __init__(self, gateway: Gateway6, mode: str, egress: Egress6 | None = None,
                  fragment_timeout: float = 30.0) -> None:
         self.gateway = gateway
         self.mode = mode
         self.egress = egress
+        #: The raw uplink's station and, in nat mode once it has an address, the NAT66
+        #: conntrack (Rule 6).
+        self.station: Station6 | None = None
+        self.conntrack: Conntrack | None = None
         self.guests = Neighbours()
         self.reassembly = Reassembly(fragment_timeout)
         self.counters: Counter[str] = Counter()
@@ -114,7 +142,101 @@ class Router6:
             return self._refuse(packet, ip, out, TIME_EXCEEDED, 0, "hop-limit-exceeded")
         if self.egress is not None:
             return self._to_host(packet, ip, now, out)
+        if self.station is not None:
+            return self._to_uplink(packet, ip, now, out)
         return self._refuse(packet, ip, out, DEST_UNREACHABLE, 0, "no-route")
+
+    def _to_uplink(self, packet: bytes, ip: Ipv6, now: float, out: Out) -> Out:
+        """Rules 2, 3 and 6: translated or routed out of the raw uplink."""
+        station = self.station
+        assert station is not None
+        if self.mode == "nat" and self.conntrack is None:  # no address yet
+            return self._refuse(packet, ip, out, DEST_UNREACHABLE, 0, "no-uplink-address")
+        if self.too_big(packet, ip, station.mtu):
+            return self._refuse(packet, ip, out, PACKET_TOO_BIG, 0, "too-big", station.mtu)
+        if self.conntrack is None:  # route, open
+            out.uplink.extend(station.resolve([decrement_hop_limit(packet)], now))
+            return out
+        try:
+            result = nat_packet6(packet, self.conntrack, False, now, ip)
+        except MalformedPacket:
+            self.counters["malformed"] += 1
+            return out
+        if isinstance(result, Drop):
+            self.counters[f"drop-{result.reason}"] += 1
+            if result.icmp is not None:
+                return self._refuse(packet, ip, out, *result.icmp, result.reason)
+            return out
+        out.uplink.extend(station.resolve(list(result), now))
+        return out
+
+    # -- outside -> guests (raw uplink, Rule 6) ---------------------------------------------
+
+    def from_uplink(self, packet: bytes, now: float) -> Out:
+        """An IPv6 frame from the raw uplink: the station's, translated (nat), routed to the
+        guest prefix (route, open), or ignored."""
+        out = Out([], [])
+        station = self.station
+        if station is None:
+            return out
+        frame = packet[ETH:]
+        if packet[0] & FLAG_NEEDS_CSUM and not is_gso(packet) and _maybe_station_s(packet):
+            try:  # the station verifies checksums (a veth peer leaves them partial)
+                frame = to_plain_frames(packet)[0]
+            except MalformedPacket:
+                self.counters["malformed-from-uplink"] += 1
+                return out
+        replies, taken = station.handle(frame, now)
+        out.uplink.extend(NO_OFFLOAD + reply for reply in replies)
+        if taken or packet[ETH:ETH + 6] != station.mac:
+            return out
+        try:
+            ip = decode_ipv6(packet, L3)
+        except MalformedPacket:
+            self.counters["malformed-from-uplink"] += 1
+            return out
+        gateway = self.gateway
+        if self.conntrack is not None:
+            if ip.dst != station.address:
+                return out
+            try:
+                result = nat_packet6(packet, self.conntrack, True, now, ip)
+            except MalformedPacket:
+                self.counters["malformed-from-uplink"] += 1
+                return out
+            if isinstance(result, Drop):
+                self.counters[f"drop-{result.reason}"] += 1
+                if result.icmp is not None:
+                    self._error_out(packet, out, *result.icmp, now)
+                return out
+            packets: list[bytes | bytearray] = list(result)
+        elif self.mode in ("route", "open") and in_prefix(ip.dst, gateway.prefix,
+                                                         gateway.prefix_len):
+            if ip.hop_limit <= 1:
+                self.counters["drop-hop-limit-exceeded"] += 1
+                self._error_out(packet, out, TIME_EXCEEDED, 0, now)
+                return out
+            packets = [decrement_hop_limit(packet)]
+        else:
+            return out
+        for one in packets:
+            if self.too_big(one, ip, gateway.mtu):
+                self.counters["drop-too-big-for-guests"] += 1
+                self._error_out(packet, out, PACKET_TOO_BIG, 0, now, gateway.mtu)
+                continue
+            out.switch.extend(self.to_guests([one], now).switch)
+        return out
+
+    def _error_out(self, packet: bytes, out: Out, icmp_type: int, code: int, now: float,
+                   word: int = 0) -> None:
+        """An ICMPv6 error from the uplink's address to a sender outside."""
+        station = self.station
+        assert station is not None
+        if station.address is None:
+            return
+        error = icmp6_error(packet, icmp_type, code, station.address, word, station.mac)
+        if error is not None:
+            out.uplink.extend(station.resolve([error], now))
 
     def _to_host(self, packet: bytes, ip: Ipv6, now: float, out: Out) -> Out:
         """Rule 5."""
@@ -157,7 +279,17 @@ class Router6:
             return [(f"hop limit {ip.hop_limit}: ICMPv6 time exceeded sent", "router6 Rule 3")]
         if self.egress is not None:
             return [("to the host's IPv6 sockets (TCP, UDP, ping)", "router6 Rule 5")]
-        return [("no IPv6 route out: ICMPv6 unreachable (no route) sent", "router6 Rule 2")]
+        station = self.station
+        if station is None or self.mode == "nat" and self.conntrack is None:
+            return [("no IPv6 route out (no uplink IPv6 address): ICMPv6 unreachable (no "
+                     "route) sent", "router6 Rule 2")]
+        if self.too_big(packet, ip, station.mtu):
+            return [(f"{ip.end - L3} bytes > uplink MTU {station.mtu}: ICMPv6 packet too big "
+                     "sent", "router6 Rule 3")]
+        if self.conntrack is None:
+            return [(f"routed unchanged (mode {self.mode}), hop limit - 1", "router6 Rule 2")]
+        return [("translated (NAT66) to the uplink's IPv6 address, hop limit - 1",
+                 "router6 Rule 6")]
 
     def _refuse(self, packet: bytes, ip: Ipv6, out: Out, icmp_type: int, code: int,
                 reason: str, word: int = 0) -> Out:
@@ -169,7 +301,7 @@ class Router6:
             out.switch.append(NO_OFFLOAD + error)
         return out
 
-    def too_big(self, packet: bytes, ip: Ipv6, mtu: int) -> bool:
+    def too_big(self, packet: bytes | bytearray, ip: Ipv6, mtu: int) -> bool:
         """Rule 3: over ``mtu`` and not a GSO super-frame."""
         return ip.end - L3 > mtu and not is_gso(packet)
 
@@ -201,11 +333,29 @@ class Router6:
 
     def stats(self) -> dict[str, Any]:
         """``show router``: IPv6 drops by reason and the guest-side neighbour cache."""
-        return {f"ipv6-{k}": v for k, v in self.counters.items()} | {
+        stats: dict[str, Any] = {f"ipv6-{k}": v for k, v in self.counters.items()} | {
             "ndp_guests": len(self.guests.cache), "ndp_held_dropped": self.guests.dropped}
+        if self.station is not None:
+            stats |= {"uplink6": self.station.stats(),
+                      "conntrack6": len(self.conntrack) if self.conntrack is not None else 0}
+        return stats
 
     def expire(self, now: float) -> None:
         """Neighbours and held packets past their time; datagrams whose fragments did not
         all come (counted by the reassembly)."""
         self.guests.expire(now)
         self.reassembly.expire(now)
+
+
+def decrement_hop_limit(packet: bytes) -> bytearray:
+    """Hop limit - 1 (IPv6 has no header checksum), in a new buffer addressed in place."""
+    buf = bytearray(packet)
+    buf[_HOP_LIMIT] -= 1
+    return buf
+
+
+def _maybe_station_s(packet: bytes) -> bool:
+    """ICMPv6 (Neighbor Discovery) or UDP to the DHCPv6 client port, without extension
+    headers: what the raw uplink's station may take (its checksum is then finished)."""
+    proto = packet[L3 + 6] if len(packet) > L3 + 43 else -1
+    return proto == PROTO_ICMPV6 or proto == PROTO_UDP and packet[L3 + 42:L3 + 44] == b"\x02\x22"

@@ -1,46 +1,64 @@
-"""A small passive TCP for request/response services on the gateway (DNS over TCP, RFC 7766).
+"""A small passive TCP for request/response services on the gateway (DNS over TCP, RFC 7766),
+over IPv4 and IPv6 alike.
 
 Not a general TCP: it only accepts connections, delivers in-order data to an application and
 sends its (small) answers back.
 
-Rule 1: a SYN to the service opens a connection (SYN-ACK with our MSS); at most ``max_conns``
+Rule 1: a SYN to the service opens a connection (SYN-ACK with our MSS: the station's MTU less
+        the IP and TCP headers, 40 bytes over IPv4 and 60 over IPv6); at most ``max_conns``
         exist, a SYN beyond that gets RST (RFC 793 3.4 reset generation; RFC 7766 6.2 says
-        servers may limit connections).
+        servers may limit connections).  Our segments carry at most the peer's MSS too (536
+        when its SYN names none: RFC 9293 3.7.1's IPv4 default, below IPv6's 1220).
 Rule 2: only in-order data is accepted; anything else is answered with a duplicate ACK so the
         peer retransmits (RFC 793 3.3, "segment acceptability", simplified to exact match).
 Rule 3: unacknowledged data is retransmitted after RTO (1 s, doubled each time, RFC 6298 5.5);
         after 5 tries, or ``idle`` seconds without traffic, the connection is reset and forgotten.
 Rule 4: a FIN from the peer is acknowledged and answered with our FIN once our data is sent;
         a RST removes the connection at once.
-Checksums of received segments are not verified: they come over a virtual link whose sender
-may leave them to offload (virtio NEEDS_CSUM); ours are always complete.
+Rule 5: one server takes both address families: the station a segment came to (``nat.gateway``
+        for IPv4, ``nat.gateway6`` for IPv6) builds the IP header and the RST for a segment
+        nobody takes, the TCP checksum covers the pseudo header of the addresses' family
+        (``wire.tcp`` Rule 2), and a connection answers from the address its SYN was sent to
+        (the IPv6 gateway has two: in the prefix and link-local).
+Rule 6: a segment whose checksum fails is dropped and counted, before anything else looks at
+        it (RFC 9293 3.1, MUST-3).  Partial checksums (virtio NEEDS_CSUM) are finished by the
+        router port before the gateway sees a TCP segment; ours are always complete.
 """
 
 from __future__ import annotations
 
 import secrets
 import struct
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
+from nat.tcp_splice import MIN_MSS, decode_syn_options
+from wire.ipv6 import Ipv6
 from wire.packets import PROTO_TCP, Ipv4
-from wire.tcp import ACK, FIN, PSH, RST, SYN, decode_tcp, encode_tcp
+from wire.tcp import ACK, FIN, PSH, RST, SYN, checksum_ok, decode_tcp, encode_tcp
+
+#: The IP header a station speaks: IPv4 (``nat.gateway``) or IPv6 (``nat.gateway6``).
+Ip = TypeVar("Ip", Ipv4, Ipv6, contravariant=True)
 
 
-class Station(Protocol):
-    """What the server needs of the station it serves on (the gateway): its address, frames
-    from it, and its RST for a segment nobody takes."""
+class Station(Protocol[Ip]):
+    """What the server needs of the station a segment came to (Rule 5): its link's MTU, its
+    counters, frames from it (the IP header its family's), and its RST for a segment nobody
+    takes."""
 
-    ip: bytes
+    mtu: int
+    counters: Counter[str]
 
     def ip_frame(self, dst_mac: bytes, dst_ip: bytes, proto: int, payload: bytes,
                  source: bytes | None = None) -> bytes: ...
 
-    def tcp_reset(self, frame: bytes, ip: Ipv4) -> list[bytes]: ...
+    def tcp_reset(self, frame: bytes, ip: Ip) -> list[bytes]: ...
 
 
-MSS = 1460
+#: IP and TCP headers, by the length of the addresses (Rule 1): the MTU less these is our MSS.
+HEADERS = {4: 40, 16: 60}
 RTO, MAX_TRIES = 1.0, 5
 
 Key = tuple[bytes, int]  # (peer IP, peer port)
@@ -50,6 +68,12 @@ App = Callable[[Key, bytes, float], bytes]
 
 @dataclass(slots=True)
 class Connection:
+    station: Station[Any]
+    """Where the SYN came (Rule 5): it builds our segments' frames."""
+    local_ip: bytes
+    """The address the SYN was sent to: ours on this connection."""
+    mss: int
+    """The most data we put in one segment (Rule 1)."""
     peer_mac: bytes
     peer_ip: bytes
     peer_port: int
@@ -74,13 +98,15 @@ class TcpServer:
         self.max_conns = max_conns
         self.idle = idle
         self.conns: dict[Key, Connection] = {}
-        self.gateway: Station | None = None
         self.refused = 0
 
-    def handle_segment(self, gateway: Station, frame: bytes, ip: Ipv4, now: float) -> list[bytes]:
-        """Frames answering one segment: steps per Rules 1-4."""
-        self.gateway = gateway
-        sport, _, seq, ack, flags, _, _, data, end = decode_tcp(frame, ip)
+    def handle_segment(self, gateway: Station[Ip], frame: bytes, ip: Ip,
+                       now: float) -> list[bytes]:
+        """Frames answering one segment: steps per Rules 1-6."""
+        sport, _, seq, ack, flags, _, start, data, end = decode_tcp(frame, ip)
+        if not checksum_ok(frame, ip):  # Rule 6
+            gateway.counters["tcp-bad-checksum"] += 1
+            return []
         payload = frame[data:end]
         key = (ip.src, sport)
         conn = self.conns.get(key)
@@ -96,9 +122,13 @@ class TcpServer:
                 self.refused += 1
                 return gateway.tcp_reset(frame, ip)
             iss = secrets.randbits(32)
-            conn = Connection(frame[6:12], ip.src, sport, iss, iss + 1, seq + 1, last_seen=now)
+            ours = min(gateway.mtu - HEADERS[len(ip.dst)], 0xFFFF)
+            theirs, _ = decode_syn_options(frame[start + 20:data])
+            conn = Connection(gateway, ip.dst, max(MIN_MSS, min(ours, theirs)), frame[6:12],
+                              ip.src, sport, iss, iss + 1, seq + 1, last_seen=now)
             self.conns[key] = conn
-            mss = struct.pack("!BBH", 2, 4, MSS)
+            gateway.counters["tcp-connections"] += 1
+            mss = struct.pack("!BBH", 2, 4, ours)
             return [self._segment(conn, iss, SYN | ACK, options=mss)]
         conn.last_seen = now
         if flags & SYN:  # a retransmitted SYN: say SYN-ACK again
@@ -132,8 +162,8 @@ class TcpServer:
         if not data:
             return []
         segments = []
-        for i in range(0, len(data), MSS):
-            chunk = data[i:i + MSS]
+        for i in range(0, len(data), conn.mss):
+            chunk = data[i:i + conn.mss]
             segments.append(self._segment(conn, conn.snd_nxt, PSH | ACK, chunk))
             conn.snd_nxt += len(chunk)
         conn.unacked += data
@@ -167,10 +197,10 @@ class TcpServer:
 
     def _segment(self, conn: Connection, seq: int, flags: int, payload: bytes = b"",
                  options: bytes = b"") -> bytes:
-        assert self.gateway is not None
-        tcp = encode_tcp(self.gateway.ip, conn.peer_ip, self.port, conn.peer_port, seq,
+        tcp = encode_tcp(conn.local_ip, conn.peer_ip, self.port, conn.peer_port, seq,
                          conn.rcv_nxt, flags, payload, options)
-        return self.gateway.ip_frame(conn.peer_mac, conn.peer_ip, PROTO_TCP, tcp)
+        return conn.station.ip_frame(conn.peer_mac, conn.peer_ip, PROTO_TCP, tcp,
+                                     source=conn.local_ip)
 
     def next_deadline(self) -> float | None:
         if not self.conns:
@@ -195,7 +225,7 @@ class TcpServer:
             if not conn.established:
                 out.append(self._segment(conn, conn.snd_una, SYN | ACK))
             elif conn.unacked:
-                out.append(self._segment(conn, conn.snd_una, PSH | ACK, conn.unacked[:MSS]))
+                out.append(self._segment(conn, conn.snd_una, PSH | ACK, conn.unacked[:conn.mss]))
             elif conn.fin_sent:
                 out.append(self._segment(conn, conn.snd_nxt - 1, FIN | ACK))
         return out

@@ -19,6 +19,7 @@ from ipaddress import (
     IPv4Interface,
     IPv4Network,
     IPv6Address,
+    IPv6Interface,
     IPv6Network,
     ip_address,
 )
@@ -156,6 +157,16 @@ class UplinkConfig:
     """host: the guest-network address that stands for the host's loopback (None: none)."""
     buffer_mib: int = 256
     """host: MiB of TCP data all flows may hold together before their windows narrow."""
+    address6: str = ""
+    """raw: how the uplink's IPv6 station gets its global address (``nat.uplink6``): "slaac"
+    (from the routers' advertisements), "dhcp" (DHCPv6, when an advertisement sets M),
+    "static" (``address6_static``), or "" (no IPv6 on the uplink)."""
+    address6_static: IPv6Interface | None = None
+    """raw: the static IPv6 address and its on-link prefix (``address6 = "2001:db8:1::2/64"``);
+    None unless ``address6`` is "static"."""
+    gateway6: IPv6Address | None = None
+    """raw: the IPv6 next hop, required with a static address6 (link-local or in its prefix);
+    None otherwise: SLAAC and DHCPv6 take the advertising router."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -659,6 +670,11 @@ def _uplink(data: dict[str, Any], network: NetworkConfig) -> UplinkConfig | None
         raise ConfigError("uplink.type", f"{kind!r}: use \"host\" (the host's own sockets) or "
                           "\"raw\" (an address of its own on an L2 interface)")
     if kind == "host":
+        for key in ("address6", "gateway6"):
+            if key in up:
+                raise ConfigError(f"uplink.{key}", "only a raw uplink has an IPv6 address of "
+                                  "its own; a host uplink uses the host's IPv6: remove it, or "
+                                  "set type = \"raw\" with an interface")
         _only(up, "uplink.", {"type", "host_address", "buffer_mib"},
               hint="a host uplink takes type, host_address and buffer_mib")
         buffer_mib = int(_number(up, "uplink.buffer_mib", 256, 1, 1 << 20, integer=True))
@@ -675,7 +691,8 @@ def _uplink(data: dict[str, Any], network: NetworkConfig) -> UplinkConfig | None
                 raise ConfigError("uplink.host_address", f"{host} is in the DHCP range; pick "
                                   "an address outside it, or the gateway (the default)")
         return UplinkConfig(type="host", host_address=host, buffer_mib=buffer_mib)
-    _only(up, "uplink.", {"type", "interface", "address", "gateway", "mac", "mtu"})
+    _only(up, "uplink.", {"type", "interface", "address", "gateway", "mac", "mtu", "address6",
+                          "gateway6"})
     interface = _get(up, "uplink.interface", str, None, required="the L2 interface, e.g. "
                      "interface = \"eth1\"")
     address = _get(up, "uplink.address", str, None, required="the router's own address there, "
@@ -683,11 +700,12 @@ def _uplink(data: dict[str, Any], network: NetworkConfig) -> UplinkConfig | None
     mac = _get(up, "uplink.mac", str, "")
     mac = _mac(mac, "uplink.mac") if mac else ""
     mtu = int(_number(up, "uplink.mtu", 1500, 576, 65521, integer=True))
+    six = _uplink_address6(up, network)
     if address == "dhcp":
         if "gateway" in up:
             raise ConfigError("uplink.gateway", "comes from the DHCP lease with address = "
                               "\"dhcp\"; remove it, or give a static address")
-        return UplinkConfig(interface=interface, dhcp=True, mac=mac, mtu=mtu, type="raw")
+        return UplinkConfig(interface=interface, dhcp=True, mac=mac, mtu=mtu, type="raw", **six)
     try:
         net = netaddr.IPNetwork(address, version=4)
     except (netaddr.AddrFormatError, ValueError):
@@ -696,7 +714,57 @@ def _uplink(data: dict[str, Any], network: NetworkConfig) -> UplinkConfig | None
     own = IPv4Interface(str(net))
     gateway = _address(up, "uplink.gateway", None, own.network)
     return UplinkConfig(interface=interface, address=own, gateway=gateway, mac=mac, mtu=mtu,
-                        type="raw")
+                        type="raw", **six)
+
+
+def _uplink_address6(up: dict[str, Any], network: NetworkConfig) -> dict[str, Any]:
+    """A raw uplink's address6 and gateway6, as UplinkConfig fields: "slaac", "dhcp" or a
+    static global address with its prefix; gateway6 with a static one, and only then."""
+    text = _get(up, "uplink.address6", str, "")
+    gateway = _get(up, "uplink.gateway6", str, None)
+    if text and network.subnet6 is None:
+        raise ConfigError("uplink.address6", "routes the guests' IPv6, and the guest network "
+                          "has none: add network.subnet6 (e.g. \"auto\"), or remove address6")
+    if text in ("", "slaac", "dhcp"):
+        if gateway is not None:
+            how = f"with address6 = {text!r} the next hop is the router advertising on the " \
+                "link" if text else "it needs a static address6"
+            raise ConfigError("uplink.gateway6", f"only with a static address6 "
+                              f"(\"2001:db8:1::2/64\"); {how}: remove it")
+        return {"address6": text}
+    hint = "use \"slaac\", \"dhcp\", or a global address with its prefix, like " \
+        "\"2001:db8:1::2/64\""
+    try:
+        if "/" not in text:
+            raise ValueError
+        own = IPv6Interface(text)
+    except ValueError:
+        raise ConfigError("uplink.address6", f"{text!r}: {hint}") from None
+    ip = own.ip
+    if ip.scope_id is not None or ip.is_link_local or ip.is_multicast or ip.is_unspecified \
+            or ip.is_loopback or ip.ipv4_mapped is not None \
+            or (own.network.prefixlen < 127 and ip == own.network.network_address):
+        raise ConfigError("uplink.address6", f"{text} is not a host address the station can "
+                          f"take (the link-local one comes from the MAC); {hint}")
+    subnet6 = network.subnet6
+    if subnet6 is not None and own.network.overlaps(subnet6):
+        raise ConfigError("uplink.address6", f"{own.network} overlaps the guest network's "
+                          f"network.subnet6 {subnet6}; the uplink needs a prefix of its own")
+    if gateway is None:
+        raise ConfigError("uplink.gateway6", "missing; a static address6 needs its next hop, "
+                          "e.g. gateway6 = \"fe80::1\" or an address in "
+                          f"{own.network}")
+    try:
+        hop = IPv6Address(gateway)
+    except ValueError:
+        raise ConfigError("uplink.gateway6", f"{gateway!r} is not an IPv6 address, like "
+                          "\"fe80::1\" or \"2001:db8:1::1\"") from None
+    if hop.scope_id is not None or hop.is_multicast or hop.is_unspecified or hop == ip \
+            or not (hop.is_link_local or hop in own.network):
+        raise ConfigError("uplink.gateway6", f"{gateway} is not a neighbour's address: give "
+                          f"the router's link-local address or one in {own.network} (not "
+                          "the uplink's own)")
+    return {"address6": "static", "address6_static": own, "gateway6": hop}
 
 
 def _nat(data: dict[str, Any]) -> NatConfig:
@@ -770,11 +838,11 @@ def _forward(raw: dict[str, Any], i: int, network: NetworkConfig | None,
 def _forward6(addr: IPv6Address, key: str, network: NetworkConfig | None,
               uplink: UplinkConfig | None) -> None:
     """A forward to an IPv6 guest: a host address of network.subnet6, through the host
-    uplink (a raw uplink forwards IPv4 only, for now)."""
-    if uplink is not None and uplink.type != "host":
-        raise ConfigError(key, f"{addr} is IPv6: IPv6 forwards need the host uplink ([uplink] "
-                          "type = \"host\", the default); a raw uplink forwards to IPv4 guests "
-                          "only")
+    uplink or a raw uplink with an IPv6 address of its own (NAT66)."""
+    if uplink is not None and uplink.type != "host" and not uplink.address6:
+        raise ConfigError(key, f"{addr} is IPv6: a raw uplink forwards IPv6 from its own IPv6 "
+                          "address; give it one (uplink.address6 = \"slaac\", \"dhcp\" or "
+                          "\"2001:db8::2/64\" with uplink.gateway6)")
     subnet6 = network.subnet6 if network is not None else None
     if subnet6 is None:
         raise ConfigError(key, f"{addr} is IPv6 but the guest network has no IPv6 prefix: set "

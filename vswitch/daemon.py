@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dhcp.client import Bound, DhcpClient
+from dhcp.client6 import Dhcp6Client
 from dhcp.dns import DnsResponder
 from nat.conntrack import Conntrack, Timeouts
 from nat.egress import HostEgress
 from nat.gateway import Gateway
 from nat.gateway6 import Gateway6
 from nat.router import Out, Router, UplinkAddress
+from nat.uplink6 import StaticAddress6, UplinkStation6
 from nat.uplinks import RawNat, Uplink
 from vswitch.config import Config, PortConfig
 from vswitch.control import ControlError, ControlServer
@@ -43,7 +45,7 @@ from vswitch.ports.uplink import RawUplink
 from vswitch.switch import Switch
 from vswitch.watching import Watching
 from wire.ipv6 import Ipv6, routers_only
-from wire.packets import format_mac, qemu_mac
+from wire.packets import format_ip, format_mac, qemu_mac
 from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN
 
 if TYPE_CHECKING:  # imported when [metrics] asks for it: prometheus_client takes ~70 ms
@@ -101,9 +103,24 @@ def build_conntrack(config: Config, external: bytes) -> Conntrack:
                                    n.fragments),
                           n.max_entries, n.filtering)
     for f in config.forwards:
-        conntrack.add_forward(PROTOS[f.proto], range(f.ports[0], f.ports[1] + 1),
-                              f.to_ip.packed, f.to_port)
+        if len(f.to_ip.packed) == len(external):  # IPv4 forwards here, IPv6 ones in NAT66's
+            conntrack.add_forward(PROTOS[f.proto], range(f.ports[0], f.ports[1] + 1),
+                                  f.to_ip.packed, f.to_port)
     return conntrack
+
+
+def build_station6(config: Config) -> UplinkStation6:
+    """The raw uplink's own IPv6 station: a static address, SLAAC, or a DHCPv6 lease."""
+    up = config.uplink
+    assert up is not None and up.address6
+    static = None
+    if up.address6 == "static":
+        assert up.address6_static is not None and up.gateway6 is not None
+        static = StaticAddress6(up.address6_static.ip.packed,
+                                up.address6_static.network.prefixlen, up.gateway6.packed)
+    client = Dhcp6Client(uplink_mac(config)) if up.address6 == "dhcp" else None
+    return UplinkStation6(uplink_mac(config), up.address6, static=static, client=client,
+                          link_mtu=up.mtu)
 
 
 def build_nat(config: Config, gateway: Gateway) -> tuple[Conntrack | None, Router]:
@@ -156,10 +173,14 @@ class Daemon:
             router = None
             if config.uplink is not None:
                 self.conntrack, router = build_nat(config, gateway)
-                if config.uplink.type == "raw":
-                    self.uplink = RawNat(router)
             self.router_port = RouterPort(gateway, router,
                                           fragment_timeout=config.nat.fragments)
+            if config.uplink is not None and config.uplink.type == "raw":
+                router6 = self.router_port.router6
+                self.uplink = RawNat(router, router6)
+                if config.uplink.address6 and router6 is not None:
+                    router6.station = build_station6(config)
+                    router6.station.on_change = self._uplink_address6
             self.ports[0] = self.router_port
             self.switch.add_port(0, up=False)
             if config.uplink is not None and config.uplink.type == "raw":
@@ -395,6 +416,21 @@ class Daemon:
         log.info("uplink %s leased %s/%d from %s, next hop %s", config.uplink.interface,
                  socket.inet_ntoa(bound.address), bound.prefix, socket.inet_ntoa(bound.server),
                  socket.inet_ntoa(bound.router))
+
+    def _uplink_address6(self, old: bytes | None, new: bytes | None) -> None:
+        """The raw uplink's IPv6 address came (DAD passed), changed or went: NAT66 maps to
+        the new one; flows of the old one are gone (Router6 Rule 6)."""
+        port, config = self.router_port, self.config
+        router6 = port.router6 if port is not None else None
+        assert router6 is not None and config.uplink is not None and config.network is not None
+        if new is None:
+            log.warning("uplink %s lost its IPv6 address %s: IPv6 does not leave until it has "
+                        "one", config.uplink.interface, old and format_ip(old))
+        else:
+            log.info("uplink %s: IPv6 address %s (%s)", config.uplink.interface,
+                     format_ip(new), config.uplink.address6)
+        if config.network.mode == "nat":
+            router6.conntrack = build_conntrack(config, new) if new is not None else None
 
     def _forward(self, request: dict[str, Any]) -> Any:
         """`vswitch forward add|del|remove`: forwards at run time, to IPv4 guests

@@ -47,8 +47,9 @@ class DnsService:
         self._armed_for: float | None = None  # the deadline ``_timer`` is set for
         router.gateway.udp[DNS_PORT] = self.udp
         router.gateway.tcp[DNS_PORT] = self.tcp
-        if router.gateway.v6 is not None:  # the same service on the IPv6 address
+        if router.gateway.v6 is not None:  # the same services on the IPv6 addresses
             router.gateway.v6.udp[DNS_PORT] = self.udp
+            router.gateway.v6.tcp[DNS_PORT] = self.tcp  # one server, both families
         router.gateway.explainers[PROTO_UDP, DNS_PORT] = (
             lambda mac, ip, payload: explain_dns(responder, payload, loop.time(), static_names))
 

@@ -21,10 +21,10 @@ from typing import Final, NamedTuple
 from wire.checksum import internet_checksum
 from wire.errors import MalformedPacket
 from wire.packets import ETH_P_IPV6 as ETH_P_IPV6
-from wire.packets import PROTO_UDP
+from wire.packets import PROTO_ICMPV6 as PROTO_ICMPV6
+from wire.packets import PROTO_UDP, encode_ethernet
 
 IPV6: Final = struct.Struct("!IHBB16s16s")
-PROTO_ICMPV6: Final = 58
 HOP_BY_HOP, ROUTING, FRAGMENT, DEST_OPTIONS, NO_NEXT = 0, 43, 44, 60, 59
 MAX_EXTENSIONS: Final = 8
 #: The smallest link MTU IPv6 allows (RFC 8200 5): ICMPv6 errors are cut to fit it.
@@ -110,7 +110,10 @@ def decode_ipv6(frame: bytes, offset: int = 14) -> Ipv6:
 
 REDIRECT: Final = 137
 DHCP6_SERVER_PORT: Final = 547
+DHCP6_CLIENT_PORT: Final = 546
 DHCP6_FROM_SERVER: Final = struct.pack("!H", DHCP6_SERVER_PORT)  # a UDP source port field
+#: All_DHCP_Relay_Agents_and_Servers (RFC 8415 7.1): where DHCPv6 clients send.
+ALL_SERVERS: Final = bytes.fromhex("ff020000000000000000000000010002")
 
 
 def routers_only(frame: bytes) -> bool:
@@ -146,6 +149,14 @@ def encode_icmpv6(src: bytes, dst: bytes, icmp_type: int, code: int, body: bytes
     return message[:2] + struct.pack("!H", check) + message[4:]
 
 
+def icmpv6_frame(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, icmp_type: int,
+                 code: int, body: bytes, hop_limit: int = 64) -> bytes:
+    """An Ethernet frame carrying one ICMPv6 message (Neighbor Discovery's hop limit is 255)."""
+    message = encode_icmpv6(src, dst, icmp_type, code, body)
+    return encode_ethernet(dst_mac, src_mac, ETH_P_IPV6,
+                           encode_ipv6(src, dst, PROTO_ICMPV6, message, hop_limit))
+
+
 def encode_udp6(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> bytes:
     """A UDP datagram over IPv6, its checksum mandatory (RFC 8200 8.1)."""
     length = 8 + len(payload)
@@ -162,6 +173,14 @@ def decode_udp6(frame: bytes, ip: Ipv6) -> tuple[int, int, bytes]:
     if length < 8 or ip.start + length > ip.end:
         raise MalformedPacket("UDP length < 8 or beyond the IPv6 payload")
     return sport, dport, frame[ip.start + 8:ip.start + length]
+
+
+def udp6_checksum_ok(frame: bytes, ip: Ipv6) -> bool:
+    """Whether the UDP datagram of ``ip`` sums to zero with its pseudo header (Rule 3); a zero
+    checksum field is never valid over IPv6 (RFC 8200 8.1)."""
+    datagram = frame[ip.start:ip.end]
+    return len(datagram) >= 8 and datagram[6:8] != b"\x00\x00" and internet_checksum(
+        pseudo_header6(ip.src, ip.dst, PROTO_UDP, len(datagram)) + datagram) in (0, 0xFFFF)
 
 
 def icmpv6_checksum_ok(frame: bytes, ip: Ipv6) -> bool:
@@ -186,6 +205,12 @@ def nd_options(data: bytes) -> list[tuple[int, bytes]]:
         options.append((kind, data[at + 2:at + units * 8]))
         at += units * 8
     return options
+
+
+def link_address(options: list[tuple[int, bytes]], kind: int) -> bytes | None:
+    """The MAC in the first source (1) or target (2) link-layer address option of ``kind``
+    among ``options`` (RFC 4861 4.6.1), None without one."""
+    return next((body[:6] for code, body in options if code == kind and len(body) >= 6), None)
 
 
 def nd_option(kind: int, body: bytes) -> bytes:

@@ -37,8 +37,9 @@ ICMP_ECHO_REPLY: Final = 0
 ICMP_ECHO_REQUEST: Final = 8
 PROTO_TCP: Final = 6
 PROTO_UDP: Final = 17
+PROTO_ICMPV6: Final = 58
 #: The protocols' names, as tcpdump and conntrack -L print them.
-PROTO_NAMES: Final = {PROTO_ICMP: "icmp", PROTO_TCP: "tcp", PROTO_UDP: "udp"}
+PROTO_NAMES: Final = {PROTO_ICMP: "icmp", PROTO_TCP: "tcp", PROTO_UDP: "udp", PROTO_ICMPV6: "icmp6"}
 BROADCAST_MAC: Final = b"\xff" * 6
 BROADCAST_IP: Final = b"\xff" * 4
 
@@ -145,6 +146,13 @@ def encode_ethernet(dst: bytes, src: bytes, ethertype: int, payload: bytes) -> b
 def format_ip(address: bytes) -> str:
     """An IPv4 (4 bytes) or IPv6 (16 bytes) address as text, for people."""
     return str(ipaddress.ip_address(address))
+
+
+def address_port(address: bytes, port: int) -> str:
+    """``192.0.2.1:80`` or ``[2001:db8::1]:80``: a 4- or 16-byte address and a port, for
+    people."""
+    text = format_ip(address)
+    return f"[{text}]:{port}" if len(address) == 16 else f"{text}:{port}"
 
 
 def format_mac(mac: bytes) -> str:

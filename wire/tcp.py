@@ -1,7 +1,10 @@
 """TCP segments (RFC 9293 3.1): the header, its flags, and the RST for a segment nobody takes.
 
 Rule 1: a decoder checks lengths only (data offset >= 5 and inside the datagram, no SYN+FIN)
-        and raises ``MalformedPacket`` otherwise; checksums are the receiver's business.
+        and raises ``MalformedPacket`` otherwise; checksums are the receiver's business
+        (``checksum_ok``).
+Rule 2: the checksum covers the pseudo header of the segment's IP version, told by the
+        addresses' length: RFC 9293 3.1 for IPv4 (4 bytes), RFC 8200 8.1 for IPv6 (16).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from typing import Final, NamedTuple
 
 from wire.checksum import internet_checksum, pseudo_header_sum
 from wire.errors import MalformedPacket
-from wire.ipv6 import Ipv6
+from wire.ipv6 import Ipv6, pseudo_header6
 from wire.packets import PROTO_TCP, Ipv4
 
 TCP: Final = struct.Struct("!HHIIBBHHH")
@@ -32,8 +35,22 @@ def encode_tcp(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: in
     header = TCP.pack(sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, offset << 4, flags,
                       window, 0, 0) + options
     segment = header + payload
-    csum = internet_checksum(pseudo_header_sum(src, dst, PROTO_TCP, len(segment)) + segment)
+    csum = internet_checksum(_pseudo_header(src, dst, len(segment)) + segment)
     return segment[:16] + struct.pack("!H", csum) + segment[18:]
+
+
+def _pseudo_header(src: bytes, dst: bytes, length: int) -> bytes:
+    """Rule 2."""
+    if len(src) == 16:
+        return pseudo_header6(src, dst, PROTO_TCP, length)
+    return pseudo_header_sum(src, dst, PROTO_TCP, length)
+
+
+def checksum_ok(frame: bytes, ip: Ipv4 | Ipv6) -> bool:
+    """Whether the segment in ``ip``'s payload sums to zero with its pseudo header (Rule 2)."""
+    segment = memoryview(frame)[ip.start:ip.end]
+    return internet_checksum(segment, int.from_bytes(
+        _pseudo_header(ip.src, ip.dst, len(segment)), "big")) in (0, 0xFFFF)
 
 
 class Tcp(NamedTuple):
@@ -71,8 +88,9 @@ def decode_tcp(frame: bytes, ip: Ipv4 | Ipv6) -> Tcp:
     return _new(Tcp, (sport, dport, seq, ack, flags, window, start, data, end))
 
 
-def reset_for(local_ip: bytes, frame: bytes, ip: Ipv4) -> bytes | None:
-    """The RST answering a segment nobody listens for (RFC 793 3.4), or None for a RST."""
+def reset_for(local_ip: bytes, frame: bytes, ip: Ipv4 | Ipv6) -> bytes | None:
+    """The RST answering a segment nobody listens for (RFC 793 3.4), or None for a RST; over
+    IPv4 or IPv6 as ``local_ip`` is (Rule 2)."""
     try:
         sport, dport, seq, ack, flags, _, _, data, end = decode_tcp(frame, ip)
     except MalformedPacket:

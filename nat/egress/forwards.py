@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from nat.egress.side import HostSide
-from nat.egress.sockets import address_port, local_address
+from nat.egress.sockets import local_address
 from nat.egress.tcp import TcpAdapter
 from nat.egress.udp import UdpAdapter
 from nat.egress.v6 import HostEgress6, forwardable6
 from wire.ipv6 import Ipv6
-from wire.packets import PROTO_TCP, Ipv4
+from wire.packets import PROTO_TCP, Ipv4, address_port
 
 BATCH: Final = 64
 

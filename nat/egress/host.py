@@ -13,7 +13,7 @@ from nat.egress.flows import EchoFlow, FlowTable
 from nat.egress.forwards import Forwards, Listener
 from nat.egress.frames import IP, Emit, forwardable
 from nat.egress.side import HostSide
-from nat.egress.sockets import address_port, local_address
+from nat.egress.sockets import local_address
 from nat.egress.tcp import TcpAdapter
 from nat.egress.udp import UdpAdapter
 from nat.egress.v6 import HostEgress6
@@ -30,6 +30,7 @@ from wire.packets import (
     PROTO_TCP,
     PROTO_UDP,
     Ipv4,
+    address_port,
     decode_icmp,
     decode_ipv4,
     decode_udp,

@@ -8,8 +8,6 @@ import socket
 import struct
 from typing import Any, Final
 
-from wire.packets import format_ip
-
 IP_RECVERR: Final = 11  # <linux/in.h>
 SO_EE_ORIGIN_ICMP: Final = 2  # <linux/errqueue.h>
 #: struct sock_extended_err: errno, origin, type, code, pad, info, data; the offender follows
@@ -17,13 +15,6 @@ EXT_ERR: Final = struct.Struct("=IBBBBII")
 #: A failed connect or send -> the ICMP destination-unreachable code a guest gets for it.
 UNREACHABLE_CODE: Final = {errno.ENETUNREACH: 0, errno.EHOSTUNREACH: 1, errno.ETIMEDOUT: 1,
                            errno.EACCES: 13, errno.EPERM: 13}
-
-
-def address_port(address: bytes, port: int) -> str:
-    """``192.0.2.1:80`` or ``[2001:db8::1]:80``: a 4- or 16-byte address and a port, for
-    ``show``."""
-    text = format_ip(address)
-    return f"[{text}]:{port}" if len(address) == 16 else f"{text}:{port}"
 
 
 def local_address(sock: socket.socket, peer: str | None = None) -> str:

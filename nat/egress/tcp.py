@@ -14,12 +14,12 @@ from typing import Any, Final
 
 from nat.egress.frames import UNKNOWN_MACS, ip_packet
 from nat.egress.side import HostSide
-from nat.egress.sockets import UNREACHABLE_CODE, address_port, local_address
+from nat.egress.sockets import UNREACHABLE_CODE, local_address
 from nat.tcp_splice import Splice
 from nat.translate import icmp_error
 from wire.errors import MalformedPacket
 from wire.ipv6 import Ipv6
-from wire.packets import PROTO_TCP, Ipv4
+from wire.packets import PROTO_TCP, Ipv4, address_port
 from wire.tcp import reset_for
 
 READ_CHUNK: Final = 256 * 1024

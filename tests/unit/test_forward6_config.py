@@ -63,7 +63,7 @@ def test_subnet6_auto_takes_forwards_to_addresses_in_the_derived_prefix():
     ({"network": {"subnet6": PREFIX}, "forward": [forward("[::ffff:192.168.122.10]:22")]},
      ("not a host address of network.subnet6",)),
     ({"network": {"subnet6": PREFIX}, "uplink": RAW, "forward": [forward("[fd42:0:0:1::10]:22")]},
-     ("IPv6 forwards need the host uplink", "type = \"host\"")),
+     ("forwards IPv6 from its own IPv6 address", "uplink.address6")),
 ])
 def test_bad_ipv6_forwards_name_forward_to_and_the_fix(data, words):
     with pytest.raises(ConfigError) as err:
@@ -78,3 +78,10 @@ def test_a_raw_uplink_still_forwards_to_ipv4_guests_with_subnet6_set():
                            "forward": [forward("192.168.122.10:22")]})
     assert config.forwards[0].to_ip == IPv4Address("192.168.122.10")
     assert config.forwards[0].listen is None
+
+
+def test_a_raw_uplink_with_an_ipv6_address_forwards_to_ipv6_guests():
+    config = parse_config({"network": {"subnet6": PREFIX},
+                           "uplink": RAW | {"address6": "slaac"},
+                           "forward": [forward("[fd42:0:0:1::10]:22")]})
+    assert config.forwards[0].to_ip == IPv6Address("fd42:0:0:1::10")

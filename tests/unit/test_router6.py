@@ -149,3 +149,82 @@ def test_fragments_are_whole_before_the_host_uplink_takes_them():
     assert ip.proto == 17 and ip.end - ip.start == 3008 and ip.start >= L3 + 40
     assert Ether(whole[10:])[UDP].dport == 9
     assert bytes(Ether(whole[10:])[UDP].payload) == bytes(3000)
+
+
+UPLINK_MAC, NEXT_HOP_MAC = bytes.fromhex("525400000099"), bytes.fromhex("5254000000aa")
+UPLINK6 = "2001:db8:9::2"
+
+
+class Station:
+    """The raw uplink's station, reduced to what the router asks of it."""
+
+    mac = UPLINK_MAC
+    mtu = 1500
+
+    def __init__(self) -> None:
+        self.address: bytes | None = bytes.fromhex("20010db8000900000000000000000002")
+
+    def handle(self, frame: bytes, now: float) -> tuple[list[bytes], bool]:
+        return [], False
+
+    def resolve(self, packets, now: float) -> list[bytes]:
+        return [bytes(p[:10]) + NEXT_HOP_MAC + UPLINK_MAC + bytes(p[22:]) for p in packets]
+
+    def stats(self) -> dict:
+        return {}
+
+
+def raw_router(mode: str = "nat") -> Router6:
+    from nat.conntrack import Conntrack
+
+    r = router(mode)
+    r.station = Station()
+    if mode == "nat":
+        r.conntrack = Conntrack(r.station.address)
+    return r
+
+
+def test_nat66_masquerades_to_the_uplink_address_and_back():
+    r = raw_router()
+    r.guests.learn(bytes.fromhex("fd420000000000010000000000000010"),
+                   bytes.fromhex("525400000010"), 0.0)
+    out = route(r, IPv6(src=GUEST, dst=OUTSIDE, hlim=64) / UDP(sport=5353, dport=53) / b"q")
+    [sent] = [Ether(p[10:]) for p in out.uplink]
+    assert sent[IPv6].src == UPLINK6 and sent[IPv6].hlim == 63
+    assert sent.dst == "52:54:00:00:00:aa" and sent.src == "52:54:00:00:00:99"
+    check = sent[UDP].chksum
+    del sent[UDP].chksum
+    assert Ether(bytes(sent))[UDP].chksum == check
+    answer = NO_OFFLOAD + bytes(Ether(src="52:54:00:00:00:aa", dst="52:54:00:00:00:99")
+                                / IPv6(src=OUTSIDE, dst=UPLINK6)
+                                / UDP(sport=53, dport=sent[UDP].sport) / b"a")
+    [back] = [Ether(p[10:]) for p in r.from_uplink(answer, 1.0).switch]
+    assert back[IPv6].dst == GUEST and back[UDP].dport == 5353 and back.dst == GUEST_MAC
+    # nobody asked this one: dropped
+    stranger = NO_OFFLOAD + bytes(Ether(src="52:54:00:00:00:aa", dst="52:54:00:00:00:99")
+                                  / IPv6(src="2001:db8::99", dst=UPLINK6) / UDP(dport=4000))
+    assert r.from_uplink(stranger, 1.0).switch == []
+
+
+def test_route_mode_forwards_unchanged_and_refuses_what_is_too_big():
+    r = raw_router("route")
+    out = route(r, IPv6(src=GUEST, dst=OUTSIDE, hlim=9) / UDP(dport=53))
+    [sent] = [Ether(p[10:]) for p in out.uplink]
+    assert sent[IPv6].src == GUEST and sent[IPv6].hlim == 8
+    [error] = route(r, IPv6(src=GUEST, dst=OUTSIDE) / UDP(dport=53) / bytes(1500)).switch
+    from scapy.layers.inet6 import ICMPv6PacketTooBig
+    assert Ether(error[10:])[ICMPv6PacketTooBig].mtu == 1500
+    inbound = NO_OFFLOAD + bytes(Ether(src="52:54:00:00:00:aa", dst="52:54:00:00:00:99")
+                                 / IPv6(src=OUTSIDE, dst=GUEST, hlim=5) / UDP(dport=7))
+    r.guests.learn(bytes.fromhex("fd420000000000010000000000000010"),
+                   bytes.fromhex("525400000010"), 0.0)
+    [delivered] = [Ether(p[10:]) for p in r.from_uplink(inbound, 0.0).switch]
+    assert delivered[IPv6].hlim == 4 and delivered.dst == GUEST_MAC
+
+
+def test_nat_without_an_uplink_address_answers_no_route():
+    r = raw_router()
+    r.conntrack = None
+    [error] = route(r, IPv6(src=GUEST, dst=OUTSIDE) / UDP(dport=53)).switch
+    assert Ether(error[10:])[ICMPv6DestUnreach].code == 0
+    assert r.counters["drop-no-uplink-address"] == 1

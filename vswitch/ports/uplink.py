@@ -1,8 +1,9 @@
 """The raw uplink: the router's own station on an L2 interface (``[uplink] type = "raw"``).
 
 An AF_PACKET socket on the interface, with its own MAC and address (the host's are not used):
-frames for that MAC go to ``Router.from_uplink``; the router's packets leave here, GSO included
-when the interface takes it (else cut in software: ``Port.use_fd``).  It needs CAP_NET_RAW.
+frames for that MAC go to ``Router.from_uplink`` (IPv6 ones to ``Router6.from_uplink``); the
+routers' packets leave here, GSO included when the interface takes it (else cut in software:
+``Port.use_fd``).  It needs CAP_NET_RAW.
 
 With ``address = "dhcp"`` the uplink leases its address as a DHCP client (``dhcp.client``):
 replies to UDP port 68 go to the client, and each new lease (or its loss) is reported to the
@@ -15,6 +16,7 @@ import asyncio
 from collections.abc import Callable
 
 from dhcp.client import Bound, DhcpClient, Lost, Send
+from nat.uplink6 import UplinkStation6
 from vswitch.ports.packet import PacketSocketPort
 from vswitch.ports.router import RouterPort
 from vswitch.ports.tun import link_is_up, run_ip
@@ -30,7 +32,7 @@ from wire.packets import (
     encode_udp,
     ipv4_ihl,
 )
-from wire.vnet import EVERY_OFFLOAD, Offloads
+from wire.vnet import EVERY_OFFLOAD, NO_OFFLOAD, Offloads
 
 
 class RawUplink(PacketSocketPort):
@@ -43,6 +45,8 @@ class RawUplink(PacketSocketPort):
         self.client: DhcpClient | None = None
         self.on_lease: Callable[[Bound | None], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer6: asyncio.TimerHandle | None = None  # the IPv6 station's (Router6 Rule 6)
+        self._deadline6: float | None = None
 
     def lease_by_dhcp(self, client: DhcpClient, on_lease: Callable[[Bound | None], None]) -> None:
         self.client = client
@@ -56,6 +60,9 @@ class RawUplink(PacketSocketPort):
         self.listen(loop)  # sends go straight to the socket (use_fd)
         if self.client is not None:
             self._dhcp(self.client.start(loop.time()))
+        station = self._station6()
+        if station is not None:
+            self._send6(station.start(loop.time()))
 
     def use_fd(self, fd: int, offloads: Offloads = EVERY_OFFLOAD,
                kernel_cuts: bool = False) -> None:
@@ -70,6 +77,11 @@ class RawUplink(PacketSocketPort):
         assert router is not None
         if self.client is not None and _to_dhcp_client(packet):
             self._dhcp_reply(packet, now)
+            return
+        router6 = self.router_port.router6
+        if router6 is not None and packet[22:24] == b"\x86\xdd":
+            self.router_port.dispatch(router6.from_uplink(packet, now))
+            self._arm6()  # what came may have moved the station's timers (DAD, DHCPv6)
             return
         self.router_port.dispatch(router.from_uplink(packet, now))
 
@@ -111,11 +123,48 @@ class RawUplink(PacketSocketPort):
         self._timer = None
         self._dhcp(self.client.expire(self.loop.time()))
 
+    # -- the IPv6 station's I/O (address6: nat.uplink6) ------------------------------------
+
+    def _station6(self) -> UplinkStation6 | None:
+        router6 = self.router_port.router6
+        return router6.station if router6 is not None else None  # type: ignore[return-value]
+
+    def _send6(self, frames: list[bytes]) -> None:
+        """Send the station's frames and re-arm its one timer."""
+        for frame in frames:
+            self.send(NO_OFFLOAD + frame)
+        self._arm6()
+
+    def _arm6(self) -> None:
+        station = self._station6()
+        if station is None or self.loop is None:
+            return
+        deadline = station.next_deadline()
+        if self._timer6 is not None:
+            if deadline == self._deadline6:
+                return
+            self._timer6.cancel()
+            self._timer6 = None
+        self._deadline6 = deadline
+        if deadline is not None:
+            self._timer6 = self.loop.call_at(deadline, self._tick6)
+
+    def _tick6(self) -> None:
+        station = self._station6()
+        assert station is not None and self.loop is not None
+        self._timer6 = None
+        self._send6(station.tick(self.loop.time()))
+
     def close(self) -> None:
         if self.client is not None and self.loop is not None and self.sock is not None:
             self._dhcp(self.client.release(self.loop.time()))  # RFC 2131 4.4.6: give it back
-        if self._timer is not None:
-            self._timer.cancel()
+        station = self._station6()
+        if station is not None and self.loop is not None and self.sock is not None:
+            for frame in station.stop(self.loop.time()):  # RFC 8415 18.2.7: the lease back
+                self.send(NO_OFFLOAD + frame)
+        for timer in (self._timer, self._timer6):
+            if timer is not None:
+                timer.cancel()
         super().close()
 
     def detail(self) -> str:
