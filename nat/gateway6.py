@@ -36,6 +36,10 @@ Rule 9: TCP to the gateway's addresses goes to the TCP service registered for it
         service takes goes to ``egress`` when sent to the gateway's address in the prefix (the
         host's ``::1``, as UDP in Rule 7); otherwise a segment gets RST (RFC 9293 3.10.7.1),
         unless its checksum fails: then it is dropped and counted (RFC 9293 3.1, MUST-3).
+Rule 10: an upper-layer protocol the gateway does not speak, sent to one of its addresses,
+        gets parameter problem, code 1, pointing at the next-header byte that names it
+        (RFC 8200 4, RFC 4443 3.4).  Multicast listener reports and queries (MLD) are accepted
+        and need no answer: the switch floods 33:33:* to every port.
 
 Sans-I/O: ``handle(frame, now)`` takes a plain Ethernet frame and returns frames to send;
 ``tick(now)`` returns the unsolicited advertisements that are due, and the time-exceeded
@@ -61,6 +65,8 @@ from wire.ipv6 import (
     MIN_MTU,
     NEIGHBOR_ADVERT,
     NEIGHBOR_SOLICIT,
+    NO_NEXT,
+    PARAMETER_PROBLEM,
     PROTO_ICMPV6,
     ROUTER_ADVERT,
     ROUTER_SOLICIT,
@@ -159,6 +165,8 @@ class Gateway6:
             if ip.proto == PROTO_TCP and ip.dst in self.addresses:
                 return self._tcp(frame, ip, now)
             if ip.proto != PROTO_ICMPV6:
+                if ip.dst in self.addresses and ip.proto not in (PROTO_UDP, NO_NEXT):
+                    return self._unrecognized(frame, ip)
                 return []
             if ip.end - ip.start < 8 or not icmpv6_checksum_ok(frame, ip):
                 self.counters["icmpv6-bad-checksum-or-short"] += 1
@@ -186,6 +194,12 @@ class Gateway6:
         """Rule 7: unicast to the gateway's MAC for an address that is not the gateway's."""
         return (frame[:6] == self.mac and ip.dst[0] != 0xFF and ip.dst not in self.addresses
                 and ip.src != UNSPECIFIED and ip.src[0] != 0xFF)
+
+    def _unrecognized(self, frame: bytes, ip: Ipv6) -> list[bytes]:
+        """Rule 10: a next header the gateway does not know, for one of its addresses:
+        parameter problem, code 1, pointing at the byte that names it (RFC 8200 4)."""
+        error = self.error(frame, ip, PARAMETER_PROBLEM, 1, ip.names_at - 14)
+        return [] if error is None else [error]
 
     def _unreachable(self, frame: bytes, ip: Ipv6) -> list[bytes]:
         """Rule 7: destination unreachable, no route (RFC 4443 3.1, code 0)."""

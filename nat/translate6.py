@@ -188,7 +188,7 @@ def flow_of6(packet: bytes, ip: Ipv6 | None = None) -> Flow | None:
             return None
         # 2.
         ip = decode_ipv6(packet, L3)
-    src, dst, proto, hop_limit, fragment, l4, end, fragment_at, _ = ip
+    src, dst, proto, hop_limit, fragment, l4, end, fragment_at, _, _ = ip
     if l4 > L3 + _HEADER and _routed_elsewhere(packet, L3, l4):
         return None
     # 3.
@@ -341,7 +341,7 @@ def translate_icmp6_error(packet: bytes, conntrack: Conntrack, from_outside: boo
         if not _is_ipv6(packet):
             raise MalformedPacket("not IPv6")
         ip = decode_ipv6(packet, L3)
-    src, _, proto, hop_limit, fragment, l4, end, _, _ = ip
+    src, _, proto, hop_limit, fragment, l4, end, _, _, _ = ip
     if proto != PROTO_ICMPV6 or (fragment is not None and (fragment[1] or fragment[2])):
         raise MalformedPacket("not an unfragmented ICMPv6 message")
     if packet[0] & FLAG_NEEDS_CSUM or is_gso(packet):

@@ -58,6 +58,8 @@ class Ipv6(NamedTuple):
     """Offset of the fragment header, when there is one (0 otherwise)."""
     next_at: int = 0
     """Offset of the next-header byte that names the fragment header (for reassembly)."""
+    names_at: int = 0
+    """Offset of the next-header byte that names ``proto`` (a parameter problem's pointer)."""
 
 
 _new = tuple.__new__
@@ -78,7 +80,7 @@ def decode_ipv6(frame: bytes, offset: int = 14) -> Ipv6:
     for count in range(MAX_EXTENSIONS + 1):
         if next_header not in (HOP_BY_HOP, ROUTING, FRAGMENT, DEST_OPTIONS):
             return _new(Ipv6, (src, dst, next_header, hop_limit, fragment, at, end,
-                               fragment_at, next_at))
+                               fragment_at, next_at, names_at))
         if count == MAX_EXTENSIONS:
             break
         if next_header == HOP_BY_HOP and count:
@@ -95,7 +97,7 @@ def decode_ipv6(frame: bytes, offset: int = 14) -> Ipv6:
             at += 8
             if fragment[1]:  # a later fragment: what follows is data, not headers
                 return _new(Ipv6, (src, dst, next_header, hop_limit, fragment, at, end,
-                                   fragment_at, next_at))
+                                   fragment_at, next_at, at - 8))
             names_at = fragment_at
             continue
         names_at = at

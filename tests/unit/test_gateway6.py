@@ -177,3 +177,21 @@ def test_a_source_outside_the_prefix_is_never_answered_for():
     ours = IPv6(src=GUEST, dst="2001:db8::80") / UDP(dport=53)
     [answer] = gw.handle(bytes(Ether(src=GUEST_MAC, dst="52:54:00:00:00:01") / ours), 0.0)
     assert Ether(answer)[ICMPv6DestUnreach].code == 0 and Ether(answer)[IPv6].dst == GUEST
+
+
+def test_an_unknown_next_header_gets_parameter_problem_pointing_at_it():
+    from scapy.layers.inet6 import ICMPv6ParamProblem, IPv6ExtHdrDestOpt
+
+    gw = gateway()
+    plain = IPv6(src=GUEST, dst="fd42:0:0:1::1", nh=99) / (b"x" * 8)
+    [answer] = gw.handle(bytes(Ether(src=GUEST_MAC, dst="52:54:00:00:00:01") / plain), 0.0)
+    problem = Ether(answer)[ICMPv6ParamProblem]
+    assert problem.code == 1 and problem.ptr == 6
+    chained = IPv6(src=GUEST, dst="fd42:0:0:1::1") / IPv6ExtHdrDestOpt(nh=99) / (b"y" * 8)
+    [answer] = gw.handle(bytes(Ether(src=GUEST_MAC, dst="52:54:00:00:00:01") / chained), 0.0)
+    assert Ether(answer)[ICMPv6ParamProblem].ptr == 40  # the destination options' first byte
+    # not for the gateway: nothing; no next header: nothing
+    other = IPv6(src=GUEST, dst="fd42:0:0:1::9", nh=99) / b"x"
+    assert gw.handle(bytes(Ether(src=GUEST_MAC, dst="52:54:00:00:00:09") / other), 0.0) == []
+    empty = IPv6(src=GUEST, dst="fd42:0:0:1::1", nh=59)
+    assert gw.handle(bytes(Ether(src=GUEST_MAC, dst="52:54:00:00:00:01") / empty), 0.0) == []
