@@ -26,6 +26,10 @@ Rule 6: with a raw uplink, the uplink's own station (``nat.uplink6``) answers fo
         address goes through the conntrack (``nat``), or, for the guest prefix, is routed
         to the guests (``route``/``open``), hop limit decremented.
 
+Rule 7: a router never fragments (Rule 3), but the host uplink is a source: a datagram it
+        made for a guest from a host socket's data, larger than the guest link, leaves in
+        fragments (RFC 8200 4.5), as a host's own stack sends it.
+
 Sans-I/O: packets (virtio-net header + frame) in, ``Out(switch, uplink)`` packets out.
 """
 
@@ -42,7 +46,7 @@ from nat.router import Neighbours, Out
 from nat.translate6 import icmp6_error, nat_packet6
 from nat.verdicts import Drop
 from wire.errors import MalformedPacket
-from wire.gso import to_plain_frames
+from wire.gso import fragment_ipv6, to_plain_frames
 from wire.ipv6 import (
     DEST_UNREACHABLE,
     PACKET_TOO_BIG,
@@ -97,6 +101,7 @@ class Router6:
         self.guests = Neighbours()
         self.reassembly = Reassembly(fragment_timeout)
         self.counters: Counter[str] = Counter()
+        self._ident = 0  # fragment identification of the datagrams cut here (Rule 7)
         #: Where packets released by a guest's Neighbor Advertisement go (the router port's
         #: ``dispatch``).
         self.released: Callable[[Out], None] | None = None
@@ -326,8 +331,25 @@ class Router6:
             frame = packet if type(packet) is bytearray else bytearray(packet)
             frame[ETH:ETH + 12] = mac + gateway.mac
             frame[ETH + 12:ETH + 14] = ETH_P_IPV6.to_bytes(2, "big")
+            if len(frame) - L3 > gateway.mtu and not is_gso(frame):
+                out.switch.extend(self._fragments(frame))
+                continue
             out.switch.append(bytes(frame))
         return out
+
+    def _fragments(self, packet: bytearray) -> list[bytes]:
+        """Rule 7: a datagram the host uplink made (as its source) larger than the guest
+        link, in fragments (RFC 8200 4.5); a partial checksum is finished first."""
+        self._ident = (self._ident + 1) & 0xFFFFFFFF
+        try:
+            frame = (to_plain_frames(bytes(packet))[0] if packet[0] & FLAG_NEEDS_CSUM
+                     else bytes(packet[ETH:]))
+            pieces = fragment_ipv6(frame, 14, self.gateway.mtu, self._ident)
+        except MalformedPacket:
+            self.counters["malformed"] += 1
+            return []
+        self.counters["fragmented-for-guests"] += 1
+        return [NO_OFFLOAD + piece for piece in pieces]
 
     # -- timers, listing -----------------------------------------------------------------------
 

@@ -259,6 +259,32 @@ def fragment_ipv4(frame: bytes, l3: int, l4: int, size: int) -> list[bytes]:
     return fragments
 
 
+def fragment_ipv6(frame: bytes, l3: int, mtu: int, ident: int) -> list[bytes]:
+    """IPv6 fragments of the whole datagram in ``frame`` (IPv6 header at ``l3``, no extension
+    headers), as its source sends them when it is larger than ``mtu`` (RFC 8200 4.5).
+
+    6a. A fragment header (next header 44) follows the base header; each fragment carries as
+        many 8-byte units of the payload as fit in ``mtu`` with both headers, offset and M
+        flag set, the same ``ident``; the fragment header names the original next header.
+    """
+    payload = frame[l3 + IPV6_HLEN:]
+    piece = (mtu - IPV6_HLEN - 8) & ~7
+    if piece <= 0:
+        raise MalformedPacket(f"MTU {mtu} leaves no room for an IPv6 fragment")
+    base = bytearray(frame[:l3 + IPV6_HLEN])
+    next_header = base[l3 + 6]
+    base[l3 + 6] = 44
+    fragments = []
+    for offset in range(0, len(payload), piece):
+        more = 1 if offset + piece < len(payload) else 0
+        fragment = bytearray(base)
+        fragment += struct.pack("!BBHI", next_header, 0, offset | more, ident)
+        fragment += payload[offset:offset + piece]
+        _U16.pack_into(fragment, l3 + 4, len(fragment) - l3 - IPV6_HLEN)
+        fragments.append(bytes(fragment))
+    return fragments
+
+
 def _fix_ip(packet: bytearray, l3: int, l4: int, ipv4: bool, ip_id: int) -> None:
     """Set the IP length fields (and for IPv4 the id and header checksum) for ``packet``'s size."""
     if ipv4:  # RFC 791 section 3.1

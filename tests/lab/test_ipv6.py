@@ -289,6 +289,11 @@ netns = "{guest}"
     serve(lab, inet, UDP_ECHO, "fd0e:96::2", "7")
     out = lab.run(guest, [sys.executable, "-c", UDP_ASK, "fd0e:96::2", "7", "hello"]).stdout
     assert out.strip() == "hello from fd0e:96::1", out  # the internet sees only the host
+    # 3000 bytes: fragmented by the guest (reassembled before the host socket) and, coming
+    # back, by vswitch as the datagram's source (the guest reassembles)
+    big = "x" * 3000
+    out = lab.run(guest, [sys.executable, "-c", UDP_ASK, "fd0e:96::2", "7", big]).stdout
+    assert out.strip() == f"{big} from fd0e:96::1", (len(out), daemon.show("router"))
     done = lab.run(guest, ["ping", "-6", "-n", "-c", "2", "-i", "0.2", "-W", "2",
                            "fd0e:96::2"], check=False)
     assert " 0% packet loss" in done.stdout, (done.stdout, daemon.show("router"))

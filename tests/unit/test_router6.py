@@ -228,3 +228,21 @@ def test_nat_without_an_uplink_address_answers_no_route():
     [error] = route(r, IPv6(src=GUEST, dst=OUTSIDE) / UDP(dport=53)).switch
     assert Ether(error[10:])[ICMPv6DestUnreach].code == 0
     assert r.counters["drop-no-uplink-address"] == 1
+
+
+def test_a_datagram_larger_than_the_guest_link_leaves_in_fragments_that_reassemble():
+    from scapy.layers.inet6 import defragment6
+
+    r = router(egress=Taker())
+    r.guests.learn(bytes.fromhex("fd420000000000010000000000000010"),
+                   bytes.fromhex("525400000010"), 0.0)
+    big = IPv6(src=OUTSIDE, dst=GUEST) / UDP(sport=7, dport=5000) / (bytes(range(256)) * 12)
+    whole = Ether(src="00:00:00:00:00:00", dst="00:00:00:00:00:00") / big
+    pieces = [Ether(p[10:]) for p in r.to_guests([NO_OFFLOAD + bytes(whole)], 0.0).switch]
+    assert len(pieces) == 3 and all(len(p[IPv6]) <= 1500 for p in pieces)
+    assert all(p.dst == GUEST_MAC and IPv6ExtHdrFragment in p for p in pieces)
+    again = IPv6(bytes(defragment6([p[IPv6] for p in pieces])))
+    assert bytes(again[UDP].payload) == bytes(range(256)) * 12
+    check = again[UDP].chksum
+    del again[UDP].chksum
+    assert IPv6(bytes(again))[UDP].chksum == check
