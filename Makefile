@@ -37,7 +37,8 @@ demo: venv
 	@$(MAKE) --no-print-directory debs PKGS="$(DEMO_DEBS)"
 	$(VENV)/bin/vswitch demo
 
-# test peers built from source: busybox udhcpc6 (Debian's busybox has none), into $(VENV)/bin
+# test peers built from source: busybox udhcpc6 (Debian's busybox has none), into $(VENV)/bin:
+# udhcpc6 for the namespace tests, udhcpc6-static for the qemu guest's initramfs
 peers: venv debs
 	bash tests/peers/build_udhcpc6.sh $(VENV)/bin
 

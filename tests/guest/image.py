@@ -1,8 +1,9 @@
 """Build a tiny bootable guest image from files Debian packages installed on this host.
 
 The guest is the distribution kernel (`linux-image-amd64`) plus a gzip'd newc cpio initramfs
-holding a static busybox (`busybox-static`) and the virtio-net and e1000 modules. Nothing is
-downloaded:
+holding a static busybox (`busybox-static`) and the virtio-net and e1000 modules, and, when
+`make peers` has built it, a static udhcpc6 (/bin/udhcpc6: Debian's busybox has none). Nothing
+is downloaded:
 tests must be able to build the guest offline, from what the machine already has.
 
 The cpio archive is written in pure Python (newc is a trivial format), so no `cpio` binary and no
@@ -19,12 +20,18 @@ import os
 import re
 import stat
 import struct
+import sys
 import tempfile
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
 BUSYBOX = Path("/bin/busybox")
+
+#: A static busybox with udhcpc6 (the DHCPv6 client Debian's busybox is built without), made by
+#: tests/peers/build_udhcpc6.sh (`make peers`) next to the dynamic one the namespace tests run.
+_REPO = Path(__file__).resolve().parents[2]
+UDHCPC6 = (Path(sys.executable).parent / "udhcpc6-static", _REPO / ".venv/bin/udhcpc6-static")
 
 # insmod has no dependency resolution, so the order matters (it follows modules.dep).  e1000 is
 # qemu's default NIC for many guest images: a guest with it makes qemu turn the TAP's offloads
@@ -69,6 +76,23 @@ case "$1" in
     for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
     [ -n "$domain" ] && echo "search $domain" >> /etc/resolv.conf
     echo "MARK dhcp-$1 $ip/${mask:-24} router=$router dns=$dns"
+    ;;
+esac
+exit 0
+"""
+
+# udhcpc6's script in the guest: run `udhcpc6 -s UDHCPC6_SCRIPT_PATH`, as its compiled-in default
+# is udhcpc's (IPv4) script.  It puts the leased address ($ipv6, written in full) on the
+# interface as a /128 and says so; "deconfig" (sent as udhcpc6 starts, too) leaves the interface
+# alone: it holds the SLAAC address.
+UDHCPC6_SCRIPT_PATH = "/usr/share/udhcpc/default6.script"
+UDHCPC6_SCRIPT = """#!/bin/sh
+case "$1" in
+  bound|renew)
+    if [ -n "$ipv6" ] && ! ip -6 addr replace "$ipv6/128" dev "$interface"; then
+      echo "MARK dhcp6-addr-failed $ipv6"
+    fi
+    echo "MARK dhcp6-$1 $ipv6 dns=$dns search=$search"
     ;;
 esac
 exit 0
@@ -212,6 +236,40 @@ def _busybox() -> bytes:
     return BUSYBOX.read_bytes()
 
 
+def find_udhcpc6() -> Path | None:
+    """The static udhcpc6 build_udhcpc6.sh made, or None: not built, or not static (the guest
+    has no dynamic loader and no libc)."""
+    for path in UDHCPC6:
+        if os.access(path, os.X_OK) and _is_static_elf(_udhcpc6_bytes(path)):
+            return path
+    return None
+
+
+def _udhcpc6_bytes(path: Path) -> bytes:
+    st = path.stat()
+    return _file_bytes(path, st.st_size, st.st_mtime_ns)
+
+
+def _is_static_elf(elf: bytes) -> bool:
+    """A 64-bit little-endian ELF without PT_INTERP."""
+    if not elf.startswith(b"\x7fELF\x02\x01"):
+        return False
+    try:
+        phoff, = struct.unpack_from("<Q", elf, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+        return all(struct.unpack_from("<I", elf, phoff + i * phentsize)[0] != 3  # PT_INTERP
+                   for i in range(phnum))
+    except struct.error:  # truncated
+        return False
+
+
+@functools.cache
+def _file_bytes(path: Path, size: int, mtime_ns: int) -> bytes:
+    """path's bytes, read once per process for each (size, mtime): a rebuilt file is read
+    again."""
+    return path.read_bytes()
+
+
 class _Cpio:
     """Minimal writer for the 'newc' cpio format the kernel unpacks as initramfs."""
 
@@ -245,7 +303,8 @@ def build_initramfs(
     modules_dir: Path | None = None,
     name: str = "initramfs.cpio.gz",
 ) -> Path:
-    """Write out_dir/name: busybox + NIC modules + /init (prelude, init_script, poweroff).
+    """Write out_dir/name: busybox + NIC modules + /init (prelude, init_script, poweroff), and
+    /bin/udhcpc6 with its script at UDHCPC6_SCRIPT_PATH when find_udhcpc6() finds one.
 
     init_script is plain sh run as PID 1 after eth0 is up; print `MARK <word>` lines for tests.
     extra_files maps absolute guest paths (e.g. "/etc/hosts") to contents (mode 0755).
@@ -261,6 +320,10 @@ def build_initramfs(
     # Debian's busybox looks for /etc/udhcpc/default.script, upstream's default is the other.
     files: dict[str, bytes] = {"usr/share/udhcpc/default.script": UDHCPC_SCRIPT.encode(),
                                "etc/udhcpc/default.script": UDHCPC_SCRIPT.encode()}
+    udhcpc6 = find_udhcpc6()
+    if udhcpc6 is not None:  # a busybox of its own, run by this name (argv[0] picks the applet)
+        files["bin/udhcpc6"] = _udhcpc6_bytes(udhcpc6)
+        files[UDHCPC6_SCRIPT_PATH.lstrip("/")] = UDHCPC6_SCRIPT.encode()
     for path, data in (extra_files or {}).items():
         path = path.lstrip("/")
         parts = path.split("/")[:-1]

@@ -19,9 +19,11 @@ from tests.conftest import require
 from tests.guest.image import (
     BUSYBOX,
     NIC_MODULES,
+    UDHCPC6_SCRIPT_PATH,
     boot_kernel,
     build_initramfs,
     find_kernel,
+    find_udhcpc6,
 )
 from tests.guest.qemu import QemuGuest, markers
 
@@ -62,6 +64,10 @@ def test_initramfs_contents(tmp_path: Path) -> None:
     assert entries["bin/busybox"][1][:4] == b"\x7fELF"
     for d in ("dev", "proc", "sys"):
         assert entries[d][0] == 0o040755
+    udhcpc6 = find_udhcpc6()  # the static one `make peers` builds, when it is there
+    if udhcpc6 is not None:
+        assert entries["bin/udhcpc6"] == (0o100755, udhcpc6.read_bytes())
+        assert entries[UDHCPC6_SCRIPT_PATH.lstrip("/")][1].startswith(b"#!/bin/sh")
     if shutil.which("cpio"):  # cross-check with GNU cpio where available
         listing = subprocess.run(["cpio", "-t", "--quiet"], input=gzip.decompress(img.read_bytes()),
                                  capture_output=True, check=True).stdout.decode().split()
