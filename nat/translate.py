@@ -327,16 +327,11 @@ def translate_icmp_error(packet: bytes, conntrack: Conntrack, from_outside: bool
     q4 = q3 + qihl
     if qfrag & OFFSET:
         raise MalformedPacket("the quote is a later fragment: no ports to map")
-    if qproto == PROTO_ICMP:
-        if packet[q4] not in (ECHO_REQUEST, ECHO_REPLY):
-            raise MalformedPacket("an ICMP error quoting an ICMP message other than echo")
-        qsport = qdport = _U16.unpack_from(packet, q4 + 4)[0]
-    elif qproto in (PROTO_TCP, PROTO_UDP):
-        qsport, qdport = PORTS.unpack_from(packet, q4)
-    else:
+    ports = quoted_ports(packet, q4, qproto, PROTO_ICMP, (ECHO_REQUEST, ECHO_REPLY))
+    if ports is None:
         return NOT_TRANSLATABLE
     # 3.
-    to = conntrack.lookup((qproto, qdst, qdport, qsrc, qsport), from_outside)
+    to = conntrack.lookup((qproto, qdst, ports[1], qsrc, ports[0]), from_outside)
     if to is None:
         return NO_MAPPING
     if decrement_ttl and ttl <= 1:
@@ -371,6 +366,22 @@ def translate_icmp_error(packet: bytes, conntrack: Conntrack, from_outside: bool
     _U16.pack_into(buf, l4 + 2, 0)
     _U16.pack_into(buf, l4 + 2, internet_checksum(memoryview(buf)[l4:end]))
     return bytes(buf)
+
+
+def quoted_ports(packet: bytes, q4: int, proto: int, echo_proto: int,
+                 echo_types: tuple[int, int]) -> tuple[int, int] | None:
+    """The (source, destination) ports of the packet an ICMP error quotes, its L4 header at
+    ``q4`` (an echo's identifier stands for both); None for a protocol without ports
+    (Rule 4; ``nat.translate6`` Rule 5 for ICMPv6)."""
+    if proto == echo_proto:
+        if packet[q4] not in echo_types:
+            raise MalformedPacket("an ICMP error quoting an ICMP message other than echo")
+        ident: int = _U16.unpack_from(packet, q4 + 4)[0]
+        return ident, ident
+    if proto in (PROTO_TCP, PROTO_UDP):
+        sport, dport = PORTS.unpack_from(packet, q4)
+        return sport, dport
+    return None
 
 
 def nat_packet(packet: bytes, conntrack: Conntrack, from_outside: bool,

@@ -61,6 +61,7 @@ from nat.translate import (
     _fix,
     _tcp,
     _udp,
+    quoted_ports,
 )
 from nat.verdicts import NO_MAPPING, Drop, Translation
 from wire.checksum import adjust_checksum, checksum_delta, internet_checksum
@@ -364,16 +365,11 @@ def translate_icmp6_error(packet: bytes, conntrack: Conntrack, from_outside: boo
     q4 = q3 + qip.start
     if q4 + 8 > end:
         raise MalformedPacket("the quote's L4 header is truncated")
-    if qproto == PROTO_ICMPV6:
-        if packet[q4] not in (ECHO_REQUEST, ECHO_REPLY):
-            raise MalformedPacket("an ICMPv6 error quoting an ICMPv6 message other than echo")
-        qsport = qdport = _U16.unpack_from(packet, q4 + 4)[0]
-    elif qproto in (PROTO_TCP, PROTO_UDP):
-        qsport, qdport = PORTS.unpack_from(packet, q4)
-    else:
+    ports = quoted_ports(packet, q4, qproto, PROTO_ICMPV6, (ECHO_REQUEST, ECHO_REPLY))
+    if ports is None:
         return NOT_TRANSLATABLE
     # 3.
-    to = conntrack.lookup((qproto, qdst, qdport, qsrc, qsport), from_outside)
+    to = conntrack.lookup((qproto, qdst, ports[1], qsrc, ports[0]), from_outside)
     if to is None:
         return NO_MAPPING
     if decrement_hop_limit and hop_limit <= 1:
