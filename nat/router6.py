@@ -3,7 +3,8 @@
 Rule 1: a guest packet sent to the gateway's MAC for a unicast address that is not the
         gateway's is routed; what is for the gateway itself is its stack's (``nat.gateway6``).
         A source outside the guest prefix is dropped and counted (BCP 38), as the IPv4 router
-        does (``nat.router`` Rule 1).
+        does (``nat.router`` Rule 1); so is a link-local, loopback or unspecified destination:
+        such an address is never routed off its link (RFC 4291 2.5.2, 2.5.3, 2.5.6).
 Rule 2: modes, as the IPv4 router's: ``nat`` translates (NAT66, ``nat.translate6``) to the
         uplink's address; ``route`` and ``open`` forward unchanged (the far side routes the
         prefix to the uplink); ``isolated`` forwards nothing: the guest gets destination
@@ -24,7 +25,9 @@ Rule 5: with a host uplink (``nat.egress.v6``) routed packets go to the host's I
 Rule 6: with a raw uplink, the uplink's own station (``nat.uplink6``) answers for its
         addresses and resolves the next hop; everything else arriving for the uplink's
         address goes through the conntrack (``nat``), or, for the guest prefix, is routed
-        to the guests (``route``/``open``), hop limit decremented.
+        to the guests (``route``/``open``), hop limit decremented.  A link-local, loopback or
+        unspecified source is not routed (Rule 1; Linux's ``ip6_forward`` drops them too),
+        nor is what is for another address of the uplink's (each counted).
 
 Rule 7: a router never fragments (Rule 3), but the host uplink is a source: a datagram it
         made for a guest from a host socket's data, larger than the guest link, leaves in
@@ -43,7 +46,7 @@ from nat.conntrack import Conntrack
 from nat.gateway6 import Gateway6
 from nat.reassembly import Reassembly
 from nat.router import Neighbours, Out
-from nat.translate6 import icmp6_error, nat_packet6
+from nat.translate6 import LOOPBACK, icmp6_error, nat_packet6
 from nat.verdicts import Drop
 from wire.errors import MalformedPacket
 from wire.gso import fragment_ipv6, to_plain_frames
@@ -51,6 +54,7 @@ from wire.ipv6 import (
     DEST_UNREACHABLE,
     PACKET_TOO_BIG,
     TIME_EXCEEDED,
+    UNSPECIFIED,
     Ipv6,
     decode_ipv6,
     in_prefix,
@@ -141,6 +145,9 @@ class Router6:
         self.guests.learn(ip.src, packet[ETH + 6:ETH + 12], now)
         if in_prefix(ip.dst, gateway.prefix, gateway.prefix_len):
             return out  # on-link: the switch delivers it
+        if not_routed(ip.dst):
+            self.counters["drop-destination-not-routable"] += 1
+            return out
         if self.mode == "isolated":
             return self._refuse(packet, ip, out, DEST_UNREACHABLE, 1, "isolated")
         if ip.hop_limit <= 1:
@@ -200,9 +207,13 @@ class Router6:
         except MalformedPacket:
             self.counters["malformed-from-uplink"] += 1
             return out
+        if not_routed(ip.src):
+            self.counters["drop-source-not-routable"] += 1
+            return out
         gateway = self.gateway
         if self.conntrack is not None:
             if ip.dst != station.address:
+                self.counters["drop-not-for-uplink-address"] += 1
                 return out
             try:
                 result = nat_packet6(packet, self.conntrack, True, now, ip)
@@ -223,6 +234,7 @@ class Router6:
                 return out
             packets = [decrement_hop_limit(packet)]
         else:
+            self.counters["drop-not-for-guest-prefix"] += 1
             return out
         for one in packets:
             if self.too_big(one, ip, gateway.mtu):
@@ -277,6 +289,9 @@ class Router6:
                      "router6 Rule 1")]
         if in_prefix(ip.dst, gateway.prefix, gateway.prefix_len):
             return [("on-link: the switch delivers it, not the router", "router6 Rule 1")]
+        if not_routed(ip.dst):
+            return [("dropped: a link-local, loopback or unspecified destination is not routed "
+                     "(RFC 4291 2.5.6)", "router6 Rule 1")]
         if self.mode == "isolated":
             return [("refused: the network is isolated; ICMPv6 unreachable (administratively "
                      "prohibited) sent", "router6 Rule 2")]
@@ -374,6 +389,12 @@ def decrement_hop_limit(packet: bytes) -> bytearray:
     buf = bytearray(packet)
     buf[_HOP_LIMIT] -= 1
     return buf
+
+
+def not_routed(address: bytes) -> bool:
+    """Link-local, loopback or unspecified: never routed off its link (Rules 1, 6)."""
+    return address[0] == 0xFE and address[1] & 0xC0 == 0x80 or address in (UNSPECIFIED,
+                                                                            LOOPBACK)
 
 
 def _maybe_station_s(packet: bytes) -> bool:

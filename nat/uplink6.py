@@ -10,7 +10,10 @@ Rule 1: Neighbor Discovery is taken only with hop limit 255, a valid checksum, c
         an NS from :: only to the target's solicited-node group and without a source
         link-layer option, an NA to a multicast group only unsolicited (7.1.1, 7.1.2).
         Anything else is counted and dropped; ``handle`` never raises.  Frames from the
-        station's own MAC (looped back) are dropped too: they would look like a duplicate.
+        station's own MAC (looped back) are dropped too: they would look like a duplicate;
+        and frames from a multicast or all-zero MAC, packets from a multicast address (RFC
+        4291 2.7) and link-layer address options that are not a unicast MAC: nobody could
+        take an answer.
 Rule 2: addresses (RFC 4862): the link-local one from the MAC's modified EUI-64 (RFC 4291
         2.5.1), always; a global one by ``mode``: "static" (given), "slaac" (the first /64
         prefix of an RA with the A flag, plus the same interface identifier, RFC 4862 5.5.3),
@@ -77,7 +80,7 @@ import math
 import random
 import struct
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -202,6 +205,9 @@ class LeaseClient6(Protocol):
     @property
     def state(self) -> str: ...
 
+    @property
+    def counters(self) -> Mapping[str, int]: ...  # what it dropped and why (in ``stats``)
+
     def start(self, now: float) -> Sequence[object]: ...
 
     def receive(self, payload: bytes, now: float) -> Sequence[object]: ...
@@ -303,8 +309,14 @@ class UplinkStation6:
         if frame[6:12] == self.mac:
             self.counters["drop-own-frame"] += 1
             return [], True
+        if frame[6] & 1 or not any(frame[6:12]):  # no station has it: never answered
+            self.counters["drop-bad-source-mac"] += 1
+            return [], True
         try:
             ip = decode_ipv6(frame)
+            if ip.src[0] == 0xFF:  # RFC 4291 2.7: never a source
+                self.counters["drop-multicast-source"] += 1
+                return [], True
             if ip.fragment is not None:
                 return [], False  # not NDP (RFC 6980); reassembly is the router's
             if ip.proto == PROTO_ICMPV6:
@@ -414,7 +426,8 @@ class UplinkStation6:
             "held6_dropped": self.neighbours.dropped,
             "dhcp6": self.client.state if self.client is not None and self._dhcp_running
             else "off",
-        }
+        } | ({} if self.client is None else
+             {f"dhcp6-client-{k}": v for k, v in self.client.counters.items()})
 
     # -- Neighbor Discovery (Rules 1 to 6) -------------------------------------------------------
 
@@ -468,7 +481,7 @@ class UplinkStation6:
         options = nd_options(frame[ip.start + 24:ip.end])
         if target[0] == 0xFF:
             raise MalformedPacket("neighbor solicitation for a multicast address")
-        source_mac = link_address(options, SOURCE_LL)
+        source_mac = _link_address(options, SOURCE_LL)
         if ip.src == UNSPECIFIED:  # a DAD probe (RFC 4861 7.1.1)
             if ip.dst != solicited_node(target) or source_mac is not None:
                 raise MalformedPacket("DAD probe not to the solicited-node group, or with a "
@@ -501,7 +514,7 @@ class UplinkStation6:
         if target in self._usable:  # RFC 4862 5.4.4: someone else claims it; logged only
             self.counters["address-conflict"] += 1
             return []
-        mac = link_address(options, TARGET_LL)
+        mac = _link_address(options, TARGET_LL)
         if mac is None:
             self.counters["na-without-target-ll"] += 1
             return []
@@ -522,9 +535,9 @@ class UplinkStation6:
             raise MalformedPacket("router advertisement truncated")
         flags, lifetime = frame[ip.start + 5], struct.unpack_from("!H", frame, ip.start + 6)[0]
         options = nd_options(frame[ip.start + 16:ip.end])
+        router_mac = _link_address(options, SOURCE_LL)
         self.counters["router-adverts"] += 1
         out: Frames = []
-        router_mac = link_address(options, SOURCE_LL)
         if router_mac is not None:  # RFC 4861 6.3.4: the router's link-layer address
             out += self._learn(ip.src, router_mac, now)
         for kind, body in options:
@@ -776,6 +789,15 @@ class UplinkStation6:
         self.counters["router-solicits"] += 1
         return icmpv6_frame(multicast_mac(ALL_ROUTERS), self.mac, self.link_local, ALL_ROUTERS,
                             ROUTER_SOLICIT, 0, bytes(4) + nd_option(SOURCE_LL, self.mac), 255)
+
+
+def _link_address(options: list[tuple[int, bytes]], kind: int) -> bytes | None:
+    """``wire.ipv6.link_address``, refusing a multicast or all-zero MAC (Rule 1): nobody
+    has it, and answers would go to it."""
+    mac = link_address(options, kind)
+    if mac is not None and (mac[0] & 1 or not any(mac)):
+        raise MalformedPacket("a link-layer address option that is not a unicast MAC")
+    return mac
 
 
 def _seconds(lifetime: int) -> float:
