@@ -251,7 +251,11 @@ class Router6:
         assert station is not None
         if station.address is None:
             return
-        error = icmp6_error(packet, icmp_type, code, station.address, word, station.mac)
+        try:
+            error = icmp6_error(packet, icmp_type, code, station.address, word, station.mac)
+        except MalformedPacket:  # an offloaded packet whose headers do not hold
+            self.counters["malformed-from-uplink"] += 1
+            return
         if error is not None:
             out.uplink.extend(station.resolve([error], now))
 

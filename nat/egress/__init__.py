@@ -18,7 +18,8 @@ Rule 1: UDP.  Each guest endpoint (address, port) is one host UDP socket, so the
         datagrams only), for UDP, echo and TCP alike.
         ICMP errors the host receives for a guest's datagrams (IP_RECVERR) go on to the guest,
         and datagrams leave with the guest's TTL less our hop, so a UDP traceroute through the
-        host uplink sees the routers beyond it.
+        host uplink sees the routers beyond it.  IPv6 guests get ICMPv6 errors the same way
+        (``v6`` Rule 7), and their TCP connects ICMPv6 unreachable (``v6`` Rule 5).
 Rule 2: ICMP echo.  An unprivileged ping socket (SOCK_DGRAM, IPPROTO_ICMP) per guest (address,
         identifier) where ``net.ipv4.ping_group_range`` allows; else one raw ICMP socket shared by
         all, with an identifier of ours per guest echo flow (needs CAP_NET_RAW); else echo

@@ -13,7 +13,7 @@ from typing import Final
 from nat.egress.flows import EchoFlow, FlowTable
 from nat.egress.frames import U16, fragments
 from nat.egress.side import HostSide
-from nat.egress.sockets import IP_RECVERR, open_ping, read_icmp_error
+from nat.egress.sockets import ask_errors, open_ping, read_icmp_error
 from nat.translate import admin_prohibited
 from wire.packets import (
     ICMP_ECHO_REQUEST,
@@ -82,7 +82,7 @@ class EchoAdapter:
             return self.flows.add_echo(guest_ip, ident, None, None, now)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
         sock.setblocking(False)
-        sock.setsockopt(socket.SOL_IP, IP_RECVERR, 1)  # Rule 2: errors, to pass on
+        ask_errors(sock)  # Rule 2: errors, to pass on
         sock.bind(("0.0.0.0", 0))
         host_ident = sock.getsockname()[1]  # the identifier the kernel gave this socket
         flow = self.flows.add_echo(guest_ip, ident, sock, host_ident, now)

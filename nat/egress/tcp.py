@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from nat.egress.frames import UNKNOWN_MACS, ip_packet
 from nat.egress.side import HostSide
-from nat.egress.sockets import UNREACHABLE_CODE, local_address
+from nat.egress.sockets import UNREACHABLE_CODE, UNREACHABLE_CODE6, ask_errors, local_address
 from nat.tcp_splice import Splice
 from nat.translate import icmp_error
 from wire.errors import MalformedPacket
@@ -43,6 +43,7 @@ class TcpFlow:
     host_eof: bool = False
     timer: asyncio.TimerHandle | None = None
     deadline: float | None = None
+    icmp6: list[bytes] | None = None  # a failed IPv6 connect: its ICMPv6 error (v6 Rule 5)
 
 
 class TcpAdapter:
@@ -58,6 +59,11 @@ class TcpAdapter:
         #: Where an IPv6 destination is on the host (``nat.egress.v6`` Rule 3), when guests
         #: have IPv6.
         self.real6: Callable[[bytes], str] = lambda dst: socket.inet_ntop(socket.AF_INET6, dst)
+        #: What an IPv6 guest's SYN gets when the host's connect fails with an error (not
+        #: refused): (SYN, socket, error) -> the ICMPv6 error to the guest, none to reset it
+        #: (``nat.egress.v6`` Rule 5).
+        self.connect_failed6: Callable[[bytes, socket.socket, int], list[bytes]] = \
+            lambda *_: []
 
     def __len__(self) -> int:
         return len(self.flows)
@@ -101,6 +107,8 @@ class TcpAdapter:
         sock = socket.socket(socket.AF_INET6 if six else socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if six:  # the ICMPv6 error that fails the connect, if one does (nat.egress.v6 Rule 5)
+            ask_errors(sock)
         flow = TcpFlow(key, splice, sock, connecting=True)
         self.flows[key] = flow
         side.counters["tcp-connects"] += 1
@@ -147,17 +155,27 @@ class TcpAdapter:
         now = self.side.loop.time()
         counters = self.side.counters
         flow.connecting = False
+        splice = flow.splice
+        icmp6: list[bytes] = []
+        if splice.v6:  # nat.egress.v6 Rule 5: the error that failed the connect, if any
+            if err not in (0, errno.ECONNREFUSED) and splice.syn_packet is not None:
+                icmp6 = self.connect_failed6(splice.syn_packet, flow.sock, err)
+            ask_errors(flow.sock, False)  # no more (connected, errors stay soft; the queue empties)
         if err == 0:
-            flow.splice.host_connected(now)
+            splice.host_connected(now)
         elif err == errno.ECONNREFUSED:
             counters["tcp-refused"] += 1
-            flow.splice.host_refused(now)
-        elif flow.splice.v6:  # no ICMPv6 error is built here yet: the guest gets a RST
+            splice.host_refused(now)
+        elif splice.v6:  # the ICMPv6 error quoting the SYN, or a RST if there is none
             counters[f"tcp6-connect-{errno.errorcode.get(err, 'error')}"] += 1
-            flow.splice.host_refused(now)
+            if icmp6:
+                flow.icmp6 = icmp6
+                splice.host_unreachable(UNREACHABLE_CODE6.get(err, 3), now)
+            else:
+                splice.host_refused(now)
         else:
             counters[f"tcp-connect-{errno.errorcode.get(err, 'error')}"] += 1
-            flow.splice.host_unreachable(UNREACHABLE_CODE.get(err, 1), now)
+            splice.host_unreachable(UNREACHABLE_CODE.get(err, 1), now)
 
     def _readable(self, flow: TcpFlow) -> None:
         splice = flow.splice
@@ -227,7 +245,9 @@ class TcpAdapter:
         if packets:
             (side.emit if splice.macs[0] == 0xFF else side.deliver)(packets)
         if splice.closed:
-            if splice.icmp_unreachable is not None and splice.syn_packet is not None:
+            if splice.icmp_unreachable is not None and flow.icmp6:  # an IPv6 SYN's error
+                side.emit(flow.icmp6)
+            elif splice.icmp_unreachable is not None and splice.syn_packet is not None:
                 side.icmp(icmp_error(splice.syn_packet, 3, splice.icmp_unreachable,
                                      flow.key[2]))
             self.close_flow(flow, abort=splice.abort_host)

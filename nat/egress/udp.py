@@ -10,7 +10,7 @@ from typing import Any, Final
 
 from nat.egress.flows import FlowTable, UdpFlow
 from nat.egress.side import HostSide
-from nat.egress.sockets import IP_RECVERR, UNREACHABLE_CODE, read_icmp_error
+from nat.egress.sockets import UNREACHABLE_CODE, ask_errors, read_icmp_error
 from nat.translate import icmp_error
 from wire.ipv6 import Ipv6
 from wire.packets import PROTO_UDP, Ipv4, decode_udp, encode_ipv4, encode_udp
@@ -63,7 +63,7 @@ class UdpAdapter:
     def _open(self, guest_ip: bytes, guest_port: int, now: float) -> UdpFlow:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)
-        sock.setsockopt(socket.SOL_IP, IP_RECVERR, 1)  # Rule 1: ICMP errors, to pass on
+        ask_errors(sock)  # Rule 1: ICMP errors, to pass on
         try:
             if guest_port < 1024:
                 raise OSError

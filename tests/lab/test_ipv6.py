@@ -102,6 +102,17 @@ def global_addresses(lab, ns: str, dev: str) -> list[ipaddress.IPv6Address]:
             if a.get("scope") == "global" and "tentative" not in a]
 
 
+def take_slaac(lab, ns: str, dev: str) -> None:
+    """Bring a guest's port up with IPv6 and router advertisements on; wait for its SLAAC
+    address in PREFIX."""
+    lab.run(ns, ["sysctl", "-qw", f"net.ipv6.conf.{dev}.accept_ra=2",
+                 f"net.ipv6.conf.{dev}.disable_ipv6=0"])
+    lab.run(ns, ["ip", "link", "set", dev, "up"])
+    prefix = ipaddress.IPv6Network(f"{PREFIX}/64")
+    wait_for(lambda: any(a in prefix for a in global_addresses(lab, ns, dev)), 30,
+             "a SLAAC address")
+
+
 def test_a_guest_takes_slaac_and_a_default_route_from_the_advertisement(lab, v6_guests):
     daemon, ns, dev, _ = v6_guests
     prefix = ipaddress.IPv6Network(f"{PREFIX}/64")
@@ -280,12 +291,7 @@ type = "internal"
 netns = "{guest}"
 """
     daemon = Daemon(lab, tmp_path, body, ports_up=2, ns=host)
-    lab.run(guest, ["sysctl", "-qw", f"net.ipv6.conf.{dev}.accept_ra=2",
-                    f"net.ipv6.conf.{dev}.disable_ipv6=0"])
-    lab.run(guest, ["ip", "link", "set", dev, "up"])
-    prefix = ipaddress.IPv6Network(f"{PREFIX}/64")
-    wait_for(lambda: any(a in prefix for a in global_addresses(lab, guest, dev)), 30,
-             "a SLAAC address")
+    take_slaac(lab, guest, dev)
     serve(lab, inet, UDP_ECHO, "fd0e:96::2", "7")
     out = lab.run(guest, [sys.executable, "-c", UDP_ASK, "fd0e:96::2", "7", "hello"]).stdout
     assert out.strip() == "hello from fd0e:96::1", out  # the internet sees only the host
