@@ -26,7 +26,8 @@ Rule 7: a packet sent to the gateway's MAC for another address is the router's
         (RFC 4443 3.1), so a guest's connection fails at once instead of timing out.  UDP to
         the gateway's address that no service takes goes to ``egress`` (the host uplink): the
         gateway's address stands for the host's ``::1``.  A source outside the prefix is
-        dropped and counted (BCP 38), as the IPv4 router does.
+        dropped and counted (BCP 38), as the IPv4 router does.  The ICMPv6 errors the gateway
+        and the router send guests share one budget (``nat.ratelimit``, RFC 4443 2.4 (f)).
 Rule 8: fragments to the gateway's addresses are reassembled (``nat.reassembly`` Rule R7:
         overlaps drop the whole datagram, RFC 5722); an atomic fragment (offset 0, no more)
         is a whole packet (RFC 6946); a datagram still incomplete at its timeout gets time
@@ -54,6 +55,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Final, Protocol
 
+from nat.ratelimit import ErrorBudget
 from nat.reassembly import Reassembly
 from wire.errors import MalformedPacket
 from wire.ipv6 import (
@@ -140,6 +142,8 @@ class Gateway6:
         self._rng = rng or random.Random()
         #: Fragments to the gateway's addresses, until their datagrams are whole (Rule 8).
         self.reassembly = Reassembly()
+        #: The ICMPv6 errors the gateway and the router send guests, limited (RFC 4443 2.4 (f)).
+        self.errors = ErrorBudget()
         self._sent_unsolicited = 0
         self._next_advert = 0.0
 
@@ -154,7 +158,7 @@ class Gateway6:
                 if not in_prefix(ip.src, self.prefix, self.prefix_len):
                     self.counters["drop-source-not-in-prefix"] += 1
                     return []
-                return self._unreachable(frame, ip)
+                return self._unreachable(frame, ip, now)
             if ip.fragment is not None and (ip.fragment[1] or ip.fragment[2]):
                 if ip.dst not in self.addresses and ip.dst != ALL_SERVERS:
                     return []
@@ -166,7 +170,7 @@ class Gateway6:
                 return self._tcp(frame, ip, now)
             if ip.proto != PROTO_ICMPV6:
                 if ip.dst in self.addresses and ip.proto not in (PROTO_UDP, NO_NEXT):
-                    return self._unrecognized(frame, ip)
+                    return self._unrecognized(frame, ip, now)
                 return []
             if ip.end - ip.start < 8 or not icmpv6_checksum_ok(frame, ip):
                 self.counters["icmpv6-bad-checksum-or-short"] += 1
@@ -195,28 +199,31 @@ class Gateway6:
         return (frame[:6] == self.mac and ip.dst[0] != 0xFF and ip.dst not in self.addresses
                 and ip.src != UNSPECIFIED and ip.src[0] != 0xFF)
 
-    def _unrecognized(self, frame: bytes, ip: Ipv6) -> list[bytes]:
+    def _unrecognized(self, frame: bytes, ip: Ipv6, now: float) -> list[bytes]:
         """Rule 10: a next header the gateway does not know, for one of its addresses:
         parameter problem, code 1, pointing at the byte that names it (RFC 8200 4)."""
-        error = self.error(frame, ip, PARAMETER_PROBLEM, 1, ip.names_at - 14)
+        error = self.error(frame, ip, PARAMETER_PROBLEM, 1, now, ip.names_at - 14)
         return [] if error is None else [error]
 
-    def _unreachable(self, frame: bytes, ip: Ipv6) -> list[bytes]:
+    def _unreachable(self, frame: bytes, ip: Ipv6, now: float) -> list[bytes]:
         """Rule 7: destination unreachable, no route (RFC 4443 3.1, code 0)."""
-        error = self.error(frame, ip, DEST_UNREACHABLE, 0)
+        error = self.error(frame, ip, DEST_UNREACHABLE, 0, now)
         return [] if error is None else [error]
 
-    def error(self, frame: bytes, ip: Ipv6, icmp_type: int, code: int,
+    def error(self, frame: bytes, ip: Ipv6, icmp_type: int, code: int, now: float,
               word: int = 0) -> bytes | None:
         """An ICMPv6 error from the gateway's address to the sender of ``frame`` (a plain
         Ethernet frame, ``ip`` its header), quoting as much of it as fits in the minimum MTU;
         ``word`` is the MTU of packet too big or the pointer of parameter problem.  None for
         an ICMPv6 error, or a packet from the unspecified or a multicast address
-        (RFC 4443 2.4 (e))."""
+        (RFC 4443 2.4 (e)), and past the error budget (2.4 (f), ``nat.ratelimit``)."""
         if ip.proto == PROTO_ICMPV6 and ip.end > ip.start and frame[ip.start] < 128 \
                 and (ip.fragment is None or not ip.fragment[1]):
             return None
         if ip.src == UNSPECIFIED or ip.src[0] == 0xFF:
+            return None
+        if not self.errors.take(now):
+            self.counters["icmp6-errors-rate-limited"] += 1
             return None
         self.counters[f"icmp6-errors-sent-type-{icmp_type}"] += 1
         quoted = frame[14:ip.end][:MIN_MTU - 48]

@@ -44,6 +44,7 @@ from typing import Any, Final, Protocol
 
 from nat.conntrack import Conntrack
 from nat.gateway6 import Gateway6
+from nat.ratelimit import ErrorBudget
 from nat.reassembly import Reassembly
 from nat.router import Neighbours, Out
 from nat.translate6 import LOOPBACK, icmp6_error, nat_packet6
@@ -106,6 +107,9 @@ class Router6:
         self.reassembly = Reassembly(fragment_timeout)
         self.counters: Counter[str] = Counter()
         self._ident = 0  # fragment identification of the datagrams cut here (Rule 7)
+        #: The errors sent out of the uplink, limited (``nat.ratelimit``); those to guests
+        #: come from the gateway's own budget.
+        self.errors_out = ErrorBudget()
         #: Where packets released by a guest's Neighbor Advertisement go (the router port's
         #: ``dispatch``).
         self.released: Callable[[Out], None] | None = None
@@ -149,23 +153,23 @@ class Router6:
             self.counters["drop-destination-not-routable"] += 1
             return out
         if self.mode == "isolated":
-            return self._refuse(packet, ip, out, DEST_UNREACHABLE, 1, "isolated")
+            return self._refuse(packet, ip, out, now, DEST_UNREACHABLE, 1, "isolated")
         if ip.hop_limit <= 1:
-            return self._refuse(packet, ip, out, TIME_EXCEEDED, 0, "hop-limit-exceeded")
+            return self._refuse(packet, ip, out, now, TIME_EXCEEDED, 0, "hop-limit-exceeded")
         if self.egress is not None:
             return self._to_host(packet, ip, now, out)
         if self.station is not None:
             return self._to_uplink(packet, ip, now, out)
-        return self._refuse(packet, ip, out, DEST_UNREACHABLE, 0, "no-route")
+        return self._refuse(packet, ip, out, now, DEST_UNREACHABLE, 0, "no-route")
 
     def _to_uplink(self, packet: bytes, ip: Ipv6, now: float, out: Out) -> Out:
         """Rules 2, 3 and 6: translated or routed out of the raw uplink."""
         station = self.station
         assert station is not None
         if self.mode == "nat" and self.conntrack is None:  # no address yet
-            return self._refuse(packet, ip, out, DEST_UNREACHABLE, 0, "no-uplink-address")
+            return self._refuse(packet, ip, out, now, DEST_UNREACHABLE, 0, "no-uplink-address")
         if self.too_big(packet, ip, station.mtu):
-            return self._refuse(packet, ip, out, PACKET_TOO_BIG, 0, "too-big", station.mtu)
+            return self._refuse(packet, ip, out, now, PACKET_TOO_BIG, 0, "too-big", station.mtu)
         if self.conntrack is None:  # route, open
             out.uplink.extend(station.resolve([decrement_hop_limit(packet)], now))
             return out
@@ -177,7 +181,7 @@ class Router6:
         if isinstance(result, Drop):
             self.counters[f"drop-{result.reason}"] += 1
             if result.icmp is not None:
-                return self._refuse(packet, ip, out, *result.icmp, result.reason)
+                return self._refuse(packet, ip, out, now, *result.icmp, result.reason)
             return out
         out.uplink.extend(station.resolve(list(result), now))
         return out
@@ -251,6 +255,9 @@ class Router6:
         assert station is not None
         if station.address is None:
             return
+        if not self.errors_out.take(now):  # RFC 4443 2.4 (f)
+            self.counters["icmp6-errors-rate-limited"] += 1
+            return
         try:
             error = icmp6_error(packet, icmp_type, code, station.address, word, station.mac)
         except MalformedPacket:  # an offloaded packet whose headers do not hold
@@ -281,7 +288,7 @@ class Router6:
                 self.counters["malformed"] += 1
                 return out
         if not self.egress.from_guest(packet, ip, now):
-            return self._refuse(packet, ip, out, DEST_UNREACHABLE, 0, "no-route")
+            return self._refuse(packet, ip, out, now, DEST_UNREACHABLE, 0, "no-route")
         return out
 
     def explain(self, packet: bytes, ip: Ipv6) -> list[tuple[str, str]]:
@@ -315,12 +322,12 @@ class Router6:
         return [("translated (NAT66) to the uplink's IPv6 address, hop limit - 1",
                  "router6 Rule 6")]
 
-    def _refuse(self, packet: bytes, ip: Ipv6, out: Out, icmp_type: int, code: int,
-                reason: str, word: int = 0) -> Out:
+    def _refuse(self, packet: bytes, ip: Ipv6, out: Out, now: float, icmp_type: int,
+                code: int, reason: str, word: int = 0) -> Out:
         self.counters[f"drop-{reason}"] += 1
         frame = packet[ETH:]
         error = self.gateway.error(frame, ip._replace(start=ip.start - ETH, end=ip.end - ETH),
-                                   icmp_type, code, word)
+                                   icmp_type, code, now, word)
         if error is not None:
             out.switch.append(NO_OFFLOAD + error)
         return out

@@ -195,3 +195,16 @@ def test_an_unknown_next_header_gets_parameter_problem_pointing_at_it():
     assert gw.handle(bytes(Ether(src=GUEST_MAC, dst="52:54:00:00:00:09") / other), 0.0) == []
     empty = IPv6(src=GUEST, dst="fd42:0:0:1::1", nh=59)
     assert gw.handle(bytes(Ether(src=GUEST_MAC, dst="52:54:00:00:00:01") / empty), 0.0) == []
+
+
+def test_icmpv6_errors_are_rate_limited_then_the_budget_refills():
+    from scapy.layers.inet6 import ICMPv6ParamProblem
+
+    gw = gateway()
+    unknown = bytes(Ether(src=GUEST_MAC, dst="52:54:00:00:00:01")
+                    / IPv6(src=GUEST, dst="fd42:0:0:1::1", nh=99) / (b"x" * 8))
+    sent = sum(len(gw.handle(unknown, 10.0)) for _ in range(200))
+    assert sent == gw.errors.burst == 50
+    assert gw.counters["icmp6-errors-rate-limited"] == 150
+    [again] = gw.handle(unknown, 10.5)  # half a second later: tokens again
+    assert ICMPv6ParamProblem in Ether(again)
