@@ -122,6 +122,7 @@ RECONFIGURE: Final = 10
 OPT_PREFERENCE: Final = 7
 OPT_SOL_MAX_RT: Final = 82
 USE_MULTICAST: Final = 5
+NO_PREFIX_AVAIL: Final = 6  # the last status code RFC 8415 21.13 defines
 INFINITY: Final = 0xFFFFFFFF  # RFC 8415 7.7
 
 # RFC 8415 7.6, Rule 3.
@@ -425,7 +426,7 @@ class Dhcp6Client:
             self._begin(Client6State.REQUEST, now, mrd_end=self._valid_end)
             return [self._transmit(now)]
         if ia.status not in (None, SUCCESS):
-            self.counters[f"reply-ia-status-{ia.status}"] += 1
+            self.counters[f"reply-ia-status-{_status_name(ia.status)}"] += 1
             if state is not Client6State.REQUEST:
                 return []  # the lease holds until it ends; a SOLICIT goes on
             return self._restart(now)
@@ -556,6 +557,12 @@ class Dhcp6Client:
 
 
 # -- reading a REPLY ---------------------------------------------------------------------------
+
+
+def _status_name(code: int) -> str:
+    """A status code as a counter's name: the codes RFC 8415 21.13 defines (0-6) by number,
+    any other a server sends as "other" (the server chooses it: the counters stay bounded)."""
+    return str(code) if 0 <= code <= NO_PREFIX_AVAIL else "other"
 
 
 def _status(msg: Message6) -> int | None:

@@ -13,7 +13,7 @@ Rule 3: a Router Solicitation is answered with a Router Advertisement, and adver
         jitter (RFC 4861 6.2.4, 6.2.1 defaults).  An advertisement carries the source link-layer
         address, the MTU, the prefix (on-link; autonomous when it is a /64), RDNSS and DNSSL
         (RFC 8106), the M flag when addresses are leased by DHCPv6, the O flag for DNS by
-        DHCPv6, and router lifetime 1800 s, or 0 in an isolated network (no default route).
+        DHCPv6, and router lifetime 1800 s, or 0 when nothing is routed out (Rule 12).
 Rule 4: an echo request to the gateway's addresses is answered (RFC 4443 4.2).
 Rule 5: the guests the gateway hears (the source link-layer option of their NS and RS, the
         target link-layer option of their NA) are remembered in a bounded cache, for DNS
@@ -22,12 +22,12 @@ Rule 5: the guests the gateway hears (the source link-layer option of their NS a
 Rule 6: UDP to the gateway's addresses, or to All_DHCP_Relay_Agents_and_Servers, goes to the
         service registered for its port (DNS 53, DHCPv6 547).
 Rule 7: a packet sent to the gateway's MAC for another address is the router's
-        (``nat.router6``); with no router it gets destination unreachable, no route
-        (RFC 4443 3.1), so a guest's connection fails at once instead of timing out.  UDP to
-        the gateway's address that no service takes goes to ``egress`` (the host uplink): the
-        gateway's address stands for the host's ``::1``.  A source outside the prefix is
-        dropped and counted (BCP 38), as the IPv4 router does.  The ICMPv6 errors the gateway
-        and the router send guests share one budget (``nat.ratelimit``, RFC 4443 2.4 (f)).
+        (``nat.router6``, which also takes TCP and UDP to the gateway's address that no
+        service here takes, for the host's ``::1``); on its own (no router) the gateway
+        answers destination unreachable, no route (RFC 4443 3.1), so a guest's connection
+        fails at once instead of timing out.  A datagram the gateway reassembled (Rule 8) for
+        a port no service takes goes to ``egress`` (the host uplink) the same way.  A source
+        outside the prefix is dropped and counted (BCP 38), as the IPv4 router does.
 Rule 8: fragments to the gateway's addresses are reassembled (``nat.reassembly`` Rule R7:
         overlaps drop the whole datagram, RFC 5722); an atomic fragment (offset 0, no more)
         is a whole packet (RFC 6946); a datagram still incomplete at its timeout gets time
@@ -41,6 +41,11 @@ Rule 10: an upper-layer protocol the gateway does not speak, sent to one of its 
         gets parameter problem, code 1, pointing at the next-header byte that names it
         (RFC 8200 4, RFC 4443 3.4).  Multicast listener reports and queries (MLD) are accepted
         and need no answer: the switch floods 33:33:* to every port.
+Rule 11: the ICMPv6 errors the gateway and the router send guests share one budget
+        (``nat.ratelimit``, RFC 4443 2.4 (f)), and are made by ``nat.translate6.icmp6_error``.
+Rule 12: advertisements carry router lifetime 0 when no IPv6 leaves the guest network
+        (isolated, no uplink, or a raw uplink without an IPv6 address): guests then have no
+        IPv6 default route and pick IPv4 for dual-stack names at once (RFC 4861 6.2.3).
 
 Sans-I/O: ``handle(frame, now)`` takes a plain Ethernet frame and returns frames to send;
 ``tick(now)`` returns the unsolicited advertisements that are due, and the time-exceeded
@@ -57,6 +62,7 @@ from typing import Final, Protocol
 
 from nat.ratelimit import ErrorBudget
 from nat.reassembly import Reassembly
+from nat.translate6 import icmp6_error
 from wire.errors import MalformedPacket
 from wire.ipv6 import (
     ALL_NODES,
@@ -82,6 +88,7 @@ from wire.ipv6 import (
     icmpv6_checksum_ok,
     icmpv6_frame,
     in_prefix,
+    is_link_local,
     link_local,
     multicast_mac,
     nd_option,
@@ -91,6 +98,7 @@ from wire.ipv6 import (
 )
 from wire.packets import ETH_P_IPV6, PROTO_TCP, PROTO_UDP, encode_ethernet
 from wire.tcp import checksum_ok, reset_for
+from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN
 
 # NDP option types (RFC 4861 4.6, RFC 8106 5).
 SOURCE_LL, TARGET_LL, PREFIX_INFO, MTU_OPTION, RDNSS, DNSSL = 1, 2, 3, 5, 25, 31
@@ -124,6 +132,8 @@ class Gateway6:
         self.mtu = mtu
         self.managed = managed
         self.isolated = isolated
+        #: Whether IPv6 leaves the guest network (Rule 12): the daemon says so.
+        self.default_route = True
         self.domain = domain
         self.counters: Counter[str] = Counter()
         #: UDP services by port, as the IPv4 gateway's (DNS 53): (client MAC, client address,
@@ -131,7 +141,7 @@ class Gateway6:
         self.udp: dict[int, Callable[[bytes, bytes, int, bytes, bytes, float], list[bytes]]] = {}
         #: TCP services by port (Rule 9), as the IPv4 gateway's (DNS 53: ``nat.tcp_server``)
         self.tcp: dict[int, TcpService] = {}
-        #: Where IPv6 for the outside goes when the host uplink takes it (Rule 7): (frame,
+        #: Where a reassembled datagram for the host's ``::1`` goes (Rule 7): (frame,
         #: header, now) -> whether it was taken.
         self.egress: Callable[[bytes, Ipv6, float], bool] | None = None
         #: Told of each guest address heard with its MAC (Rule 5): the router resolves its
@@ -213,29 +223,32 @@ class Gateway6:
     def error(self, frame: bytes, ip: Ipv6, icmp_type: int, code: int, now: float,
               word: int = 0) -> bytes | None:
         """An ICMPv6 error from the gateway's address to the sender of ``frame`` (a plain
-        Ethernet frame, ``ip`` its header), quoting as much of it as fits in the minimum MTU;
-        ``word`` is the MTU of packet too big or the pointer of parameter problem.  None for
-        an ICMPv6 error, or a packet from the unspecified or a multicast address
-        (RFC 4443 2.4 (e)), and past the error budget (2.4 (f), ``nat.ratelimit``)."""
-        if ip.proto == PROTO_ICMPV6 and ip.end > ip.start and frame[ip.start] < 128 \
-                and (ip.fragment is None or not ip.fragment[1]):
-            return None
-        if ip.src == UNSPECIFIED or ip.src[0] == 0xFF:
-            return None
+        Ethernet frame), made as the router makes them (``nat.translate6.icmp6_error``: what
+        it quotes, when none may be sent); ``word`` is the MTU of packet too big or the
+        pointer of parameter problem.  None past the error budget (Rule 11)."""
+        error = self.error_packet(NO_OFFLOAD + frame, icmp_type, code, now, word)
+        return None if error is None else error[VNET_HDR_LEN:]
+
+    def error_packet(self, packet: bytes, icmp_type: int, code: int, now: float,
+                     word: int = 0) -> bytes | None:
+        """``error`` for a packet (virtio-net header + frame): the router's refusals."""
         if not self.errors.take(now):
             self.counters["icmp6-errors-rate-limited"] += 1
             return None
-        self.counters[f"icmp6-errors-sent-type-{icmp_type}"] += 1
-        quoted = frame[14:ip.end][:MIN_MTU - 48]
-        return self._icmp(frame[6:12], ip.src, icmp_type, struct.pack("!I", word) + quoted,
-                          source=self.address, code=code)
+        try:
+            error = icmp6_error(packet, icmp_type, code, self.address, word, self.mac)
+        except MalformedPacket:
+            error = None
+        if error is not None:
+            self.counters[f"icmp6-errors-sent-type-{icmp_type}"] += 1
+        return error
 
     def solicitation(self, target: bytes) -> bytes:
         """A Neighbor Solicitation for a guest's ``target`` address, to its solicited-node
         group (RFC 4861 7.2.2), from the gateway's address in the prefix (or its link-local
         one for a link-local target), with the gateway's link-layer address."""
         group = solicited_node(target)
-        source = self.link_local if target[:2] == b"\xfe\x80" else self.address
+        source = self.link_local if is_link_local(target) else self.address
         self.counters["neighbor-solicits-sent"] += 1
         return self._icmp(multicast_mac(group), group, NEIGHBOR_SOLICIT,
                           bytes(4) + target + nd_option(SOURCE_LL, self.mac), source=source,
@@ -348,8 +361,7 @@ class Gateway6:
         except MalformedPacket as exc:
             return [(f"dropped: malformed IPv6 ({exc})", "gateway6 Rule 1")]
         if self._not_routed(frame, ip):
-            return [("IPv6 is not routed out of the guest network yet: ICMPv6 no route sent",
-                     "gateway6 Rule 7")]
+            return [("no router behind the gateway: ICMPv6 no route sent", "gateway6 Rule 7")]
         if ip.proto in (PROTO_UDP, PROTO_TCP) and ip.dst in self.addresses \
                 and ip.end - ip.start >= 4 and ip.fragment is None:
             return self._explain_service(frame, ip)
@@ -412,7 +424,7 @@ class Gateway6:
     def advertisement(self, dst: bytes, dst_mac: bytes) -> bytes:
         """A Router Advertisement (Rule 3)."""
         flags = (0x80 if self.managed else 0) | 0x40  # M, O
-        lifetime = 0 if self.isolated else ROUTER_LIFETIME
+        lifetime = ROUTER_LIFETIME if self.default_route and not self.isolated else 0
         body = struct.pack("!BBHII", 64, flags, lifetime, 0, 0)
         body += nd_option(SOURCE_LL, self.mac)
         body += nd_option(MTU_OPTION, struct.pack("!HI", 0, self.mtu))

@@ -2,14 +2,18 @@
 
 Rule 1: a guest packet sent to the gateway's MAC for a unicast address that is not the
         gateway's is routed; what is for the gateway itself is its stack's (``nat.gateway6``).
-        A source outside the guest prefix is dropped and counted (BCP 38), as the IPv4 router
-        does (``nat.router`` Rule 1); so is a link-local, loopback or unspecified destination:
-        such an address is never routed off its link (RFC 4291 2.5.2, 2.5.3, 2.5.6).
+        A source outside the guest prefix, or one of the gateway's own addresses, is dropped
+        and counted (BCP 38), as the IPv4 router does (``nat.router`` Rule 1); so is a
+        link-local, loopback or unspecified destination: such an address is never routed off
+        its link (RFC 4291 2.5.2, 2.5.3, 2.5.6).  TCP and UDP to the gateway's address that
+        no gateway service takes are the router's too: for the host's ``::1`` (Rule 5).
 Rule 2: modes, as the IPv4 router's: ``nat`` translates (NAT66, ``nat.translate6``) to the
         uplink's address; ``route`` and ``open`` forward unchanged (the far side routes the
         prefix to the uplink); ``isolated`` forwards nothing: the guest gets destination
         unreachable, administratively prohibited (RFC 4443 3.1, code 1).  With no uplink, or
-        no uplink address yet, the answer is no route (code 0).
+        no uplink address yet, the answer is no route (code 0).  Errors to guests come from
+        the gateway (``Gateway6.error_packet``: its budget, RFC 4443 2.4 (f)); errors out of
+        the uplink have a budget of their own (``errors_out``).
 Rule 3: the hop limit is decremented; a packet that would leave with hop limit 0 gets time
         exceeded (RFC 4443 3.3, RFC 8200 3).  A router never fragments IPv6 (RFC 8200 5): a
         packet larger than the link it leaves by gets packet too big with that link's MTU
@@ -18,17 +22,21 @@ Rule 3: the hop limit is decremented; a packet that would leave with hop limit 0
 Rule 4: next hops on the guest link are found by Neighbor Discovery (RFC 4861 7.2): a bounded
         cache (``nat.router.Neighbours``) fed by what the gateway hears (``Gateway6``
         Rule 5) and by each routed packet's source, a few packets held per address while a
-        solicitation is out, dropped and counted when nobody answers.
+        solicitation is out, sent on when the address is heard, dropped and counted when
+        nobody answers.
 Rule 5: with a host uplink (``nat.egress.v6``) routed packets go to the host's IPv6 sockets;
         fragments are reassembled first (RFC 8200 4.5, ``nat.reassembly`` Rule R7), since a
-        socket takes whole datagrams.  What comes back is addressed by Rule 4.
+        socket takes whole datagrams, and a datagram still incomplete at its timeout gets
+        time exceeded, code 1, when its first fragment came.  What comes back is addressed by
+        Rule 4.
 Rule 6: with a raw uplink, the uplink's own station (``nat.uplink6``) answers for its
         addresses and resolves the next hop; everything else arriving for the uplink's
         address goes through the conntrack (``nat``), or, for the guest prefix, is routed
         to the guests (``route``/``open``), hop limit decremented.  A link-local, loopback or
         unspecified source is not routed (Rule 1; Linux's ``ip6_forward`` drops them too),
-        nor is what is for another address of the uplink's (each counted).
-
+        nor is what is for another address of the uplink's or for the gateway's own addresses
+        (each counted).  A translated packet larger than the guest link gets packet too big
+        (Rule 3).
 Rule 7: a router never fragments (Rule 3), but the host uplink is a source: a datagram it
         made for a guest from a host socket's data, larger than the guest link, leaves in
         fragments (RFC 8200 4.5), as a host's own stack sends it.
@@ -59,8 +67,9 @@ from wire.ipv6 import (
     Ipv6,
     decode_ipv6,
     in_prefix,
+    is_link_local,
 )
-from wire.packets import ETH_P_IPV6, PROTO_ICMPV6, PROTO_UDP
+from wire.packets import ETH_P_IPV6, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 from wire.vnet import FLAG_NEEDS_CSUM, NO_OFFLOAD, VNET_HDR_LEN, is_gso
 
 ETH: Final = VNET_HDR_LEN
@@ -120,7 +129,7 @@ class Router6:
         ``released`` (the router port sets it)."""
         held = self.guests.learn(address, mac, now)
         if held and self.released is not None:
-            self.released(self.to_guests(held, now))
+            self.released(self.to_guests(held, now, fragment=True))
 
     def routes(self, packet: bytes) -> Ipv6 | None:
         """The IPv6 header of ``packet`` (in packet offsets) if it is the router's to route
@@ -132,10 +141,22 @@ class Router6:
             ip = decode_ipv6(packet, L3)
         except MalformedPacket:
             return None  # the gateway stack counts it
-        if ip.dst[0] == 0xFF or ip.dst in gateway.addresses or ip.src[0] == 0xFF \
-                or not any(ip.src):
+        if ip.dst[0] == 0xFF or ip.src[0] == 0xFF or not any(ip.src):
+            return None
+        if ip.dst in gateway.addresses and not self._for_host(packet, ip):
             return None
         return ip
+
+    def _for_host(self, packet: bytes, ip: Ipv6) -> bool:
+        """Rule 1: TCP or UDP (whole) to the gateway's address in the prefix that no gateway
+        service takes, with a host uplink: for the host's ``::1``."""
+        gateway = self.gateway
+        if self.egress is None or ip.dst != gateway.address or ip.fragment is not None \
+                or ip.end - ip.start < 4:
+            return False
+        services: Any = {PROTO_TCP: gateway.tcp, PROTO_UDP: gateway.udp}.get(ip.proto)
+        port = int.from_bytes(packet[ip.start + 2:ip.start + 4], "big")
+        return services is not None and port not in services
 
     # -- guest -> outside ---------------------------------------------------------------
 
@@ -146,7 +167,14 @@ class Router6:
         if not in_prefix(ip.src, gateway.prefix, gateway.prefix_len):
             self.counters["drop-source-not-in-prefix"] += 1
             return out
-        self.guests.learn(ip.src, packet[ETH + 6:ETH + 12], now)
+        if ip.src in gateway.addresses:
+            self.counters["drop-source-is-the-gateway"] += 1
+            return out
+        held = self.guests.learn(ip.src, packet[ETH + 6:ETH + 12], now)
+        if held:  # Rule 4: waiting for this guest, who spoke first
+            out.switch.extend(self.to_guests(held, now, fragment=True).switch)
+        if ip.dst == gateway.address:  # only _for_host sends these here (Rule 5)
+            return self._to_host(packet, ip, now, out)
         if in_prefix(ip.dst, gateway.prefix, gateway.prefix_len):
             return out  # on-link: the switch delivers it
         if not_routed(ip.dst):
@@ -195,16 +223,20 @@ class Router6:
         station = self.station
         if station is None:
             return out
-        frame = packet[ETH:]
-        if packet[0] & FLAG_NEEDS_CSUM and not is_gso(packet) and _maybe_station_s(packet):
-            try:  # the station verifies checksums (a veth peer leaves them partial)
-                frame = to_plain_frames(packet)[0]
-            except MalformedPacket:
-                self.counters["malformed-from-uplink"] += 1
+        if packet[ETH] & 1 or len(packet) < L3 + 40 or packet[L3 + 6] != PROTO_TCP:
+            # unicast TCP (the bulk of it) is never the station's: no copy, no decoding
+            frame = packet[ETH:]
+            if packet[0] & FLAG_NEEDS_CSUM and not is_gso(packet) and _maybe_station_s(packet):
+                try:  # the station verifies checksums (a veth peer leaves them partial)
+                    frame = to_plain_frames(packet)[0]
+                except MalformedPacket:
+                    self.counters["malformed-from-uplink"] += 1
+                    return out
+            replies, taken = station.handle(frame, now)
+            out.uplink.extend(NO_OFFLOAD + reply for reply in replies)
+            if taken:
                 return out
-        replies, taken = station.handle(frame, now)
-        out.uplink.extend(NO_OFFLOAD + reply for reply in replies)
-        if taken or packet[ETH:ETH + 6] != station.mac:
+        if packet[ETH:ETH + 6] != station.mac:
             return out
         try:
             ip = decode_ipv6(packet, L3)
@@ -232,6 +264,9 @@ class Router6:
             packets: list[bytes | bytearray] = list(result)
         elif self.mode in ("route", "open") and in_prefix(ip.dst, gateway.prefix,
                                                          gateway.prefix_len):
+            if ip.dst in gateway.addresses:
+                self.counters["drop-to-the-gateway-from-outside"] += 1
+                return out
             if ip.hop_limit <= 1:
                 self.counters["drop-hop-limit-exceeded"] += 1
                 self._error_out(packet, out, TIME_EXCEEDED, 0, now)
@@ -240,8 +275,8 @@ class Router6:
         else:
             self.counters["drop-not-for-guest-prefix"] += 1
             return out
-        for one in packets:
-            if self.too_big(one, ip, gateway.mtu):
+        for one in packets:  # a held later fragment is released with the first: each sized
+            if len(one) - L3 > gateway.mtu and not is_gso(one):
                 self.counters["drop-too-big-for-guests"] += 1
                 self._error_out(packet, out, PACKET_TOO_BIG, 0, now, gateway.mtu)
                 continue
@@ -325,11 +360,9 @@ class Router6:
     def _refuse(self, packet: bytes, ip: Ipv6, out: Out, now: float, icmp_type: int,
                 code: int, reason: str, word: int = 0) -> Out:
         self.counters[f"drop-{reason}"] += 1
-        frame = packet[ETH:]
-        error = self.gateway.error(frame, ip._replace(start=ip.start - ETH, end=ip.end - ETH),
-                                   icmp_type, code, now, word)
+        error = self.gateway.error_packet(packet, icmp_type, code, now, word)
         if error is not None:
-            out.switch.append(NO_OFFLOAD + error)
+            out.switch.append(error)
         return out
 
     def too_big(self, packet: bytes | bytearray, ip: Ipv6, mtu: int) -> bool:
@@ -338,8 +371,10 @@ class Router6:
 
     # -- outside -> guests ------------------------------------------------------------------
 
-    def to_guests(self, packets: Sequence[bytes | bytearray], now: float) -> Out:
-        """IPv6 packets for guests, addressed to their MACs from the gateway's (Rule 4)."""
+    def to_guests(self, packets: Sequence[bytes | bytearray], now: float,
+                  fragment: bool = False) -> Out:
+        """IPv6 packets for guests, addressed to their MACs from the gateway's (Rule 4);
+        ``fragment``: they may be the host uplink's, larger than the guest link (Rule 7)."""
         out = Out([], [])
         gateway = self.gateway
         for packet in packets:
@@ -351,6 +386,9 @@ class Router6:
                     mac = heard[0]
                     self.guests.learn(dst, mac, now)
             if mac is None:
+                if not fragment and len(packet) - L3 > gateway.mtu and not is_gso(packet):
+                    self.counters["drop-too-big-for-guests"] += 1  # sized by the callers
+                    continue
                 if self.guests.hold(dst, packet, now):
                     out.switch.append(NO_OFFLOAD + gateway.solicitation(dst))
                 continue
@@ -358,7 +396,10 @@ class Router6:
             frame[ETH:ETH + 12] = mac + gateway.mac
             frame[ETH + 12:ETH + 14] = ETH_P_IPV6.to_bytes(2, "big")
             if len(frame) - L3 > gateway.mtu and not is_gso(frame):
-                out.switch.extend(self._fragments(frame))
+                if fragment:
+                    out.switch.extend(self._fragments(frame))
+                else:
+                    self.counters["drop-too-big-for-guests"] += 1
                 continue
             out.switch.append(bytes(frame))
         return out
@@ -388,11 +429,18 @@ class Router6:
                       "conntrack6": len(self.conntrack) if self.conntrack is not None else 0}
         return stats
 
-    def expire(self, now: float) -> None:
-        """Neighbours and held packets past their time; datagrams whose fragments did not
-        all come (counted by the reassembly)."""
+    def expire(self, now: float) -> Out:
+        """Neighbours, held packets and NAT66 flows past their time; time exceeded (code 1)
+        for the datagrams whose fragments did not all come (Rule 5)."""
         self.guests.expire(now)
-        self.reassembly.expire(now)
+        if self.conntrack is not None:
+            self.conntrack.expire(now)
+        out = Out([], [])
+        for first in self.reassembly.expire(now):
+            error = self.gateway.error_packet(NO_OFFLOAD + first, TIME_EXCEEDED, 1, now)
+            if error is not None:
+                out.switch.append(error)
+        return out
 
 
 def decrement_hop_limit(packet: bytes) -> bytearray:
@@ -404,8 +452,7 @@ def decrement_hop_limit(packet: bytes) -> bytearray:
 
 def not_routed(address: bytes) -> bool:
     """Link-local, loopback or unspecified: never routed off its link (Rules 1, 6)."""
-    return address[0] == 0xFE and address[1] & 0xC0 == 0x80 or address in (UNSPECIFIED,
-                                                                            LOOPBACK)
+    return is_link_local(address) or address in (UNSPECIFIED, LOOPBACK)
 
 
 def _maybe_station_s(packet: bytes) -> bool:

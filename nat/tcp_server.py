@@ -37,7 +37,7 @@ from typing import Any, Protocol, TypeVar
 from nat.tcp_splice import MIN_MSS, decode_syn_options
 from wire.ipv6 import Ipv6
 from wire.packets import PROTO_TCP, Ipv4
-from wire.tcp import ACK, FIN, PSH, RST, SYN, checksum_ok, decode_tcp, encode_tcp
+from wire.tcp import ACK, FIN, PSH, RST, SYN, TCP_HEADERS, checksum_ok, decode_tcp, encode_tcp
 
 #: The IP header a station speaks: IPv4 (``nat.gateway``) or IPv6 (``nat.gateway6``).
 Ip = TypeVar("Ip", Ipv4, Ipv6, contravariant=True)
@@ -57,8 +57,6 @@ class Station(Protocol[Ip]):
     def tcp_reset(self, frame: bytes, ip: Ip) -> list[bytes]: ...
 
 
-#: IP and TCP headers, by the length of the addresses (Rule 1): the MTU less these is our MSS.
-HEADERS = {4: 40, 16: 60}
 RTO, MAX_TRIES = 1.0, 5
 
 Key = tuple[bytes, int]  # (peer IP, peer port)
@@ -122,7 +120,7 @@ class TcpServer:
                 self.refused += 1
                 return gateway.tcp_reset(frame, ip)
             iss = secrets.randbits(32)
-            ours = min(gateway.mtu - HEADERS[len(ip.dst)], 0xFFFF)
+            ours = min(gateway.mtu - TCP_HEADERS[len(ip.dst)], 0xFFFF)  # Rule 1
             theirs, _ = decode_syn_options(frame[start + 20:data])
             conn = Connection(gateway, ip.dst, max(MIN_MSS, min(ours, theirs)), frame[6:12],
                               ip.src, sport, iss, iss + 1, seq + 1, last_seen=now)

@@ -111,6 +111,7 @@ from wire.ipv6 import (
     icmpv6_frame,
     in_prefix,
     interface_id,
+    is_link_local,
     link_address,
     link_local,
     multicast_mac,
@@ -369,8 +370,9 @@ class UplinkStation6:
         return min(finite) if finite else None
 
     def stop(self, now: float) -> Frames:
-        """Give a DHCPv6 lease back (RFC 8415 18.2.7; ``tick`` retransmits it), stop using
-        the global address, and answer Neighbor Discovery no more."""
+        """Give a DHCPv6 lease back (RFC 8415 18.2.7: ``tick`` would retransmit it; a
+        daemon shutting down sends it once), stop using the global address, and answer
+        Neighbor Discovery no more."""
         self._stopped = True
         out: Frames = []
         if self.client is not None and self._dhcp_running:
@@ -529,7 +531,7 @@ class UplinkStation6:
 
     def _router_advert(self, frame: bytes, ip: Ipv6, now: float) -> Frames:
         """Rules 3, 4 and 8."""
-        if ip.src[0] != 0xFE or ip.src[1] & 0xC0 != 0x80:
+        if not is_link_local(ip.src):
             raise MalformedPacket("router advertisement not from a link-local address")
         if ip.end - ip.start < 16:
             raise MalformedPacket("router advertisement truncated")
@@ -579,7 +581,7 @@ class UplinkStation6:
         length, flags = body[0], body[1]
         valid, preferred = struct.unpack_from("!II", body, 2)
         prefix = _masked(body[14:30], length)
-        if prefix[0] == 0xFE and prefix[1] & 0xC0 == 0x80:
+        if is_link_local(prefix):
             return []  # the link-local prefix (RFC 4861 6.3.4, RFC 4862 5.5.3 b)
         if flags & PREFIX_ON_LINK:
             if valid == 0:
@@ -680,7 +682,7 @@ class UplinkStation6:
 
     def _hop_for(self, dst: bytes) -> bytes | None:
         """The neighbour a packet to ``dst`` goes to: itself on-link, else the router."""
-        if dst[0] == 0xFE and dst[1] & 0xC0 == 0x80:
+        if is_link_local(dst):
             return dst
         static = self.static
         if static is not None and in_prefix(dst, static.address, static.prefix_len):

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("proto", choices=["tcp", "udp"])
     p.add_argument("port", help="external port or range, e.g. 8080 or 8080-8090")
     p.add_argument("to", nargs="?", help="guest_ip:port, or [guest_ipv6]:port with a host "
-                   "uplink (for add)")
+                   "uplink or a raw one with an address6 (for add)")
     p.add_argument("--listen", help="host uplink: the host address to listen on, IPv4 or IPv6 "
                    "(default 0.0.0.0)")
     p.add_argument("--socket", help="control socket")
@@ -250,8 +250,7 @@ def cmd_forward(args: argparse.Namespace) -> int:
     if args.action == "add" and not args.to:
         raise ControlError("forward add needs the guest: vswitch forward add tcp 8080 "
                            "192.168.122.10:80")
-    action = "del" if args.action == "remove" else args.action
-    result = request(path, "forward", action=action, proto=args.proto, port=args.port,
+    result = request(path, "forward", action=args.action, proto=args.proto, port=args.port,
                      to=args.to, listen=args.listen)
     print(" ".join(f"{k}: {v}" for k, v in result.items()))
     return 0

@@ -198,7 +198,8 @@ class ForwardConfig:
     """First and last external port."""
     to_ip: IPv4Address | IPv6Address
     """Guest address: IPv4 in network.subnet, or IPv6 in network.subnet6 (written
-    ``"[fd42:0:0:1::10]:22"``; host uplink only for now)."""
+    ``"[fd42:0:0:1::10]:22"``; through the host uplink, or a raw uplink with an
+    ``address6``, whose NAT66 forwards from that address)."""
     to_port: int
     """Guest port for the first external port (the rest follow in order)."""
     listen: IPv4Address | IPv6Address | None = None
@@ -701,6 +702,10 @@ def _uplink(data: dict[str, Any], network: NetworkConfig) -> UplinkConfig | None
     mac = _mac(mac, "uplink.mac") if mac else ""
     mtu = int(_number(up, "uplink.mtu", 1500, 576, 65521, integer=True))
     six = _uplink_address6(up, network)
+    if six["address6"] and mtu < 1280:
+        raise ConfigError("uplink.mtu", f"{mtu} is below 1280, the least a link carrying IPv6 "
+                          "may have (RFC 8200 5); use mtu = 1280 or more, or remove "
+                          "uplink.address6")
     if address == "dhcp":
         if "gateway" in up:
             raise ConfigError("uplink.gateway", "comes from the DHCP lease with address = "
@@ -725,6 +730,9 @@ def _uplink_address6(up: dict[str, Any], network: NetworkConfig) -> dict[str, An
     if text and network.subnet6 is None:
         raise ConfigError("uplink.address6", "routes the guests' IPv6, and the guest network "
                           "has none: add network.subnet6 (e.g. \"auto\"), or remove address6")
+    if text and network.mode == "isolated":
+        raise ConfigError("uplink.address6", "routes the guests' IPv6, and mode \"isolated\" "
+                          "routes nothing out: remove address6, or set network.mode")
     if text in ("", "slaac", "dhcp"):
         if gateway is not None:
             how = f"with address6 = {text!r} the next hop is the router advertising on the " \
@@ -796,10 +804,13 @@ def _nat(data: dict[str, Any]) -> NatConfig:
 
 def _forward(raw: dict[str, Any], i: int, network: NetworkConfig | None,
              uplink: UplinkConfig | None) -> ForwardConfig:
-    import netaddr
-
     key = f"forward[{i}]"
     _only(raw, key + ".", {"proto", "port", "to", "listen"})
+    if network is not None and network.mode != "nat":
+        why = "nothing leaves the guest network" if network.mode == "isolated" \
+            else "guests keep their addresses: reach them directly"
+        raise ConfigError(key, f"mode {network.mode!r} has no NAT, so a forward does nothing "
+                          f"({why}); remove it, or set network.mode = \"nat\"")
     listen = None
     if uplink is not None and uplink.type == "host":
         listen = parse_listen(_get(raw, key + ".listen", str, "0.0.0.0"), key + ".listen")
@@ -812,7 +823,25 @@ def _forward(raw: dict[str, Any], i: int, network: NetworkConfig | None,
     ports = parse_ports(raw.get("port"), key + ".port")
     to = _get(raw, key + ".to", str, None, required="the guest, e.g. to = \"192.168.122.10:80\" "
               "or \"[fd42:0:0:1::10]:80\"")
-    host, _, port = to.rpartition(":")
+    addr, guest_port = parse_forward_target(to, key + ".to", network, ports)
+    if addr.version == 6 and uplink is not None and uplink.type != "host" \
+            and not uplink.address6:  # a raw uplink forwards IPv6 by its NAT66
+        raise ConfigError(key + ".to", f"{addr} is IPv6: a raw uplink forwards IPv6 from its "
+                          "own IPv6 address; give it one (uplink.address6 = \"slaac\", \"dhcp\" "
+                          "or \"2001:db8::2/64\" with uplink.gateway6)")
+    return ForwardConfig(proto, ports, addr, guest_port, listen)
+
+
+def parse_forward_target(text: str, key: str, network: NetworkConfig | None,
+                         ports: tuple[int, int] = (1, 1)) -> tuple[IPv4Address | IPv6Address, int]:
+    """A forward's guest, ``"guest_ip:port"`` or ``"[guest_ipv6]:port"``, as (address, port):
+    a host address of network.subnet, or of network.subnet6 for IPv6 (no network: an IPv4
+    address is not checked, an IPv6 one has no prefix to be in); the guest ports for the
+    external ``ports`` (first, last) follow the first in order, and must all exist.  The
+    config's ``[[forward]] to`` and ``vswitch forward add``'s use it."""
+    import netaddr
+
+    host, _, port = text.rpartition(":")
     addr: IPv4Address | IPv6Address
     try:
         guest_port = int(port)
@@ -825,24 +854,13 @@ def _forward(raw: dict[str, Any], i: int, network: NetworkConfig | None,
         else:
             addr = IPv4Address(str(netaddr.IPAddress(host, version=4)))
     except (netaddr.AddrFormatError, ValueError):
-        raise ConfigError(key + ".to", f"{to!r} must be \"guest_ip:port\" or "
+        raise ConfigError(key, f"{text!r} must be \"guest_ip:port\" or "
                           "\"[guest_ipv6]:port\", e.g. \"192.168.122.10:22\" or "
                           "\"[fd42:0:0:1::10]:22\"") from None
-    if isinstance(addr, IPv6Address):
-        _forward6(addr, key + ".to", network, uplink)
-    elif network is not None and addr not in network.subnet:
-        raise ConfigError(key + ".to", f"{host} is not in the guest network {network.subnet}")
-    return ForwardConfig(proto, ports, addr, guest_port, listen)
-
-
-def _forward6(addr: IPv6Address, key: str, network: NetworkConfig | None,
-              uplink: UplinkConfig | None) -> None:
-    """A forward to an IPv6 guest: a host address of network.subnet6, through the host
-    uplink or a raw uplink with an IPv6 address of its own (NAT66)."""
-    if uplink is not None and uplink.type != "host" and not uplink.address6:
-        raise ConfigError(key, f"{addr} is IPv6: a raw uplink forwards IPv6 from its own IPv6 "
-                          "address; give it one (uplink.address6 = \"slaac\", \"dhcp\" or "
-                          "\"2001:db8::2/64\" with uplink.gateway6)")
+    if isinstance(addr, IPv4Address):
+        if network is not None and addr not in network.subnet:
+            raise ConfigError(key, f"{host} is not in the guest network {network.subnet}")
+        return addr, guest_port
     subnet6 = network.subnet6 if network is not None else None
     if subnet6 is None:
         raise ConfigError(key, f"{addr} is IPv6 but the guest network has no IPv6 prefix: set "
@@ -850,6 +868,7 @@ def _forward6(addr: IPv6Address, key: str, network: NetworkConfig | None,
     if addr not in subnet6 or addr == subnet6.network_address:
         raise ConfigError(key, f"{addr} is not a host address of network.subnet6 {subnet6}; "
                           "forward to a guest's IPv6 address in it")
+    return addr, guest_port
 
 
 def _mirrors(data: dict[str, Any], names: list[str]) -> tuple[MirrorConfig, ...]:

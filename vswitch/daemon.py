@@ -13,7 +13,6 @@ import signal
 import socket
 from collections import Counter
 from collections.abc import Callable
-from ipaddress import IPv6Address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +43,7 @@ from vswitch.ports.tap import TapPort
 from vswitch.ports.uplink import RawUplink
 from vswitch.switch import Switch
 from vswitch.watching import Watching
-from wire.ipv6 import Ipv6, routers_only
+from wire.ipv6 import Ipv6, routers_only, shifted
 from wire.packets import format_ip, format_mac, qemu_mac
 from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN
 
@@ -152,6 +151,9 @@ def build_gateway(config: Config) -> Gateway:
                               net.subnet6.network_address.packed, net.subnet6.prefixlen,
                               managed=net.dhcp_range6 is not None,
                               isolated=net.mode == "isolated", domain=net.domain)
+        # gateway6 Rule 12: a default route only where IPv6 leaves (the host uplink, or a
+        # raw one with an IPv6 address of its own)
+        gateway.v6.default_route = up is not None and (up.type == "host" or bool(up.address6))
     return gateway
 
 
@@ -433,9 +435,10 @@ class Daemon:
             router6.conntrack = build_conntrack(config, new) if new is not None else None
 
     def _forward(self, request: dict[str, Any]) -> Any:
-        """`vswitch forward add|del|remove`: forwards at run time, to IPv4 guests
-        (``guest_ip:port``) or IPv6 ones (``[guest_ipv6]:port``); open flows are kept."""
-        from vswitch.config import ConfigError, parse_listen, parse_ports
+        """`vswitch forward add|del|remove` ("remove" is "del", here only): forwards at run
+        time, to IPv4 guests (``guest_ip:port``) or IPv6 ones (``[guest_ipv6]:port``), checked
+        as the config's are (``parse_forward_target``); open flows are kept."""
+        from vswitch.config import ConfigError, parse_forward_target, parse_listen, parse_ports
 
         outside = self.uplink
         router = self.router_port.router if self.router_port is not None else None
@@ -455,18 +458,9 @@ class Daemon:
             else f"{request['proto']} {request['port']}"
         try:
             if request.get("action") == "add":
-                host, _, port = str(request.get("to", "")).rpartition(":")
-                if host.startswith("[") and host.endswith("]"):  # an IPv6 guest
-                    guest = self._guest6(host[1:-1], str(request.get("to")))
-                else:
-                    guest = socket.inet_aton(host)
-                    if not router.local(guest):
-                        raise ValueError(f"{request.get('to')!r} is not guest_ip:port in the "
-                                         "guest network")
-                if not 0 < int(port) <= 65536 - len(ports):
-                    raise ValueError(f"{request.get('to')!r}: the guest port {port} is out of "
-                                     "range")
-                count = outside.add_forward(proto, ports, listen, guest, int(port))
+                guest, port = parse_forward_target(str(request.get("to", "")), "to",
+                                                   self.config.network, (first, last))
+                count = outside.add_forward(proto, ports, listen, guest.packed, port)
                 log.info("forward %s added to %s", what, request.get("to"))
                 return {"added": f"{what} -> {request.get('to')}", "ports": count}
             if request.get("action") in ("del", "remove"):
@@ -476,21 +470,6 @@ class Daemon:
         except (KeyError, ValueError, OSError) as exc:
             raise ControlError(f"forward {request.get('action')}: {exc}") from None
         raise ControlError("action must be add or del (remove)")
-
-    def _guest6(self, text: str, to: str) -> bytes:
-        """A forward's IPv6 guest: a host address of network.subnet6 (ValueError if not)."""
-        net = self.config.network
-        subnet6 = net.subnet6 if net is not None else None
-        if subnet6 is None:
-            raise ValueError(f"{to!r}: the guest network has no IPv6 prefix (network.subnet6)")
-        try:
-            address = IPv6Address(text)
-        except ValueError:
-            raise ValueError(f"{to!r} is not [guest_ipv6]:port") from None
-        if address.scope_id is not None or address not in subnet6 \
-                or address == subnet6.network_address:
-            raise ValueError(f"{to!r} is not [guest_ipv6]:port in the guest prefix {subnet6}")
-        return address.packed
 
     def _port_row(self, port: Port) -> dict[str, Any]:
         row = port.describe()
@@ -571,7 +550,7 @@ class Daemon:
             """Packets for guests, addressed by the router's ARP or NDP cache."""
             if router6 is not None and any(p[22:24] == b"\x86\xdd" for p in packets):
                 six = [p for p in packets if p[22:24] == b"\x86\xdd"]
-                port.dispatch(router6.to_guests(six, loop.time()))
+                port.dispatch(router6.to_guests(six, loop.time(), fragment=True))
                 packets = [p for p in packets if p[22:24] != b"\x86\xdd"]
             port.dispatch(router.to_guests(packets, loop.time()))
 
@@ -594,9 +573,8 @@ class Daemon:
             router6.egress = egress6 = self.egress.v6
 
             def to_host(frame: bytes, ip: Ipv6, now: float) -> bool:
-                """The gateway's traffic for the host's ::1 (gateway6 Rule 7)."""
-                return egress6.from_guest(NO_OFFLOAD + frame, ip._replace(
-                    start=ip.start + VNET_HDR_LEN, end=ip.end + VNET_HDR_LEN), now)
+                """A datagram the gateway reassembled, for the host's ::1 (gateway6 Rule 7)."""
+                return egress6.from_guest(NO_OFFLOAD + frame, shifted(ip, VNET_HDR_LEN), now)
 
             router6.gateway.egress = to_host
         self.uplink = self.egress

@@ -65,6 +65,22 @@ class Ipv6(NamedTuple):
 _new = tuple.__new__
 
 
+def shifted(ip: Ipv6, delta: int) -> Ipv6:
+    """``ip`` with every offset moved by ``delta``: a plain frame's header as the same
+    frame's behind a virtio-net header (+10), or back."""
+    def move(at: int) -> int:
+        return at + delta if at else 0
+
+    return ip._replace(start=ip.start + delta, end=ip.end + delta,
+                       fragment_at=move(ip.fragment_at), next_at=move(ip.next_at),
+                       names_at=move(ip.names_at))
+
+
+def is_link_local(address: bytes) -> bool:
+    """fe80::/10 (RFC 4291 2.5.6): never routed off its link."""
+    return address[0] == 0xFE and address[1] & 0xC0 == 0x80
+
+
 def decode_ipv6(frame: bytes, offset: int = 14) -> Ipv6:
     """The IPv6 header at ``offset`` and its extension chain (Rules 1 and 2)."""
     try:

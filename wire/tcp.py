@@ -27,6 +27,9 @@ URG: Final = 0x20
 ECE: Final = 0x40
 CWR: Final = 0x80
 WINDOW: Final = 65535
+#: IP and TCP headers without options, by the length of the addresses (20 + 20 for IPv4,
+#: 40 + 20 for IPv6): a link's MTU less these is the MSS offered on it (RFC 9293 3.7.1).
+TCP_HEADERS: Final = {4: 40, 16: 60}
 
 
 def encode_tcp(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int,

@@ -54,7 +54,8 @@ class HostEgress:
                  buffer_budget: int = 256 << 20,
                  gateway6: tuple[bytes, bytes] | None = None) -> None:
         """``gateway6``: (the gateway's MAC, its IPv6 address) when guests have IPv6: their
-        UDP and ping leave by the host's IPv6 sockets too (``nat.egress.v6``)."""
+        UDP and ping leave by the host's IPv6 sockets too (``nat.egress.v6``; the MAC is not
+        used there: the router addresses frames to guests)."""
         self.side = HostSide(loop, emit, deliver, gateway_ip, host_address, mtu, max_flows)
         self.flows = FlowTable(udp_timeout, icmp_timeout, endpoint_independent)
         self.udp = UdpAdapter(self.side, self.flows)
@@ -62,8 +63,8 @@ class HostEgress:
         self.tcp = TcpAdapter(self.side, tcp_established, tcp_transitory, buffer_budget)
         #: IPv6 UDP and ping, with a flow table of their own (their keys are 16 bytes)
         self.v6 = None if gateway6 is None else HostEgress6(
-            self.side, gateway6[0], gateway6[1],
-            FlowTable(udp_timeout, icmp_timeout, endpoint_independent), self.tcp)
+            self.side, gateway6[1], FlowTable(udp_timeout, icmp_timeout, endpoint_independent),
+            self.tcp)
         self.forwarding = Forwards(self.side, self.tcp, self.udp, udp_timeout, self.v6)
         self.side.flows_in_use = lambda: len(self.flows) + len(self.tcp) + (
             len(self.v6.flows) if self.v6 is not None else 0)  # Rule 6

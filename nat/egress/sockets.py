@@ -10,6 +10,7 @@ import struct
 from collections.abc import Iterable
 from typing import Any, Final
 
+BATCH: Final = 64  # error-queue reads in one call, as the adapters' reads in one wakeup
 IP_RECVERR: Final = 11  # <linux/in.h>
 IPV6_RECVERR: Final = 25  # <linux/in6.h>
 SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6 = 2, 3  # <linux/errqueue.h>
@@ -85,8 +86,9 @@ def read_icmp_error(sock: socket.socket) -> tuple[bytes, tuple[Any, ...], int, i
                                                   str] | None:
     """The next ICMP or ICMPv6 error on ``sock``'s error queue (``ask_errors``): (the data
     sent, its destination, type, code, info, the reporting router), or None.  Local errors
-    before it are passed over (left queued, they would keep the socket readable)."""
-    while True:
+    before it are passed over (left queued, they would keep the socket readable), at most
+    ``BATCH`` reads a call."""
+    for _ in range(BATCH):
         try:
             data, ancillary, _, dest = sock.recvmsg(QUOTE_READ.get(sock.family, 576), 512,
                                                     socket.MSG_ERRQUEUE)
@@ -95,6 +97,7 @@ def read_icmp_error(sock: socket.socket) -> tuple[bytes, tuple[Any, ...], int, i
         error = icmp_error_of(ancillary)
         if error is not None:
             return data, dest, *error
+    return None
 
 
 def open_ping(family: int, proto: int, on_raw: Any, loop: Any) -> tuple[str, socket.socket | None]:

@@ -16,11 +16,11 @@ from nat.egress.frames import UNKNOWN_MACS, ip_packet
 from nat.egress.side import HostSide
 from nat.egress.sockets import UNREACHABLE_CODE, UNREACHABLE_CODE6, ask_errors, local_address
 from nat.tcp_splice import Splice
-from nat.translate import icmp_error
+from nat.translate import admin_prohibited, icmp_error
 from wire.errors import MalformedPacket
 from wire.ipv6 import Ipv6
 from wire.packets import PROTO_TCP, Ipv4, address_port
-from wire.tcp import reset_for
+from wire.tcp import TCP_HEADERS, reset_for
 
 READ_CHUNK: Final = 256 * 1024
 RECENT, LINGER = 1024, 30.0  # closed TCP flows still listed, and for how long
@@ -64,6 +64,9 @@ class TcpAdapter:
         #: (``nat.egress.v6`` Rule 5).
         self.connect_failed6: Callable[[bytes, socket.socket, int], list[bytes]] = \
             lambda *_: []
+        #: An IPv6 guest's SYN no host socket could be made for, and why: counted and answered
+        #: (``nat.egress.v6`` Rule 8).
+        self.no_socket6: Callable[[bytes, OSError], None] = lambda *_: None
 
     def __len__(self) -> int:
         return len(self.flows)
@@ -99,16 +102,20 @@ class TcpAdapter:
             return
         if side.full(packet):
             return
-        splice = Splice.outbound(packet, now, ip=ip, mss=side.mtu - (60 if six else 40),
+        try:
+            sock = self._socket(six)
+        except OSError as exc:  # IPv6 off on the host, out of descriptors: as a full table
+            if six:
+                self.no_socket6(packet, exc)  # (nat.egress.v6 Rule 8)
+            else:
+                side.counters[f"socket-errors-{errno.errorcode.get(exc.errno or 0, 'error')}"] += 1
+                side.icmp(admin_prohibited(packet, side.gateway_ip))
+            return
+        splice = Splice.outbound(packet, now, ip=ip, mss=side.mtu - TCP_HEADERS[len(ip.dst)],
                                  buffer=self._flow_buffer(),
                                  established_timeout=self.timeouts["established_timeout"],
                                  transitory_timeout=self.timeouts["transitory_timeout"])
         splice.macs = packet[16:22] + packet[10:16]  # to the guest, from the gateway
-        sock = socket.socket(socket.AF_INET6 if six else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if six:  # the ICMPv6 error that fails the connect, if one does (nat.egress.v6 Rule 5)
-            ask_errors(sock)
         flow = TcpFlow(key, splice, sock, connecting=True)
         self.flows[key] = flow
         side.counters["tcp-connects"] += 1
@@ -120,6 +127,21 @@ class TcpAdapter:
             self._connect_result(flow, err)
         self._sync(flow)
 
+    @staticmethod
+    def _socket(six: bool) -> socket.socket:
+        """A non-blocking host TCP socket for a guest's connection (closed again if it cannot
+        be set up)."""
+        sock = socket.socket(socket.AF_INET6 if six else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if six:  # the ICMPv6 error that fails the connect, if one does (nat.egress.v6 Rule 5)
+                ask_errors(sock)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
     def open_inbound(self, key: Key, sock: socket.socket, now: float) -> bool:
         """A connection a forward accepted (Rule 5): a splice that opens toward the guest (an
         IPv6 one for a 16-byte guest address); False when the flow exists or the table is
@@ -127,7 +149,7 @@ class TcpAdapter:
         side = self.side
         if key in self.flows or not side.has_room():
             return False
-        mss = side.mtu - (60 if len(key[0]) == 16 else 40)  # IPv6's header is 20 bytes more
+        mss = side.mtu - TCP_HEADERS[len(key[0])]  # IPv6's header is 20 bytes more
         splice = Splice.inbound(key[0], key[1], key[2], key[3], now, mss=mss,
                                 buffer=self._flow_buffer(), **self.timeouts)
         splice.macs = UNKNOWN_MACS

@@ -9,8 +9,8 @@ Rule 1: a guest's UDP endpoint (address, port) is one host IPv6 UDP socket, boun
 Rule 2: a guest's echo requests leave by an ICMPv6 ping socket per (guest, identifier), or,
         where ping sockets are not allowed, by one shared raw ICMPv6 socket (root) with an
         identifier of ours; replies come back with the guest's identifier.  With neither,
-        echo is not taken (the gateway answers no route).  The hop limit is the guest's less
-        one, as for UDP.
+        echo is not taken (``nat.router6`` answers no route for what the egress does not
+        take).  The hop limit is the guest's less one, as for UDP.
 Rule 3: the gateway's IPv6 address stands for the host's ``::1``, and ``::1`` as a source is
         shown to guests as the gateway's address; link-local, multicast, unspecified,
         loopback and IPv4-mapped destinations are never forwarded.
@@ -40,6 +40,11 @@ Rule 7: ICMPv6 errors.  The UDP and ping sockets ask for the errors the host get
         out as the host's datagram was).  A send the host refuses (no route, prohibited) gets
         destination unreachable from the gateway, as Rule 5 maps connect errors.  Counted as
         ``icmp6-TYPE/CODE-to-guest``.
+Rule 8: a host socket the host cannot make for a guest's new UDP, ping or TCP flow (IPv6
+        disabled on the host: EAFNOSUPPORT; out of descriptors: EMFILE) is counted as
+        ``socket6-errors-ERRNO``, and the guest's packet gets destination unreachable,
+        administratively prohibited (RFC 4443 3.1 code 1), from the gateway, as an IPv4 guest
+        gets ICMP 3/13 when no host socket may be opened (``nat.egress`` Rule 6).
 """
 
 from __future__ import annotations
@@ -90,13 +95,13 @@ def forwardable6(address: bytes) -> bool:
 
 
 class HostEgress6:
-    def __init__(self, side: HostSide, gateway_mac: bytes, gateway6: bytes,
-                 flows: FlowTable, tcp: TcpAdapter) -> None:
+    def __init__(self, side: HostSide, gateway6: bytes, flows: FlowTable,
+                 tcp: TcpAdapter) -> None:
         self.side = side
         self.tcp = tcp  # the IPv4 adapter: its splice speaks IPv6 too
         tcp.real6 = self.real
         tcp.connect_failed6 = self.connect_failed
-        self.gateway_mac = gateway_mac
+        tcp.no_socket6 = self.no_socket
         self.gateway6 = gateway6
         self.flows = flows
         #: Rule 6: set by ``nat.egress.forwards``; True when a forward's session took the
@@ -159,7 +164,9 @@ class HostEgress6:
             if not self.side.has_room():
                 self.side.counters["drop-table-full"] += 1
                 return
-            flow = self._open_udp(ip.src, sport, now)
+            flow = self._open_udp(frame, ip.src, sport, now)
+            if flow is None:
+                return
         self.flows.udp_out(flow, ip.dst, dport, len(payload), now)
         flow.ttl = self._hop_limit(flow.handle, ip, flow.ttl)
         self._send(flow.handle, payload, (self.real(ip.dst), dport), frame, "udp6")
@@ -187,16 +194,43 @@ class HostEgress6:
             if error:
                 self.side.emit(error)
 
-    def _open_udp(self, guest_ip: bytes, guest_port: int, now: float) -> UdpFlow:
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        ask_errors(sock)  # Rule 7
+    def _socket(self, frame: bytes, kind: int, proto: int = 0,
+                port: int = 0) -> socket.socket | None:
+        """A non-blocking host IPv6 socket that asks for its errors (Rule 7), bound to ``port``
+        when it is free and not privileged, else to one the kernel picks; None when the host
+        cannot make one (Rule 8: ``frame``, the guest's, is answered)."""
         try:
-            if guest_port < 1024:
-                raise OSError
-            sock.bind(("::", guest_port))
-        except OSError:
-            sock.bind(("::", 0))
+            sock = socket.socket(socket.AF_INET6, kind, proto)
+        except OSError as exc:
+            self.no_socket(frame, exc)
+            return None
+        try:
+            sock.setblocking(False)
+            ask_errors(sock)
+            try:
+                if port < 1024:
+                    raise OSError
+                sock.bind(("::", port))
+            except OSError:
+                sock.bind(("::", 0))
+        except OSError as exc:
+            sock.close()
+            self.no_socket(frame, exc)
+            return None
+        return sock
+
+    def no_socket(self, frame: bytes, exc: OSError) -> None:
+        """Rule 8: no host socket for the flow ``frame`` (a guest's) opens."""
+        self.side.counters[f"socket6-errors-{errno.errorcode.get(exc.errno or 0, 'error')}"] += 1
+        error = self.error_to_guest(frame, DEST_UNREACHABLE, 1, 0, self.gateway6)
+        if error:
+            self.side.emit(error)
+
+    def _open_udp(self, frame: bytes, guest_ip: bytes, guest_port: int,
+                  now: float) -> UdpFlow | None:
+        sock = self._socket(frame, socket.SOCK_DGRAM, port=guest_port)
+        if sock is None:
+            return None
         flow = self.flows.add_udp(guest_ip, guest_port, sock, now)
         self.side.loop.add_reader(sock.fileno(), self._udp_readable, flow)
         self.side.counters["udp6-mappings"] += 1
@@ -242,7 +276,9 @@ class HostEgress6:
             if not self.side.has_room():
                 self.side.counters["drop-table-full"] += 1
                 return
-            flow = self._open_echo(ip.src, ident, now)
+            flow = self._open_echo(frame, ip.src, ident, now)
+            if flow is None:
+                return
         self.flows.echo_out(flow, ip.dst, len(data), now)
         if flow.handle is not None:
             sock = flow.handle
@@ -255,13 +291,13 @@ class HostEgress6:
         # the kernel fills in the checksum of ping and raw ICMPv6 sockets
         self._send(sock, request, (self.real(ip.dst), 0), frame, "ping6")
 
-    def _open_echo(self, guest_ip: bytes, ident: int, now: float) -> EchoFlow:
+    def _open_echo(self, frame: bytes, guest_ip: bytes, ident: int,
+                   now: float) -> EchoFlow | None:
         if self.mode != "ping-socket":
             return self.flows.add_echo(guest_ip, ident, None, None, now)
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_ICMPV6)
-        sock.setblocking(False)
-        ask_errors(sock)  # Rule 7
-        sock.bind(("::", 0))
+        sock = self._socket(frame, socket.SOCK_DGRAM, socket.IPPROTO_ICMPV6)
+        if sock is None:
+            return None
         flow = self.flows.add_echo(guest_ip, ident, sock, sock.getsockname()[1], now)
         self.side.loop.add_reader(sock.fileno(), self._ping_readable, flow)
         return flow

@@ -173,7 +173,8 @@ def test_tcp_forwards_to_an_ipv6_guest_from_ipv4_and_ipv6_peers(lab, forward6_la
         "the other forwards go on"
     # a guest outside the prefix, or an IPv6 guest by a bracket-less address, is refused
     bad = cli(daemon, "forward", "add", "tcp", "8123", "[fd43::10]:22", check=False)
-    assert bad.returncode != 0 and "guest prefix" in bad.stderr, (bad.stdout, bad.stderr)
+    assert bad.returncode != 0 and "not a host address of network.subnet6" in bad.stderr, \
+        (bad.stdout, bad.stderr)
     assert daemon.alive()
 
 

@@ -270,6 +270,23 @@ def reply_to(c: Dhcp6Client, events, *options, msg=DHCP6_Reply):
 OURS = DHCP6OptClientId(duid=DUID_LL(lladdr="52:54:00:aa:bb:cc"))
 
 
+@pytest.mark.parametrize("code, counter", [(2, "reply-ia-status-2"), (6, "reply-ia-status-6"),
+                                           (7, "reply-ia-status-other"),
+                                           (0xFFFF, "reply-ia-status-other")])
+def test_an_ia_status_is_counted_by_its_code_or_as_other_when_rfc_8415_defines_none(code,
+                                                                                     counter):
+    """A server chooses the code (65536 of them): those RFC 8415 21.13 does not define share
+    one counter."""
+    c = client()
+    now, events = first_solicit(c)
+    ia = DHCP6OptIA_NA(iaid=c.iaid, ianaopts=[DHCP6OptStatusCode(statuscode=code)])
+    answer = reply_to(c, events, OURS, DHCP6OptServerId(duid=SERVER_DUID),
+                      DHCP6OptRapidCommit(), ia)
+    assert c.receive(answer, now) == [] and c.counters[counter] == 1
+    assert [k for k in c.counters if k.startswith("reply-ia-status-")] == [counter]
+    assert c.state is Client6State.SOLICIT
+
+
 @pytest.mark.parametrize("options, counter", [
     ((OURS, DHCP6OptServerId(duid=SERVER_DUID), DHCP6OptRapidCommit()), "reply-without-our-ia"),
     ((DHCP6OptServerId(duid=SERVER_DUID), DHCP6OptRapidCommit()), "wrong-client-id"),

@@ -80,3 +80,23 @@ def test_an_uplink_address6_without_guest_ipv6_is_an_error_not_silence():
     with pytest.raises(ConfigError) as caught:
         uplink({"subnet": "10.1.0.0/24"}, address6="slaac")
     assert caught.value.key == "uplink.address6" and "network.subnet6" in str(caught.value)
+
+
+def test_an_uplink_mtu_below_ipv6s_minimum_is_an_error_with_address6():
+    """RFC 8200 5: a link carrying IPv6 has an MTU of at least 1280."""
+    with pytest.raises(ConfigError) as caught:
+        uplink(address6="slaac", mtu=1279)
+    assert caught.value.key == "uplink.mtu"
+    assert "1280" in str(caught.value) and "remove uplink.address6" in str(caught.value)
+    at_least = uplink(address6="slaac", mtu=1280)
+    assert at_least is not None and at_least.mtu == 1280
+    four = uplink(mtu=576)
+    assert four is not None and four.mtu == 576, "IPv4 only: as low as before"
+
+
+def test_an_uplink_address6_in_isolated_mode_is_an_error_not_silence():
+    """Isolated mode routes nothing out: an IPv6 station there would do nothing."""
+    with pytest.raises(ConfigError) as caught:
+        uplink(SIX | {"mode": "isolated"}, address6="slaac")
+    assert caught.value.key == "uplink.address6" and "isolated" in str(caught.value)
+    assert uplink(SIX | {"mode": "route"}, address6="slaac") is not None

@@ -25,6 +25,7 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import Ether
 
 from nat.egress.sockets import (
+    BATCH,
     EXT_ERR,
     IPV6_RECVERR,
     SO_EE_ORIGIN_ICMP,
@@ -34,6 +35,7 @@ from nat.egress.sockets import (
 )
 from nat.egress.tcp import TcpAdapter, TcpFlow
 from nat.tcp_splice import Splice
+from tests.conftest import require
 from tests.unit.test_forward6_egress import GUEST6, Rig, free_port
 from wire.ipv6 import decode_ipv6
 from wire.packets import decode_ipv4
@@ -134,6 +136,17 @@ def test_reading_the_queue_passes_over_local_errors_and_reads_a_whole_ipv6_quote
     assert sock.sizes[0] == 1280, "an ICMPv6 error quotes up to the minimum MTU"
 
 
+def test_reading_the_queue_stops_after_a_batch_of_local_errors():
+    """A queue of local errors only (the kernel bounds it, we do too): one call reads at most
+    a batch of them and finds no ICMPv6 error; the rest are left for the next call."""
+    local = (b"", [(socket.IPPROTO_IPV6, IPV6_RECVERR,
+                    extended(errno.EMSGSIZE, 1, 0, 0) + sockaddr_in6("::"))], 0, (FAR, 1, 0, 0))
+    sock = QueuedErrors([local] * (BATCH + 1) + [queued(3, 0, ROUTER, data=b"probe")])
+    assert read_icmp_error(sock) is None
+    assert len(sock.sizes) == BATCH and len(sock.queue) == 2
+    assert read_icmp_error(sock) == (b"probe", (FAR, 33434, 0, 0), 3, 0, 0, ROUTER)
+
+
 # -- errors passed on to guests (Rule 7) -------------------------------------------------------
 
 @pytest.fixture
@@ -173,7 +186,8 @@ def test_a_datagram_to_a_closed_port_of_the_hosts_loopback_gets_port_unreachable
     try:
         closed = free_port(socket.AF_INET6, socket.SOCK_DGRAM, "::1")
     except OSError:
-        pytest.skip("no IPv6 loopback here")
+        closed = 0
+    require(closed != 0, "no IPv6 loopback here")
     assert rig.egress.v6 is not None
     for n in range(2):  # each datagram's error, none left behind
         frame = guest_frame(GW_TEXT, UDP(sport=40000 + n, dport=closed)
@@ -326,3 +340,90 @@ def test_a_failed_ipv4_connect_still_gets_icmp_host_unreachable(rig: Rig):
         sock.close()
     frame = Ether(error[VNET_HDR_LEN:])
     assert (frame[ICMP].type, frame[ICMP].code) == (3, 1) and frame[IP].src == "192.0.2.80"
+
+
+# -- no host socket (Rule 8) -------------------------------------------------------------------
+
+def no_sockets(monkeypatch: pytest.MonkeyPatch, err: int, family: int = socket.AF_INET6) -> None:
+    """The host makes no sockets of ``family`` from now on (IPv6 disabled, no descriptors)."""
+    real = socket.socket
+
+    def refuse(fam: int = socket.AF_INET, *args: Any, **kw: Any) -> socket.socket:
+        if fam == family:
+            raise OSError(err, "refused by the test")
+        return real(fam, *args, **kw)
+
+    monkeypatch.setattr(socket, "socket", refuse)
+
+
+@pytest.mark.parametrize("what", ["udp", "echo", "tcp"])
+def test_a_flow_the_host_makes_no_ipv6_socket_for_is_answered_prohibited(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch, what: str):
+    """EAFNOSUPPORT (IPv6 off on the host) when a flow opens: counted, and the guest gets
+    destination unreachable, administratively prohibited, from the gateway, quoting its
+    packet; nothing raises into the guest port's reader, no flow is left behind."""
+    v6 = rig.egress.v6
+    assert v6 is not None
+    v6.mode = "ping-socket"  # a socket per echo flow, whatever this host allows
+    layers = {"udp": UDP(sport=5000, dport=53) / b"q",
+              "echo": ICMPv6EchoRequest(id=7, seq=1, data=b"ping"),
+              "tcp": TCP(sport=40000, dport=80, flags="S", seq=1000)}[what]
+    frame = guest_frame(FAR, layers)
+    no_sockets(monkeypatch, errno.EAFNOSUPPORT)
+    for _ in range(2):  # each packet answered, as the rest of a batch would be
+        assert v6.from_guest(frame, decode_ipv6(frame, L3), rig.loop.time())
+    assert rig.egress.counters["socket6-errors-EAFNOSUPPORT"] == 2
+    assert len(rig.out) == 2 and not rig.delivered
+    got = the_error(rig.out[0], BACK_MACS)
+    assert got[IPv6].src == GW_TEXT
+    assert (got[ICMPv6DestUnreach].type, got[ICMPv6DestUnreach].code) == (1, 1)
+    assert (got[IPerror6].src, got[IPerror6].dst) == (GUEST_TEXT, FAR), "the guest's packet"
+    assert not v6.flows.udp and not v6.flows.echo and not rig.egress.tcp.flows
+    assert len(rig.egress) == 0
+
+
+def test_a_socket_that_cannot_be_set_up_is_closed_and_answered(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch):
+    """Made, but its options refused (out of memory, say): closed, not leaked."""
+    v6 = rig.egress.v6
+    assert v6 is not None
+    made: list[Any] = []
+
+    class Unsettable(QueuedErrors):
+        closed = False
+
+        def setblocking(self, flag: bool) -> None:
+            pass
+
+        def setsockopt(self, level: int, name: int, value: int) -> None:
+            raise OSError(errno.ENOMEM, "no memory")
+
+        def close(self) -> None:
+            self.closed = True
+
+    def unsettable(*args: Any, **kw: Any) -> Unsettable:
+        made.append(Unsettable([]))
+        return made[-1]
+
+    monkeypatch.setattr(socket, "socket", unsettable)
+    for layers in (UDP(sport=5000, dport=53) / b"q",
+                   TCP(sport=40000, dport=80, flags="S", seq=1000)):
+        frame = guest_frame(FAR, layers)
+        assert v6.from_guest(frame, decode_ipv6(frame, L3), rig.loop.time())
+    assert len(made) == 2 and all(sock.closed for sock in made)
+    assert rig.egress.counters["socket6-errors-ENOMEM"] == 2 and len(rig.out) == 2
+    assert not v6.flows.udp and not rig.egress.tcp.flows
+
+
+def test_an_ipv4_syn_the_host_makes_no_socket_for_gets_icmp_prohibited(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch):
+    """The TCP adapter is shared: IPv4 as a full table answers (ICMP 3/13)."""
+    syn = NO_OFFLOAD + bytes(Ether(src=GUEST_MAC, dst=GW_MAC)
+                             / IP(src="10.0.2.15", dst="192.0.2.80")
+                             / TCP(sport=40000, dport=80, flags="S", seq=1000))
+    no_sockets(monkeypatch, errno.EMFILE, socket.AF_INET)
+    rig.egress.from_guest(syn, rig.loop.time())
+    assert rig.egress.counters["socket-errors-EMFILE"] == 1 and not rig.egress.tcp.flows
+    (error,) = rig.out
+    frame = Ether(error[VNET_HDR_LEN:])
+    assert (frame[ICMP].type, frame[ICMP].code) == (3, 13) and frame[IP].src == "10.0.2.2"

@@ -1,11 +1,12 @@
 """[[forward]] to IPv6 guests: ``to = "[fd42:0:0:1::10]:22"``, an address of network.subnet6,
-listening on IPv4 or IPv6, through the host uplink only (a raw uplink forwards IPv4 for now)."""
+listening on IPv4 or IPv6, through the host uplink or a raw uplink with an address6 (NAT66);
+forwards only in nat mode; the target parser the config and ``vswitch forward add`` share."""
 
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
-from vswitch.config import ConfigError, parse_config
+from vswitch.config import ConfigError, parse_config, parse_forward_target
 
 PREFIX = "fd42:0:0:1::/64"
 RAW = {"interface": "e", "address": "10.9.0.2/24", "gateway": "10.9.0.1"}
@@ -85,3 +86,38 @@ def test_a_raw_uplink_with_an_ipv6_address_forwards_to_ipv6_guests():
                            "uplink": RAW | {"address6": "slaac"},
                            "forward": [forward("[fd42:0:0:1::10]:22")]})
     assert config.forwards[0].to_ip == IPv6Address("fd42:0:0:1::10")
+
+
+@pytest.mark.parametrize("mode", ["route", "open", "isolated"])
+@pytest.mark.parametrize("uplink", [None, RAW])
+def test_a_forward_outside_nat_mode_is_an_error_naming_it(mode: str, uplink: dict | None):
+    """No NAT, nothing to forward: the forward would be ignored, so it is refused."""
+    data: dict[str, object] = {"network": {"mode": mode, "subnet6": PREFIX}, "forward": [
+        forward("192.168.122.10:22", port=2200), forward("[fd42:0:0:1::10]:22")]}
+    if uplink is not None:
+        data["uplink"] = uplink
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert err.value.key == "forward[0]", err.value
+    assert f"mode {mode!r} has no NAT" in str(err.value)
+    assert 'network.mode = "nat"' in str(err.value)
+
+
+def test_the_shared_target_parser_takes_both_families_and_checks_the_port_range():
+    network = parse_config({"network": {"subnet6": PREFIX}}).network
+    assert parse_forward_target("192.168.122.10:22", "to", network) == (
+        IPv4Address("192.168.122.10"), 22)
+    assert parse_forward_target("[fd42:0:0:1::10]:80", "to", network, (8000, 8009)) == (
+        IPv6Address("fd42:0:0:1::10"), 80)
+    assert parse_forward_target("[fd42:0:0:1::10]:65526", "to", network, (8000, 8009))[1] \
+        == 65526, "the last guest port is 65535"
+    for text, words in [("[fd42:0:0:1::10]:65527", "[guest_ipv6]:port"),
+                        ("10.95.0.1:80", "10.95.0.1 is not in the guest network"),
+                        ("[fd43::10]:22", "not a host address of network.subnet6"),
+                        ("guest:22", "guest_ip:port")]:
+        with pytest.raises(ConfigError) as err:
+            parse_forward_target(text, "to", network, (8000, 8009))
+        assert err.value.key == "to" and words in str(err.value), (text, str(err.value))
+    four = parse_config({"network": {}}).network
+    with pytest.raises(ConfigError, match="no IPv6 prefix"):
+        parse_forward_target("[fd42:0:0:1::10]:22", "to", four)

@@ -39,8 +39,9 @@ class Rig:
         self.egress = HostEgress(self.loop, self.out.extend, self.delivered.extend, GW4, GW4,
                                  mtu=1500, gateway6=(GW_MAC, GW6) if gateway6 else None)
 
-    def wait(self, what: str, rounds: int = 100) -> None:
-        """Run the loop until something was sent to a guest."""
+    def wait(self, what: str, rounds: int = 1000) -> None:
+        """Run the loop until something was sent to a guest (at most ~10 s: a bound for a
+        loaded machine, not a timing assertion)."""
         for _ in range(rounds):
             if self.out:
                 return

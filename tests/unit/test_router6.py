@@ -70,6 +70,7 @@ def test_only_the_guest_prefix_is_routed_bcp38():
 
 def test_what_is_the_gateways_or_multicast_is_not_routed():
     r = router(egress=Taker())
+    r.gateway.udp[53] = lambda *a: []  # the gateway's DNS
     for dst in ("fd42:0:0:1::1", "ff02::1", str(r.gateway.link_local.hex(":", 2))):
         assert r.routes(packet(IPv6(src=GUEST, dst=dst) / UDP(dport=53))) is None
     on_link = route(r, IPv6(src=GUEST, dst="fd42:0:0:1::20") / UDP())
@@ -238,7 +239,10 @@ def test_a_datagram_larger_than_the_guest_link_leaves_in_fragments_that_reassemb
                    bytes.fromhex("525400000010"), 0.0)
     big = IPv6(src=OUTSIDE, dst=GUEST) / UDP(sport=7, dport=5000) / (bytes(range(256)) * 12)
     whole = Ether(src="00:00:00:00:00:00", dst="00:00:00:00:00:00") / big
-    pieces = [Ether(p[10:]) for p in r.to_guests([NO_OFFLOAD + bytes(whole)], 0.0).switch]
+    routed = r.to_guests([NO_OFFLOAD + bytes(whole)], 0.0)  # a router does not fragment
+    assert routed.switch == [] and r.counters["drop-too-big-for-guests"] == 1
+    made = r.to_guests([NO_OFFLOAD + bytes(whole)], 0.0, fragment=True)  # the host uplink's
+    pieces = [Ether(p[10:]) for p in made.switch]
     assert len(pieces) == 3 and all(len(p[IPv6]) <= 1500 for p in pieces)
     assert all(p.dst == GUEST_MAC and IPv6ExtHdrFragment in p for p in pieces)
     again = IPv6(bytes(defragment6([p[IPv6] for p in pieces])))
@@ -246,3 +250,66 @@ def test_a_datagram_larger_than_the_guest_link_leaves_in_fragments_that_reassemb
     check = again[UDP].chksum
     del again[UDP].chksum
     assert IPv6(bytes(again))[UDP].chksum == check
+
+
+def test_idle_nat66_flows_expire_with_the_router():
+    r = raw_router()
+    route(r, IPv6(src=GUEST, dst=OUTSIDE) / UDP(sport=5353, dport=53))
+    assert len(r.conntrack) == 1
+    r.expire(10_000.0)  # past the UDP timeout
+    assert len(r.conntrack) == 0
+
+
+def test_the_gateways_addresses_are_never_a_guests_or_an_outsiders():
+    r = raw_router("route")
+    spoofed = route(r, IPv6(src="fd42:0:0:1::1", dst=OUTSIDE) / UDP(dport=53))
+    assert spoofed.uplink == [] and r.counters["drop-source-is-the-gateway"] == 1
+    assert r.guests.lookup(bytes.fromhex("fd420000000000010000000000000001"), 0.0) is None
+    inbound = NO_OFFLOAD + bytes(Ether(src="52:54:00:00:00:aa", dst="52:54:00:00:00:99")
+                                 / IPv6(src=OUTSIDE, dst="fd42:0:0:1::1") / UDP(dport=7))
+    out = r.from_uplink(inbound, 0.0)
+    assert out.switch == [] and not r.guests.held  # no solicitation for the gateway itself
+    assert r.counters["drop-to-the-gateway-from-outside"] == 1
+
+
+def test_packets_held_for_a_guest_go_when_it_speaks_first():
+    r = router(egress=Taker())
+    reply = NO_OFFLOAD + bytes(Ether(src="00:00:00:00:00:00", dst="00:00:00:00:00:00")
+                               / IPv6(src=OUTSIDE, dst=GUEST) / UDP(sport=53))
+    assert len(r.to_guests([reply], 0.0).switch) == 1  # the solicitation; the reply held
+    out = route(r, IPv6(src=GUEST, dst=OUTSIDE) / UDP(dport=53), now=0.2)
+    [released] = [Ether(p[10:]) for p in out.switch]
+    assert released.dst == GUEST_MAC and released[UDP].sport == 53
+
+
+def test_tcp_and_udp_to_the_gateway_without_a_service_are_for_the_hosts_loopback():
+    from scapy.layers.inet import TCP
+
+    r = router(egress=Taker())
+    r.gateway.udp[53] = lambda *a: []
+    ssh = packet(IPv6(src=GUEST, dst="fd42:0:0:1::1") / TCP(dport=22, flags="S"))
+    ip = r.routes(ssh)
+    assert ip is not None
+    r.from_guest(ssh, ip, 0.0)
+    assert len(r.egress.taken) == 1
+    assert r.routes(packet(IPv6(src=GUEST, dst="fd42:0:0:1::1") / UDP(dport=53))) is None
+    assert router().routes(ssh) is None  # no host uplink: the gateway's own (a RST)
+
+
+def test_no_uplink_means_no_route_and_no_default_route_advertised():
+    r = router("none")
+    [error] = route(r, IPv6(src=GUEST, dst=OUTSIDE) / UDP(dport=53)).switch
+    assert Ether(error[10:])[ICMPv6DestUnreach].code == 0
+    from scapy.layers.inet6 import ICMPv6ND_RA
+    r.gateway.default_route = False
+    ra = Ether(r.gateway.advertisement(bytes(16), bytes(6)))
+    assert ra[ICMPv6ND_RA].routerlifetime == 0
+
+
+def test_a_datagram_whose_fragments_never_all_come_gets_time_exceeded():
+    r = router(egress=Taker())
+    first = fragment6(IPv6(src=GUEST, dst=OUTSIDE) / IPv6ExtHdrFragment(id=5)
+                      / UDP(dport=9) / bytes(3000), 1280)[0]
+    route(r, first)
+    [late] = [Ether(p[10:]) for p in r.expire(100.0).switch]
+    assert late[ICMPv6TimeExceeded].code == 1 and late[IPv6].dst == GUEST

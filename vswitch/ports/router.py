@@ -57,9 +57,10 @@ class RouterPort(Port):
         self.to_uplink: Callable[[bytes], None] | None = None
         #: The IPv6 router (``nat.router6``), when the guest network has a prefix.
         self.router6: Router6 | None = None
-        if gateway.v6 is not None:
-            self.router6 = Router6(gateway.v6, router.mode if router is not None else "isolated",
-                                   fragment_timeout=fragment_timeout)
+        if gateway.v6 is not None:  # mode: the IPv4 router's, the gateway's with no router
+            mode = router.mode if router is not None else \
+                "isolated" if gateway.v6.isolated else "none"
+            self.router6 = Router6(gateway.v6, mode, fragment_timeout=fragment_timeout)
             self.router6.released = self.dispatch
 
     def open(self, loop: asyncio.AbstractEventLoop, deliver: Deliver) -> None:
@@ -193,7 +194,7 @@ class RouterPort(Port):
             for frame in self.gateway.v6.tick(now):
                 self.emit(frame, now)
         if self.router6 is not None:
-            self.router6.expire(now)
+            self.dispatch(self.router6.expire(now))
         for first in self.reassembly.expire(now):
             error = icmp_error(first, 11, 1, first[VNET_HDR_LEN + 30:VNET_HDR_LEN + 34])
             if error is not None:

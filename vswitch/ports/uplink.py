@@ -24,6 +24,7 @@ from wire.errors import MalformedPacket
 from wire.packets import (
     BROADCAST_MAC,
     ETH_P_IP,
+    PROTO_TCP,
     PROTO_UDP,
     decode_ipv4,
     decode_udp,
@@ -81,7 +82,8 @@ class RawUplink(PacketSocketPort):
         router6 = self.router_port.router6
         if router6 is not None and packet[22:24] == b"\x86\xdd":
             self.router_port.dispatch(router6.from_uplink(packet, now))
-            self._arm6()  # what came may have moved the station's timers (DAD, DHCPv6)
+            if packet[10] & 1 or packet[30] != PROTO_TCP:  # maybe the station's (DAD, DHCPv6)
+                self._arm6()
             return
         self.router_port.dispatch(router.from_uplink(packet, now))
 
@@ -148,6 +150,12 @@ class RawUplink(PacketSocketPort):
         self._deadline6 = deadline
         if deadline is not None:
             self._timer6 = self.loop.call_at(deadline, self._tick6)
+
+    def poll(self) -> None:
+        """Once a second, as every port: also re-arm the IPv6 station's timer, which what
+        the router sent may have moved (a next hop to solicit)."""
+        super().poll()
+        self._arm6()
 
     def _tick6(self) -> None:
         station = self._station6()
