@@ -201,7 +201,9 @@ class Router:
         if not self.local(src):  # BCP 38 (RFC 2827): only the guest network's own sources
             self.counters["drop-source-not-in-subnet"] += 1
             return out
-        self.guests.learn(src, packet[ETH + 6:ETH + 12], now)
+        held = self.guests.learn(src, packet[ETH + 6:ETH + 12], now)
+        if held:  # Rule 4: packets waiting for this guest, which spoke before it answered ARP
+            self._send_all(held, now, out)
         if self.local(dst) and (self.egress is None or dst != self.egress.host_address):
             return out  # the switch delivers on-link traffic, not the router
         if self.mode == "isolated":

@@ -566,7 +566,7 @@ class Daemon:
             icmp_timeout=n.icmp, tcp_established=n.tcp_established,
             tcp_transitory=n.tcp_transitory, fragment_timeout=n.fragments,
             buffer_budget=up.buffer_mib << 20,
-            gateway6=(self.router_port.gateway.mac, self.router_port.gateway.v6.address)
+            gateway6=self.router_port.gateway.v6.address
             if self.router_port.gateway.v6 is not None else None)
         router.egress = self.egress  # the egress needs the loop, the router exists before it
         if self.egress.v6 is not None and router6 is not None:

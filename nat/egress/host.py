@@ -52,10 +52,9 @@ class HostEgress:
                  icmp_timeout: float = 60.0, tcp_established: float = 7440.0,
                  tcp_transitory: float = 240.0, fragment_timeout: float = 30.0,
                  buffer_budget: int = 256 << 20,
-                 gateway6: tuple[bytes, bytes] | None = None) -> None:
-        """``gateway6``: (the gateway's MAC, its IPv6 address) when guests have IPv6: their
-        UDP and ping leave by the host's IPv6 sockets too (``nat.egress.v6``; the MAC is not
-        used there: the router addresses frames to guests)."""
+                 gateway6: bytes | None = None) -> None:
+        """``gateway6``: the gateway's IPv6 address when guests have IPv6: their TCP, UDP and
+        ping leave by the host's IPv6 sockets too (``nat.egress.v6``)."""
         self.side = HostSide(loop, emit, deliver, gateway_ip, host_address, mtu, max_flows)
         self.flows = FlowTable(udp_timeout, icmp_timeout, endpoint_independent)
         self.udp = UdpAdapter(self.side, self.flows)
@@ -63,7 +62,7 @@ class HostEgress:
         self.tcp = TcpAdapter(self.side, tcp_established, tcp_transitory, buffer_budget)
         #: IPv6 UDP and ping, with a flow table of their own (their keys are 16 bytes)
         self.v6 = None if gateway6 is None else HostEgress6(
-            self.side, gateway6[1], FlowTable(udp_timeout, icmp_timeout, endpoint_independent),
+            self.side, gateway6, FlowTable(udp_timeout, icmp_timeout, endpoint_independent),
             self.tcp)
         self.forwarding = Forwards(self.side, self.tcp, self.udp, udp_timeout, self.v6)
         self.side.flows_in_use = lambda: len(self.flows) + len(self.tcp) + (

@@ -37,7 +37,7 @@ class Rig:
         self.out: list[bytes] = []  # by emit: the router addresses them
         self.delivered: list[bytes] = []  # already addressed
         self.egress = HostEgress(self.loop, self.out.extend, self.delivered.extend, GW4, GW4,
-                                 mtu=1500, gateway6=(GW_MAC, GW6) if gateway6 else None)
+                                 mtu=1500, gateway6=GW6 if gateway6 else None)
 
     def wait(self, what: str, rounds: int = 1000) -> None:
         """Run the loop until something was sent to a guest (at most ~10 s: a bound for a
