@@ -241,7 +241,7 @@ class Daemon:
 
         def deliver(packet: bytes, port_id: int, now: float) -> None:
             if packet[22:24] == b"\x86\xdd" and port_id in guarded \
-                    and routers_only(packet[10:]):
+                    and routers_only(packet, 10):
                 drops[port_id]["ra-guard"] += 1
                 return
             for out in receive(packet, port_id, now):

@@ -172,7 +172,7 @@ class Watch:
             if port_id in mirrored:
                 mirror(port_id, True, packet)
             if packet[22:24] == b"\x86\xdd" and port_id in guarded \
-                    and routers_only(packet[10:]):
+                    and routers_only(packet, 10):
                 drops[port_id]["ra-guard"] += 1
                 if traces:
                     tracing = [s for s in traces if (not s.points or port_name in s.points)

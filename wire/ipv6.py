@@ -22,7 +22,7 @@ from wire.checksum import internet_checksum
 from wire.errors import MalformedPacket
 from wire.packets import ETH_P_IPV6 as ETH_P_IPV6
 from wire.packets import PROTO_ICMPV6 as PROTO_ICMPV6
-from wire.packets import PROTO_UDP, encode_ethernet
+from wire.packets import PROTO_TCP, PROTO_UDP, encode_ethernet
 
 IPV6: Final = struct.Struct("!IHBB16s16s")
 HOP_BY_HOP, ROUTING, FRAGMENT, DEST_OPTIONS, NO_NEXT = 0, 43, 44, 60, 59
@@ -134,13 +134,16 @@ DHCP6_FROM_SERVER: Final = struct.pack("!H", DHCP6_SERVER_PORT)  # a UDP source 
 ALL_SERVERS: Final = bytes.fromhex("ff020000000000000000000000010002")
 
 
-def routers_only(frame: bytes) -> bool:
-    """Whether ``frame`` is something only a router or a DHCPv6 server may send: a router
-    advertisement, a redirect, or UDP from port 547 (RFC 6105 guard); never raises."""
-    if frame[12:14] != b"\x86\xdd":
+def routers_only(frame: bytes, at: int = 0) -> bool:
+    """Whether ``frame`` (its Ethernet header at ``at``) is something only a router or a
+    DHCPv6 server may send: a router advertisement, a redirect, or UDP from port 547
+    (RFC 6105 guard); never raises.  TCP without extension headers, the bulk of a guest's
+    IPv6, is answered from one byte, without decoding or copying."""
+    if frame[at + 12:at + 14] != b"\x86\xdd" or len(frame) < at + 54 \
+            or frame[at + 20] == PROTO_TCP:
         return False
     try:
-        ip = decode_ipv6(frame)
+        ip = decode_ipv6(frame, at + 14)
     except MalformedPacket:
         return False
     if ip.end - ip.start < 2 or (ip.fragment is not None and ip.fragment[1]):
