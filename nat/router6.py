@@ -123,6 +123,18 @@ class Router6:
         #: ``dispatch``).
         self.released: Callable[[Out], None] | None = None
         gateway.on_neighbour = self._heard
+        # the guest prefix's whole bytes: a slice compare per packet, where the prefix length
+        # is a multiple of 8 (a /64 always), instead of two 128-bit conversions
+        self._whole = gateway.prefix[:gateway.prefix_len // 8] \
+            if gateway.prefix_len % 8 == 0 else None
+
+    def local(self, address: bytes) -> bool:
+        """Whether ``address`` is in the guest prefix."""
+        whole = self._whole
+        if whole is not None:
+            return address[:len(whole)] == whole
+        gateway = self.gateway
+        return in_prefix(address, gateway.prefix, gateway.prefix_len)
 
     def _heard(self, address: bytes, mac: bytes, now: float) -> None:
         """Rule 4: the gateway heard a guest; packets held for it are released through
@@ -164,7 +176,7 @@ class Router6:
         """A guest's packet to route (Rule 1); ``ip`` is its header, from ``routes``."""
         out = Out([], [])
         gateway = self.gateway
-        if not in_prefix(ip.src, gateway.prefix, gateway.prefix_len):
+        if not self.local(ip.src):
             self.counters["drop-source-not-in-prefix"] += 1
             return out
         if ip.src in gateway.addresses:
@@ -175,7 +187,7 @@ class Router6:
             out.switch.extend(self.to_guests(held, now, fragment=True).switch)
         if ip.dst == gateway.address:  # only _for_host sends these here (Rule 5)
             return self._to_host(packet, ip, now, out)
-        if in_prefix(ip.dst, gateway.prefix, gateway.prefix_len):
+        if self.local(ip.dst):
             return out  # on-link: the switch delivers it
         if not_routed(ip.dst):
             self.counters["drop-destination-not-routable"] += 1
@@ -262,8 +274,7 @@ class Router6:
                     self._error_out(packet, out, *result.icmp, now)
                 return out
             packets: list[bytes | bytearray] = list(result)
-        elif self.mode in ("route", "open") and in_prefix(ip.dst, gateway.prefix,
-                                                         gateway.prefix_len):
+        elif self.mode in ("route", "open") and self.local(ip.dst):
             if ip.dst in gateway.addresses:
                 self.counters["drop-to-the-gateway-from-outside"] += 1
                 return out
@@ -329,11 +340,10 @@ class Router6:
     def explain(self, packet: bytes, ip: Ipv6) -> list[tuple[str, str]]:
         """What ``from_guest`` would do with ``packet``, in words with its rule; changes
         nothing."""
-        gateway = self.gateway
-        if not in_prefix(ip.src, gateway.prefix, gateway.prefix_len):
+        if not self.local(ip.src):
             return [("dropped: the source is not in the guest prefix (BCP 38)",
                      "router6 Rule 1")]
-        if in_prefix(ip.dst, gateway.prefix, gateway.prefix_len):
+        if self.local(ip.dst):
             return [("on-link: the switch delivers it, not the router", "router6 Rule 1")]
         if not_routed(ip.dst):
             return [("dropped: a link-local, loopback or unspecified destination is not routed "
