@@ -57,10 +57,10 @@ class PortConfig:
     mtu: int = 1500
     """Largest non-GSO frame payload accepted from and sent to this port."""
     mac_limit: int | None = None
+    """Most FDB entries this port may hold (None: only the switch limit applies)."""
     ra_guard: bool = True
     """Drop router advertisements, redirects and DHCPv6 server messages the guest sends
     (RFC 6105): one guest cannot become every guest's router."""
-    """Most FDB entries this port may hold (None: only the switch limit applies)."""
     owner: int | None = None
     """tap: uid allowed to open the TAP (qemu as that user needs no root); names resolved."""
     group: int | None = None

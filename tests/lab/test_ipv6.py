@@ -173,6 +173,9 @@ def test_guests_names_resolve_to_their_ipv6_addresses_over_ipv6(lab, v6_guests):
     out = lab.run(ns, ["dig", "+short", "+tries=2", "+time=3", "A", "www.example.test",
                        f"@{PREFIX}1"]).stdout
     assert out.strip() == "203.0.113.7", out  # forwarded to the IPv6 upstream
+    out = lab.run(ns, ["dig", "+short", "+tries=2", "+time=3", "AAAA", "www.example.test",
+                       f"@{PREFIX}1"]).stdout
+    assert out.strip() == "2001:db8::7", out  # an AAAA forwarded to it too
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
     python -m tests.peers.dns_upstream ADDRESS
 
 Prints "QUERY <transport> <name> <type>" per query.  Names (all under example.test):
-  www    A 203.0.113.7, TTL 300
+  www    A 203.0.113.7, AAAA 2001:db8::7, TTL 300
   big    60 A records: too big for 512 bytes of UDP, so clients must come back over TCP
   spoof  first two forged replies (wrong ID; right ID from another port) carrying
          198.51.100.66, then the genuine one with 198.51.100.1
@@ -20,9 +20,11 @@ import time
 
 from dhcp.dnsmsg import (
     RCODE_NXDOMAIN,
+    TYPE_AAAA,
     DnsMessage,
     TcpFramer,
     a_record,
+    aaaa_record,
     decode_message,
     encode_message,
     encode_tcp_frame,
@@ -35,6 +37,8 @@ def answer(query: DnsMessage, address: str | None = None) -> DnsMessage:
     label = name_to_text(q.name).lower().rstrip(".").split(".")[0]
     if address is not None:
         records: tuple = (a_record(q.name, address, 300),)
+    elif label == "www" and q.qtype == TYPE_AAAA:
+        records = (aaaa_record(q.name, "2001:db8::7", 300),)
     elif label == "www":
         records = (a_record(q.name, "203.0.113.7", 300),)
     elif label.startswith("big"):
