@@ -14,7 +14,11 @@ Rule 3: TTL is decremented; a packet that would leave with TTL 0 gets ICMP time 
         GSO super-frames are exempt: they leave as segments of the right size.
 Rule 4: next hops are found by ARP (RFC 826) on each side: a bounded cache with timeouts, and
         a few packets held per address while a request is out (RFC 1122 2.3.2.2), dropped and
-        counted when nobody answers.
+        counted when nobody answers.  On the uplink a destination inside the uplink's own
+        prefix is its own next hop (the local/remote decision of RFC 1122 3.3.1.1 and RFC 1812
+        5.2.1, as the kernel's connected route); everything else goes to ``next_hop``, the
+        gateway.  The prefix's broadcast address is not forwarded to (a directed broadcast,
+        off by default: RFC 2644): dropped and counted.
 Rule 5: the uplink address answers ARP and ping itself; everything else arriving there goes
         through the conntrack (``nat``) or is routed to the subnet (``route``/``open``).
 Rule 6: with a host uplink (``nat.egress``) there is no uplink station: routed packets go to
@@ -101,9 +105,21 @@ class UplinkAddress:
     mac: bytes
     """The router's own MAC there."""
     next_hop: bytes
-    """The default gateway on the uplink network."""
+    """The default gateway on the uplink network: the next hop for what is not on the link."""
     mtu: int = 1500
     """Largest IP packet the uplink takes."""
+
+    def hop_for(self, dst: bytes) -> bytes | None:
+        """Rule 4: whom to ARP for to reach ``dst``: ``dst`` itself inside our prefix, else
+        (our own address included) the gateway; None for the prefix's broadcast address."""
+        host_bits = 32 - self.prefix
+        value = int.from_bytes(dst, "big")
+        if (value ^ int.from_bytes(self.ip, "big")) >> host_bits or dst == self.ip:
+            return self.next_hop
+        hosts = (1 << host_bits) - 1
+        if host_bits >= 2 and value & hosts == hosts:  # a /31 has no broadcast (RFC 3021)
+            return None
+        return dst
 
 
 class Egress(Protocol):
@@ -383,9 +399,12 @@ class Router:
                 continue
             else:
                 address = self.uplink_address
-                side, ip, src_mac, asker = (self.outside, address.next_hop, address.mac,
-                                            address.ip)
-                mtu = self.uplink_address.mtu
+                hop = address.hop_for(dst)  # on-link itself, else the gateway (Rule 4)
+                if hop is None:
+                    self.counters["drop-directed-broadcast"] += 1
+                    continue
+                side, ip, src_mac, asker = self.outside, hop, address.mac, address.ip
+                mtu = address.mtu
             mac = side.lookup(ip, now)
             if mac is None:
                 if side.hold(ip, packet, now):

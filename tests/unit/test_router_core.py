@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from scapy.layers.inet import ICMP, IP, UDP, in4_pseudoheader
 from scapy.layers.l2 import ARP, Ether
 from scapy.utils import checksum
@@ -189,3 +191,55 @@ def test_with_a_host_uplink_routed_packets_and_the_host_address_go_to_the_egress
                                    / IP(src="10.254.0.1", dst="10.70.0.5") / UDP()))], now=0.0)
     sent = Ether(back.switch[0][10:])
     assert sent.dst == GUEST_MAC and sent.src == GW_MAC, "addressed by the ARP cache"
+
+
+ONLINK_MAC = "52:54:00:bb:00:07"
+
+
+def to(dst: str) -> bytes:
+    """A guest's datagram to ``dst``."""
+    return wrap(bytes(Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src="10.70.0.5", dst=dst)
+                      / UDP(sport=4000, dport=3478) / b"ask"))
+
+
+def arp_target(out: list) -> str:
+    (request,) = out
+    return Ether(bytes(request[10:]))[ARP].pdst
+
+
+def test_an_on_link_destination_is_resolved_itself_and_the_rest_through_the_gateway():
+    """Rule 4: 10.254.0.7 is in the uplink's 10.254.0.0/24: ARP for it, not for the gateway
+    (which may not even exist); off-link goes to the gateway, in nat and route mode."""
+    for mode in ("nat", "route"):
+        r = router(mode)
+        assert arp_target(r.from_guest(to("10.254.0.7"), now=0.0).uplink) == "10.254.0.7"
+        assert arp_target(r.from_guest(to("192.0.2.9"), now=0.0).uplink) == "10.254.0.1"
+        reply = wrap(bytes(Ether(src=ONLINK_MAC, dst=UP_MAC) / ARP(
+            op=2, hwsrc=ONLINK_MAC, psrc="10.254.0.7", hwdst=UP_MAC, pdst="10.254.0.2")))
+        (released,) = r.from_uplink(reply, now=0.1).uplink
+        sent = Ether(bytes(released[10:]))
+        assert (sent.dst, sent.src, sent[IP].dst) == (ONLINK_MAC, UP_MAC, "10.254.0.7")
+        assert sent[IP].src == ("10.254.0.2" if mode == "nat" else "10.70.0.5")
+        (again,) = r.from_guest(to("10.254.0.7"), now=0.2).uplink
+        assert Ether(bytes(again[10:])).dst == ONLINK_MAC, "cached: no second ARP"
+        # the gateway's packet was held, not sent to the on-link host's MAC
+        assert r.outside.held[bytes([10, 254, 0, 1])][1], "still waiting for the gateway"
+
+
+def test_the_uplink_prefix_broadcast_is_not_forwarded_to():
+    """Rule 4: a directed broadcast to the uplink's prefix is dropped (RFC 2644); a /31 has no
+    broadcast address (RFC 3021), and a /32 puts everything behind the gateway."""
+    r = router("route")
+    assert r.from_guest(to("10.254.0.255"), now=0.0) == ([], [])
+    assert r.counters["drop-directed-broadcast"] == 1
+    ip, hop = bytes([10, 254, 0, 2]), bytes([10, 254, 0, 1])
+
+    def hop_for(prefix: int, dst: str) -> bytes | None:
+        return UplinkAddress(ip, prefix, mac(UP_MAC), hop).hop_for(socket.inet_aton(dst))
+
+    assert hop_for(31, "10.254.0.3") == bytes([10, 254, 0, 3])
+    assert hop_for(32, "10.254.0.3") == hop
+    assert hop_for(24, "10.254.0.2") == hop, "our own address is never ARPed for"
+    assert hop_for(16, "10.254.7.9") == bytes([10, 254, 7, 9])
+    assert hop_for(16, "10.254.255.255") is None
+    assert hop_for(24, "10.254.1.9") == hop
