@@ -19,25 +19,32 @@ Rule 3 (forwarding): everything else goes to an upstream with a fresh random 16-
 Rule 4 (anti-spoofing, CVE-2020-25684..25686): a reply is accepted only if its ID belongs to a
         pending query AND it came from that query's upstream address and port AND arrived on the
         port the query was sent from AND it is a response with the same question (name compared
-        case-insensitively, type, class).  Anything else is counted ``spoofed`` and ignored; the
-        genuine reply is still accepted afterwards.
+        case-insensitively, type, class) whose name keeps the exact case we sent (Rule 11).
+        Anything else is counted ``spoofed`` and ignored; the genuine reply is still accepted
+        afterwards.
 Rule 5 (merging): identical questions (same name, type, class, DNSSEC flags and transport) while one
         is pending are merged: one upstream query, each client answered with its own ID and its
         own spelling of the question.  This removes the birthday attack of CVE-2020-25686.
-Rule 6 (bounds): at most ``max_pending`` forwarded questions; beyond that the client gets
-        SERVFAIL.  A pending query times out after ``timeout`` seconds, is re-sent once to the next
-        upstream (new ID), and then answered SERVFAIL; new questions go first to the upstream
-        that answered last.  Pending queries are kept in deadline order (``now`` never decreases
-        and every deadline is ``now + timeout``), so the first is always the next to expire.
-Rule 7 (cache): whole responses are cached under (lower-case name, type, class, DNSSEC flags), so
-        records of one answer never answer another question.  NOERROR with answers lives for the
-        smallest answer TTL (capped at ``max_ttl``); NXDOMAIN and NODATA for the SOA's
-        min(TTL, MINIMUM) (RFC 2308 5, capped at ``max_negative_ttl``), and without an SOA are not
-        cached.  Truncated replies and other rcodes are not cached.  TTLs are decremented by the
-        entry's age on every hit.  At most ``cache_size`` entries, least recently used evicted.
+Rule 6 (bounds): at most ``max_pending`` forwarded questions (each with at most ``MAX_WAITERS``
+        clients); beyond that the client gets SERVFAIL.  With the cache (``cache_size``, Rule 7)
+        and the memo (``MEMO_SIZE``, Rule 10) every table is bounded: a flood of distinct names
+        only churns them.  A pending query times out after ``timeout`` seconds, is re-sent once
+        to the next upstream (new ID), and then answered SERVFAIL; new questions go first to the
+        upstream that answered last.  Pending queries are kept in deadline order (``now`` never
+        decreases and every deadline is ``now + timeout``), so the first is always the next to
+        expire.
+Rule 7 (cache): whole responses, scrubbed (Rule 12) and with TTLs limited (Rule 13), are cached
+        under (lower-case name, type, class, DNSSEC flags), so records of one answer never answer
+        another question (RFC 2181 5.4.1: additional and authority data never become answers).
+        NOERROR with answers lives for the smallest answer TTL; NXDOMAIN and NODATA for the
+        negative TTL of Rule 13, and without an SOA are not cached.  Truncated replies and other
+        rcodes are not cached.  TTLs are decremented by the entry's age on every hit.  At most
+        ``cache_size`` entries; eviction is least recently used (a hit moves the entry to the
+        end; an expired entry is dropped when looked up, or reaches the front and goes first).
 Rule 8 (sizes): a UDP answer fits min(client's EDNS0 size, ``MAX_UDP_PAYLOAD``), or 512 without
         EDNS0; a larger one is truncated with TC so the client retries over TCP (RFC 1035 4.2.1,
-        RFC 6891 6.2.5).  TCP answers are whole; the adapter frames them (``encode_tcp_frame``).
+        RFC 6891 6.2.5), keeping whole RRsets only (RFC 2181 9; ``encode_message`` Rule 6).
+        TCP answers are whole; the adapter frames them (``encode_tcp_frame``).
 Rule 10 (answer memo): an answer given from local data or the cache is remembered as wire
         bytes under the query's own bytes less its ID (so the question's spelling, flags and
         EDNS options all match) for at most ``MEMO_SECONDS`` and never past the cache entry's
@@ -48,6 +55,26 @@ Rule 9 (bad queries): a datagram shorter than a header, or whose QR bit says it 
         counted ``malformed`` and dropped; any other undecodable query is answered FORMERR with
         the header alone.  ``handle_query``, ``handle_reply`` and ``expire`` never raise on any
         input bytes.
+Rule 11 (DNS 0x20, draft-vixie-dnsext-dns0x20): each attempt sent upstream flips the case of the
+        question name's letters at random (``case_rng``, one bit per letter); the reply's question
+        must carry exactly that spelling (RFC 4343 2: servers echo the question as sent), else it
+        is forged: dropped, counted ``spoofed`` and ``case_mismatch``.  Owner names spelled as we
+        sent them are put back into the forwarded query's own spelling, and every client gets its
+        own question back.  ``case_rng=None`` turns it off (for an upstream that lowercases).
+Rule 12 (bailiwick, RFC 2181 5.4.1, RFC 5452 6): the answer section keeps only records owned by
+        the question name and the names of its CNAME chain (and DNAMEs above them); the zone is
+        the deepest SOA or NS owner in the authority section above the chain's last name (without
+        one, that name's parent); authority records are kept only inside that zone (its SOA and NS
+        only for the zone itself), additional records only inside it.  What is removed is counted
+        ``scrubbed`` and neither cached nor passed on: the additional section is optional (RFC
+        2181 9), and a guest's own caching stub must not be fed what we would not trust.
+Rule 13 (TTLs): every forwarded record's TTL is clamped to [``min_ttl``, ``max_ttl``] (defaults 0
+        and 1 day, as unbound's cache-min-ttl and cache-max-ttl; a TTL with the top bit set is 0,
+        RFC 2181 8); there is no floor by default because a TTL is the zone owner's (RFC 1035
+        3.2.1: 0 means "do not cache").  A negative answer's SOA gets the negative TTL
+        min(SOA TTL, MINIMUM) (RFC 2308 3, 5), clamped to [``min_ttl``, ``max_negative_ttl``]
+        (15 minutes; RFC 2308 5 suggests 1-3 hours at most).  The guest sees the same TTLs the
+        cache keeps.
 """
 
 from __future__ import annotations
@@ -75,6 +102,8 @@ from .dnsmsg import (
     TYPE_A,
     TYPE_AAAA,
     TYPE_ANY,
+    TYPE_CNAME,
+    TYPE_NS,
     TYPE_OPT,
     TYPE_PTR,
     TYPE_SOA,
@@ -95,6 +124,7 @@ from .dnsmsg import (
     parse_reverse_name,
     parse_reverse_name6,
     ptr_record,
+    read_name,
     soa_minimum,
 )
 
@@ -113,6 +143,9 @@ MEMO_SECONDS: Final = 1.0
 MEMO_SIZE: Final = 4096
 _EDNS_BADVERS: Final = 1  # extended RCODE 16 = 1 << 4 | 0 (RFC 6891 6.1.3, 9)
 _LOCAL_TYPES: Final = frozenset({TYPE_A, TYPE_AAAA, TYPE_ANY})
+TYPE_DNAME: Final = 39
+#: CNAMEs followed from the question name when scrubbing a reply (Rule 12).
+MAX_CHAIN: Final = 16
 
 # --- internal state -------------------------------------------------------------------------------
 
@@ -151,6 +184,7 @@ class _Pending:
     clients: list[_Client]
     local_port: int | None = None
     retried: bool = False
+    sent_name: Name = ()  # the question name of this attempt, in its 0x20 spelling (Rule 11)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +229,8 @@ class DnsResponder:
         cache_size: int = 10_000,
         max_ttl: int = 86_400,
         max_negative_ttl: int = 900,
+        min_ttl: int = 0,
+        case_rng: Callable[[int], int] | None = secrets.randbits,
     ) -> None:
         self.domain = lower_name(name_from_text(domain)) if domain.strip(".") else ()
         self._hosts = hosts
@@ -214,6 +250,8 @@ class DnsResponder:
         self.cache_size = cache_size
         self.max_ttl = max_ttl
         self.max_negative_ttl = max_negative_ttl
+        self.min_ttl = min_ttl
+        self._case_rng = case_rng
         self.stats = DnsStats()
         self._t = _Tables()
         self._keys = count(1)
@@ -411,8 +449,10 @@ class DnsResponder:
         """Take a datagram (or TCP message) from an upstream resolver.
 
         1. Match the ID, server address and port, and local port (Rule 4), before decoding.
-        2. Decode; it must be a response to the same question (Rule 4).
-        3. Release the attempt, cache the response (Rule 7), answer every waiting client.
+        2. Decode; it must be a response to the same question (Rule 4), in our 0x20 spelling
+           (Rule 11).
+        3. Release the attempt; restore the spelling (Rule 11), scrub (Rule 12), limit TTLs
+           (Rule 13); cache the response (Rule 7), answer every waiting client.
         """
         # Step 1
         if len(data) < HEADER_SIZE:
@@ -441,9 +481,17 @@ class DnsResponder:
         ):
             self.stats.spoofed += 1
             return []
+        if self._case_rng is not None and reply.questions[0].name != pending.sent_name:
+            self.stats.spoofed += 1
+            self.stats.case_mismatch += 1
+            return []
         # Step 3
         self._forget(pending)
         self._preferred = pending.upstream_index
+        reply = _respell(reply, pending.sent_name, pending.clients[0].question.name)
+        reply, removed = _scrub(reply, pending.cache_key[0])
+        self.stats.scrubbed += removed
+        reply = self._limit_ttls(reply)
         self._cache_put(pending.cache_key, reply, now)
         template = replace(reply, aa=False)
         actions: list[Action] = [Release(pending.key)]
@@ -503,9 +551,61 @@ class DnsResponder:
         self._t.pending[pending.key] = pending
         self._t.by_id[query_id] = pending
         self.stats.forwarded += 1
-        payload = query_id.to_bytes(2, "big") + pending.query_tail
+        tail, pending.sent_name = self._mix_case(pending.query_tail,
+                                                 pending.clients[0].question.name)
+        payload = query_id.to_bytes(2, "big") + tail
         upstream = self.upstreams[pending.upstream_index]
         return Forward(upstream, payload, query_id, pending.key, pending.transport)
+
+    def _mix_case(self, tail: bytes, name: Name) -> tuple[bytes, Name]:
+        """``tail`` (a query after its ID) with the question name's letters flipped at random,
+        and the name so spelled (Rule 11); unchanged if 0x20 is off or the name is compressed."""
+        if self._case_rng is None:
+            return tail, name
+        letters = sum(_is_letter(c) for label in name for c in label)
+        mask = self._case_rng(letters) if letters else 0
+        out = bytearray(tail)
+        pos = HEADER_SIZE - 2
+        labels = []
+        for label in name:
+            if pos >= len(out) or out[pos] != len(label):
+                return tail, name  # a compression pointer: leave the query as it came
+            start = pos + 1
+            for i in range(start, start + len(label)):
+                if _is_letter(out[i]):
+                    out[i] ^= 0x20 * (mask & 1)
+                    mask >>= 1
+            pos = start + len(label)
+            labels.append(bytes(out[start:pos]))
+        if pos >= len(out) or out[pos] != 0:
+            return tail, name
+        return bytes(out), tuple(labels)
+
+    def _limit_ttls(self, reply: DnsMessage) -> DnsMessage:
+        """``reply`` with every TTL within Rule 13's bounds, a negative answer's SOA at the
+        negative TTL."""
+        negative = reply.rcode == RCODE_NXDOMAIN or (reply.rcode == RCODE_NOERROR
+                                                     and not reply.answers)
+
+        def limit(rr: ResourceRecord, section: str) -> ResourceRecord:
+            if rr.rtype == TYPE_OPT:
+                return rr
+            ttl, ceiling = _ttl(rr), self.max_ttl
+            if negative and section == "authority" and rr.rtype == TYPE_SOA:
+                ceiling = self.max_negative_ttl
+                try:
+                    ttl = min(ttl, soa_minimum(rr))
+                except ValueError:
+                    pass
+            ttl = max(min(ttl, ceiling), self.min_ttl)
+            return rr if ttl == rr.ttl else replace(rr, ttl=ttl)
+
+        return replace(
+            reply,
+            answers=tuple(limit(r, "answers") for r in reply.answers),
+            authority=tuple(limit(r, "authority") for r in reply.authority),
+            additional=tuple(limit(r, "additional") for r in reply.additional),
+        )
 
     def _forget(self, pending: _Pending) -> None:
         del self._t.pending[pending.key]
@@ -553,7 +653,7 @@ class DnsResponder:
             soa = next((r for r in reply.authority if r.rtype == TYPE_SOA), None)
             if soa is None:
                 return
-            ttl = min(_ttl(soa), soa_minimum(soa), self.max_negative_ttl)
+            ttl = min(_ttl(soa), self.max_negative_ttl)  # Rule 13 set it to the negative TTL
         else:
             return
         if ttl <= 0:
@@ -570,6 +670,77 @@ class DnsResponder:
     def pending_count(self) -> int:
         """Questions waiting for an upstream reply."""
         return len(self._t.pending)
+
+
+def _is_letter(c: int) -> bool:
+    return 0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A
+
+
+def _under(name: Name, zone: Name) -> bool:
+    """``name`` (lower case) is ``zone`` or below it."""
+    return len(name) >= len(zone) and name[len(name) - len(zone) :] == zone
+
+
+def _respell(reply: DnsMessage, sent: Name, original: Name) -> DnsMessage:
+    """Owner names spelled as our 0x20 question go back to the forwarded query's spelling."""
+    if sent == original:
+        return reply
+
+    def fix(records: tuple[ResourceRecord, ...]) -> tuple[ResourceRecord, ...]:
+        return tuple(replace(r, name=original) if r.name == sent else r for r in records)
+
+    return replace(reply, answers=fix(reply.answers), authority=fix(reply.authority),
+                   additional=fix(reply.additional))
+
+
+def _scrub(reply: DnsMessage, qname: Name) -> tuple[DnsMessage, int]:
+    """``reply`` with only the in-bailiwick records of Rule 12, and how many were removed.
+
+    1. Follow the CNAME chain from ``qname`` (lower case) through the answer section.
+    2. Keep answer records owned by a chain name, and DNAMEs owned above one.
+    3. The zone: the deepest SOA or NS owner at or above the chain's last name, else its parent.
+    4. Keep authority records inside the zone (SOA and NS only at or above the last name), and
+       additional records inside the zone; the OPT record always.
+    """
+    # Step 1
+    chain = [qname]
+    while len(chain) <= MAX_CHAIN:
+        target = None
+        for r in reply.answers:
+            if r.rtype == TYPE_CNAME and lower_name(r.name) == chain[-1]:
+                try:
+                    target = lower_name(read_name(r.rdata))
+                except MalformedPacket:
+                    pass
+                break
+        if target is None or target in chain:
+            break
+        chain.append(target)
+    # Step 2
+    names = set(chain)
+    answers = tuple(
+        r for r in reply.answers
+        if lower_name(r.name) in names
+        or (r.rtype == TYPE_DNAME and any(_under(c, lower_name(r.name)) for c in chain))
+    )
+    # Step 3
+    last = chain[-1]
+    apexes = [lower_name(r.name) for r in reply.authority
+              if r.rtype in (TYPE_SOA, TYPE_NS) and _under(last, lower_name(r.name))]
+    zone = max(apexes, key=len) if apexes else last[1:]
+    # Step 4
+    authority = tuple(
+        r for r in reply.authority
+        if _under(lower_name(r.name), zone)
+        and (r.rtype not in (TYPE_SOA, TYPE_NS) or _under(last, lower_name(r.name)))
+    )
+    additional = tuple(r for r in reply.additional
+                       if r.rtype == TYPE_OPT or _under(lower_name(r.name), zone))
+    removed = (len(reply.answers) - len(answers) + len(reply.authority) - len(authority)
+               + len(reply.additional) - len(additional))
+    if not removed:
+        return reply, 0
+    return replace(reply, answers=answers, authority=authority, additional=additional), removed
 
 
 def _question_key(q: Question) -> tuple[Name, int, int]:

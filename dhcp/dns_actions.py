@@ -65,7 +65,11 @@ class DnsStats:
     merged: int = 0
     """Queries joined to an identical pending one (Rule 5)."""
     spoofed: int = 0
-    """Upstream datagrams ignored by Rule 4."""
+    """Upstream datagrams ignored by Rule 4 (0x20 case mismatches included)."""
+    case_mismatch: int = 0
+    """Of ``spoofed``: replies whose question did not keep our random 0x20 case (Rule 11)."""
+    scrubbed: int = 0
+    """Out-of-bailiwick records removed from upstream replies, never cached nor sent (Rule 12)."""
     malformed: int = 0
     """Undecodable queries and replies (Rule 9)."""
     servfail: int = 0

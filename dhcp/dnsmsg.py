@@ -12,10 +12,12 @@ Rule 4: names inside the RDATA of the types in ``RDATA_LAYOUTS`` are decompresse
         3597 4), so a decoded record stands alone and re-encodes anywhere; other RDATA is opaque.
 Rule 5: the encoder compresses question and owner names against earlier ones (exact case) and never
         compresses inside RDATA.  The OPT record is written last in the additional section.
-Rule 6: with ``max_size``, questions and OPT are always kept; answer and authority records go in
-        order while they fit, and the first that does not fit is dropped with everything after it
-        and TC set (RFC 1035 4.2.1).  Additional records that do not fit are dropped without TC
-        (RFC 2181 9: TC only when required data is missing).
+Rule 6: with ``max_size``, questions and OPT are always kept and records go by whole RRsets (same
+        name in any case, type and class; each section's RRsets in the order their first record
+        came): answer and authority RRsets go while they fit, and the first that does not fit is
+        dropped with everything after it and TC set (RFC 1035 4.2.1; RFC 2181 9: never a partial
+        RRset, so a client never caches one as the whole).  Additional RRsets that do not fit are
+        dropped without TC (RFC 2181 9: TC only when required data is missing).
 
 Every decode failure is ``MalformedPacket`` (wire/errors.py); invalid input to an encoder (a
 label of 64 octets, an ID above 65535) is a programming error and raises plain ``ValueError``.
@@ -300,6 +302,12 @@ def decode_message(data: bytes) -> DnsMessage:
 # --- encoding -------------------------------------------------------------------------------------
 
 
+def read_name(data: bytes, pos: int = 0) -> Name:
+    """The uncompressed name at ``data[pos:]`` (a decoded record's RDATA, Rule 4);
+    MalformedPacket if there is none."""
+    return _read_name(bytes(data), pos, len(data))[0]
+
+
 def check_name(name: Name) -> None:
     """Raise ValueError unless ``name`` obeys Rule 1."""
     if any(not 0 < len(label) <= MAX_LABEL for label in name):
@@ -333,23 +341,39 @@ def _write_record(out: bytearray, rr: ResourceRecord, table: dict[Name, int]) ->
     out += rr.rdata
 
 
-def _append_within(out: bytearray, rr: ResourceRecord, table: dict[Name, int], limit: int) -> bool:
-    """Append ``rr`` if the message stays within ``limit`` octets; else leave ``out`` as it was."""
+def _append_within(
+    out: bytearray, rrset: list[ResourceRecord], table: dict[Name, int], limit: int
+) -> bool:
+    """Append the whole ``rrset`` if the message stays within ``limit`` octets; else leave
+    ``out`` as it was."""
     mark = len(out)
-    _write_record(out, rr, table)
+    for rr in rrset:
+        _write_record(out, rr, table)
     if len(out) <= limit:
         return True
     del out[mark:]  # the table may now hold offsets past the end: the caller writes no more names
     return False
 
 
+def _rrsets(records: tuple[ResourceRecord, ...], whole: bool) -> list[list[ResourceRecord]]:
+    """``records`` as RRsets in the order of their first record (Rule 6), or one by one."""
+    if not whole:
+        return [[rr] for rr in records]
+    sets: dict[tuple[Name, int, int], list[ResourceRecord]] = {}
+    for rr in records:
+        sets.setdefault((lower_name(rr.name), rr.rtype, rr.rclass), []).append(rr)
+    return list(sets.values())
+
+
 def encode_message(msg: DnsMessage, max_size: int | None = None) -> bytes:
     """Serialize ``msg``; with ``max_size`` (>= 512) truncate it to fit, as Rule 6 says.
 
+    0. With ``max_size``: if the message fits whole, it is what it would be without one.
     1. Header placeholder, then every question.
-    2. Answer and authority records while they fit, leaving room for the OPT record; the first
-       that does not fit ends both sections and sets TC.
-    3. Additional records (not OPT) while they fit, only if nothing was cut in step 2.
+    2. Answer and authority RRsets while they fit, leaving room for the OPT record; the first
+       that does not fit ends both sections and sets TC.  Without ``max_size`` records are
+       written one by one, in their order.
+    3. Additional RRsets (not OPT) while they fit, only if nothing was cut in step 2.
     4. The OPT record, always.
     5. The header, with the counts of what was written.
     """
@@ -357,6 +381,11 @@ def encode_message(msg: DnsMessage, max_size: int | None = None) -> bytes:
         raise ValueError("max_size must be at least 512")
     if not 0 <= msg.id <= 0xFFFF or not 0 <= msg.opcode <= 0xF or not 0 <= msg.rcode <= 0xF:
         raise ValueError("id, opcode or rcode out of range")
+    # Step 0
+    if max_size is not None:
+        wire = encode_message(msg)
+        if len(wire) <= max_size:
+            return wire  # nothing to cut, so nothing regrouped (grouping may compress worse)
     table: dict[Name, int] = {}
     # Step 1
     out = bytearray(HEADER_SIZE)
@@ -369,18 +398,20 @@ def encode_message(msg: DnsMessage, max_size: int | None = None) -> bytes:
     counts = [len(msg.questions), 0, 0, 0]
     # Step 2
     cut = False
-    for index, rr in [(1, rr) for rr in msg.answers] + [(2, rr) for rr in msg.authority]:
-        if not _append_within(out, rr, table, limit):
+    whole = max_size is not None
+    required = [(1, rrset) for rrset in _rrsets(msg.answers, whole)]
+    required += [(2, rrset) for rrset in _rrsets(msg.authority, whole)]
+    for index, rrset in required:
+        if not _append_within(out, rrset, table, limit):
             cut = True
             break
-        counts[index] += 1
+        counts[index] += len(rrset)
     # Step 3
-    for rr in () if cut else msg.additional:
-        if rr is opt:
-            continue
-        if not _append_within(out, rr, table, limit):
+    additional = tuple(rr for rr in msg.additional if rr is not opt)
+    for rrset in () if cut else _rrsets(additional, whole):
+        if not _append_within(out, rrset, table, limit):
             break
-        counts[3] += 1
+        counts[3] += len(rrset)
     # Step 4
     if opt is not None:
         _write_record(out, opt, {})
