@@ -12,7 +12,9 @@ cold cache), measures it and tears it down; the order rotates from round to roun
             --host-record for local1, --server=10.61.0.2, --no-resolv, --no-hosts,
             --cache-size=10000, --dhcp-lease-max = pool size (vswitch's default max_leases) and
             --no-ping (vswitch does not probe an address with ICMP before offering it)
-  vswitch   ``vswitch run``: its gateway 10.60.0.1 and an ``attach`` port on the root end
+  vswitch   ``vswitch run``: its gateway 10.60.0.1 and an ``attach`` port on the root end;
+            its per-client DHCP and DNS budgets off, as dnsmasq has none (one perfdhcp relay
+            MAC and one dnsperf address stand for many clients here)
 
 Metrics (each from the client namespace, each server the same tools and arguments):
   DHCP      ``perfdhcp -4 -l eth0 -r RATE -R CLIENTS -p SECONDS``: completed DORA exchanges/s.
@@ -226,9 +228,11 @@ subnet = "{SUBNET}"
 range = ["{POOL[0]}", "{POOL[1]}"]
 lease_file = "{bed.lease_file}"
 lease_time = 3600
+requests_per_second = 0
 [dns]
 domain = "{DOMAIN}"
 forwarders = ["{UPSTREAM}"]
+queries_per_second = 0
 [[dns.host]]
 name = "{LOCAL_NAME}"
 ip = "{LOCAL_IP}"

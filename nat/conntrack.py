@@ -39,9 +39,27 @@ Rule 6: no ICMP message refreshes, changes or deletes a flow (RFC 4787 REQ-12, R
 Rule 7: at most ``max_entries`` flows.  A new flow in a full table first early-drops the oldest
         flow that never saw a reply (Linux's ``early_drop``); when every flow has had replies the
         new one is refused with ICMP 3/13 (RFC 5508 REQ-8).  Existing flows never suffer.
+        Unlike Linux, the victim must be the new flow's guest's own or belong to a guest holding
+        at least as many flows (among the ``EARLY_DROP_SCAN`` oldest unreplied): a guest
+        flooding the table never makes room by evicting a lighter guest's flows, while a light
+        guest may take the room of a heavy one's unanswered attempts (Rule 9).
 Rule 8: a port forward (DNAT) is a static mapping of its ports: it admits anyone and is also the
         guest endpoint's mapping for its own outbound flows.  Removing it stops new flows through
         it; flows already open keep their entries until they expire.
+Rule 9: at most ``max_per_guest`` flows per guest address (a connlimit; IPv4 and IPv6
+        addresses each have their own): a flow counts for the guest that opened it (snat,
+        hairpin).  A flow opened from outside (dnat) counts for nobody: else whoever floods a
+        guest's forward, another guest through the host included, would spend that guest's
+        quota and cut it off; such flows are bounded by Rule 7, whose early drop takes them
+        first when they go unanswered (they weigh as much as any guest).  A new flow over the
+        quota is refused with the answer a full table gets (ICMP 3/13; ICMPv6 1/1 through
+        ``nat.translate6``), counted ``drop:guest-quota``, unless it can take the place of one
+        of the guest's own unreplied flows (Rule 7's early drop, among its own flows only):
+        other guests' flows are never touched for it.  ``[nat] max_per_guest`` defaults to a
+        quarter of ``max_entries`` (``vswitch.config``): one guest can never take the table
+        from the others, and at the default size (65536) it is above what one guest's ports
+        can hold toward one destination (Linux's 28232 ephemeral ports), so no ordinary guest
+        meets it.
 
 Memory: an entry is a slotted object whose two keys are the table keys themselves, plus a heap
 timer; a mapping is shared by its flows.  A flow with a mapping of its own, counters past the
@@ -66,6 +84,7 @@ from nat.fragments import Fragments
 from nat.mappings import Mapping, Mappings
 from nat.verdicts import (
     FILTERED,
+    GUEST_QUOTA,
     NO_MAPPING,
     NOT_SYN,
     PORTS_EXHAUSTED,
@@ -99,6 +118,9 @@ _KIND_NAMES: Final = ("snat", "dnat", "hairpin")
 
 #: A dead entry's timer: no heap item has this time, so every item left for it is stale.
 _DEAD: Final = -math.inf
+#: How many of the oldest unreplied flows Rule 7 looks at for a victim (Linux looks at a
+#: bounded number of entries too: NF_CT_EVICTION_RANGE).
+EARLY_DROP_SCAN: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +214,9 @@ class Entry:
 class Conntrack:
     def __init__(self, external_ip: bytes, port_range: tuple[int, int] = (1024, 65535),
                  timeouts: Timeouts = Timeouts(), max_entries: int = 262144,
-                 filtering: Filtering = "address-dependent") -> None:
+                 filtering: Filtering = "address-dependent",
+                 max_per_guest: int | None = None) -> None:
+        """``max_per_guest``: Rule 9's quota (None: none but ``max_entries``)."""
         if len(external_ip) not in (4, 16):
             raise ValueError("external_ip must be 4 or 16 bytes")
         if not 1 <= port_range[0] <= port_range[1] <= 65535:
@@ -205,6 +229,11 @@ class Conntrack:
         self.port_range = port_range
         self.timeouts = timeouts
         self.max_entries = max_entries
+        self.max_per_guest = max_entries if max_per_guest is None else max_per_guest
+        if self.max_per_guest < 1:
+            raise ValueError("max_per_guest must be >= 1")
+        #: Flows per guest address (Rule 9); a guest with none has no key.
+        self.per_guest: dict[bytes, int] = {}
         self.filtering = filtering
         self.stats: Counter[str] = Counter()
         self.fragments = Fragments(timeouts.fragments)
@@ -241,7 +270,7 @@ class Conntrack:
         1. A known flow, either direction: count it, track TCP, refresh (the per-packet path).
         2. Only a SYN opens a TCP flow.
         3. To the external address: hairpin (Rule 4), to the mapping that owns ``dport``.
-        4. Make room (Rule 7).
+        4. The sender's quota (Rule 9); make room (Rule 7).
         5. Find or make the sender's mapping (Rule 2).
         6. Track the new flow under both tuples.
         """
@@ -261,7 +290,7 @@ class Conntrack:
         if hairpin and (proto in _ECHO or dport not in by_port):
             return self._drop(NO_MAPPING)
         # 4.
-        refused = self._make_room()
+        refused = self._make_room(src)
         if refused is not None:
             return refused
         target = by_port.get(dport) if hairpin else None
@@ -287,7 +316,7 @@ class Conntrack:
         2. Only a TCP SYN or a UDP datagram opens a flow from outside (Rule 3).
         3. The mapping that owns ``dport``: a forward's or a guest's.
         4. Filtering (Rule 3).
-        5. Make room (Rule 7).
+        5. Make room (Rule 7; such a flow counts for no guest, Rule 9).
         6. Track the new flow: its reply tuple is the guest answering ``src``.
         """
         key = (proto, src, sport, dst, dport)
@@ -309,7 +338,7 @@ class Conntrack:
         if not mapping.static and self._address_dependent and not mapping.has_flow_to(src):
             return self._drop(FILTERED)
         # 5.
-        refused = self._make_room()
+        refused = self._make_room(None)  # from outside: no guest's quota (Rule 9)
         if refused is not None:
             return refused
         if by_port.get(dport) is not mapping:  # its last flow was just early-dropped
@@ -325,14 +354,16 @@ class Conntrack:
             return None
         return entry.reply if key == entry.original else entry.original
 
-    def room(self) -> str:
-        """What a new flow would find (Rule 7), changing nothing: "free", "early-drop" (the
-        oldest unreplied flow would make room) or "full"."""
-        if self._count < self.max_entries:
+    def room(self, guest: bytes | None = None) -> str:
+        """What a new flow (of ``guest``) would find (Rules 7 and 9), changing nothing: "free",
+        "over-quota" (the guest holds its quota), "early-drop" (an unreplied flow would make
+        room) or "full"."""
+        at_quota = guest is not None and self.per_guest.get(guest, 0) >= self.max_per_guest
+        if not at_quota and self._count < self.max_entries:
             return "free"
-        if any(e.timer != _DEAD and not e.packets_reply for e in self._unreplied):
+        if self._victim(guest, at_quota) is not None:
             return "early-drop"
-        return "full"
+        return "over-quota" if at_quota and self.max_per_guest < self.max_entries else "full"
 
     def _seen(self, entry: Entry, key: FlowKey, tcp_flags: int, size: int,
               now: float) -> Translation:
@@ -381,18 +412,39 @@ class Conntrack:
 
     # --- making and removing flows -----------------------------------------------------------
 
-    def _make_room(self) -> Drop | None:
-        """Rule 7: below the limit, nothing to do; else early-drop the oldest unreplied flow."""
-        if self._count < self.max_entries:
+    def _make_room(self, guest: bytes | None) -> Drop | None:
+        """Rules 7 and 9: below the limit and the guest's quota, nothing to do; else early-drop
+        the oldest unreplied flow that ``guest`` may take the place of (its own only, at its
+        quota)."""
+        at_quota = guest is not None and self.per_guest.get(guest, 0) >= self.max_per_guest
+        if not at_quota and self._count < self.max_entries:
             return None
+        victim = self._victim(guest, at_quota)
+        if victim is None:
+            quota = at_quota and self.max_per_guest < self.max_entries
+            return self._drop(GUEST_QUOTA if quota else TABLE_FULL)
+        self._delete(victim)
+        self.stats["early-drop"] += 1
+        return None
+
+    def _victim(self, guest: bytes | None, own: bool = False) -> Entry | None:
+        """Rule 7's victim for a new flow of ``guest``: among the ``EARLY_DROP_SCAN`` oldest
+        unreplied flows, the first that is ``guest``'s own or (unless ``own``) one opened from
+        outside or whose guest holds at least as many flows (replied and dead ones at the front
+        are dropped from the queue first)."""
         queue = self._unreplied
-        while queue:
-            victim = queue.popleft()
-            if victim.timer != _DEAD and not victim.packets_reply:
-                self._delete(victim)
-                self.stats["early-drop"] += 1
-                return None
-        return self._drop(TABLE_FULL)
+        while queue and (queue[0].timer == _DEAD or queue[0].packets_reply):
+            queue.popleft()
+        held = self.per_guest.get(guest, 0) if guest is not None else 0
+        for i, entry in enumerate(queue):
+            if i >= EARLY_DROP_SCAN:
+                break
+            if entry.timer == _DEAD or entry.packets_reply:
+                continue
+            owner = _guest(entry)
+            if owner == guest or not own and (owner is None or self.per_guest[owner] >= held):
+                return entry
+        return None
 
     def _create(self, kind: int, key: FlowKey, reply_key: FlowKey, mapping: Mapping,
                 size: int, now: float) -> Translation | Drop:
@@ -406,6 +458,9 @@ class Conntrack:
         table_original[original] = entry
         table_reply[reply] = entry
         mapping.flows += 1
+        guest = _guest(entry)  # Rule 9
+        if guest is not None:
+            self.per_guest[guest] = self.per_guest.get(guest, 0) + 1
         if self._address_dependent:
             mapping.count_remote(entry.remote, +1)
         self._unreplied.append(entry)
@@ -427,6 +482,13 @@ class Conntrack:
         mapping.flows -= 1
         if not mapping.flows and not mapping.static:
             self.mappings.release(mapping)
+        guest = _guest(entry)  # Rule 9
+        if guest is not None:
+            left = self.per_guest[guest] - 1
+            if left:
+                self.per_guest[guest] = left
+            else:
+                del self.per_guest[guest]
         entry.timer = _DEAD
         self._count -= 1
 
@@ -594,6 +656,11 @@ class Conntrack:
         shared: float = sum(sys.getsizeof(index) for index in indexes)
         shared += sum(sys.getsizeof(item) for item in self._timers)
         return round(own + shared / self._count)
+
+
+def _guest(entry: Entry) -> bytes | None:
+    """The guest a flow counts for (Rule 9): the one that opened it; none for a dnat flow."""
+    return None if entry.kind == DNAT else entry.original[1]
 
 
 def _plain(key: Translation) -> FlowKey:

@@ -22,8 +22,11 @@ def flow_text(proto: int, src: bytes, sport: int, dst: bytes, dport: int) -> str
     return f"{PROTO_NAMES.get(proto, proto)} {endpoint(src, sport)} > {endpoint(dst, dport)}"
 
 
-def _room(ct: Conntrack) -> Line | None:
-    room = ct.room()
+def _room(ct: Conntrack, guest: bytes | None) -> Line | None:
+    room = ct.room(guest)
+    if room == "over-quota" and guest is not None:
+        return (f"refused: {format_ip(guest)} holds its quota of {ct.max_per_guest} flows; "
+                "ICMP 3/13 sent", "conntrack Rule 9")
     if room == "full":
         return ("refused: the table is full and every flow has had replies; ICMP 3/13 sent",
                 "conntrack Rule 7")
@@ -64,7 +67,7 @@ def explain_outbound(ct: Conntrack, proto: int, src: bytes, sport: int, dst: byt
         return [(f"dropped: {what} is to the external address, port {dport} is not mapped",
                  "conntrack Rule 4")]
     lines = []
-    room = _room(ct)
+    room = _room(ct, src)
     if room is not None:  # step 4
         if room[0].startswith("refused"):
             return [room]
@@ -112,7 +115,7 @@ def explain_inbound(ct: Conntrack, proto: int, src: bytes, sport: int, dst: byte
     else:
         line = (f"new: {what} admitted by {guest}'s mapping ({ct.filtering} filtering)",
                 "conntrack Rule 3")
-    room = _room(ct)  # step 5
+    room = _room(ct, None)  # step 5: from outside, no guest's quota (Rule 9)
     if room is not None and room[0].startswith("refused"):
         return [line, room]
     return [line] if room is None else [room, line]

@@ -45,3 +45,5 @@ NOT_SYN: Final = Drop("not-syn")
 TUPLE_CLASH: Final = Drop("tuple-clash")
 TABLE_FULL: Final = Drop("table-full", (3, 13))  # RFC 5508 REQ-8, RFC 1812 5.2.7.1
 PORTS_EXHAUSTED: Final = Drop("ports-exhausted", (3, 13))
+#: A guest at its quota of flows (``nat.conntrack`` Rule 9): answered as a full table is.
+GUEST_QUOTA: Final = Drop("guest-quota", (3, 13))

@@ -146,16 +146,19 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def format_ports(rows: list[dict[str, Any]]) -> str:
-    table = [["PORT", "TYPE", "STATE", "MTU", "MACS", "RX FRAMES", "RX BYTES", "TX FRAMES",
-              "TX BYTES", "OFFLOADS", "SOFTWARE", "DROPS", "DETAIL"]]
+    table = [["PORT", "TYPE", "STATE", "MTU", "MACS", "POLICY", "RX FRAMES", "RX BYTES",
+              "TX FRAMES", "TX BYTES", "OFFLOADS", "SOFTWARE", "DROPS", "DETAIL"]]
     for r in rows:
         drops = ", ".join(f"{k}={v}" for k, v in sorted(r["drops"].items())) or "-"
         limit = f"/{r['mac_limit']}" if r.get("mac_limit") else ""
+        # switch Rules 5 and 6: isolation, and the flood limit per second
+        policy = ", ".join([*(["isolated"] if r.get("isolated") else []),
+                            *([f"storm {r['storm_limit']}/s"] if r.get("storm_limit") else [])])
         soft = r["software"]
         software = (f"gso={soft['segmented']}, csum={soft['checksummed']}"
                     if soft["segmented"] or soft["checksummed"] else "-")
         table.append([r["name"], r["type"], r["state"], str(r["mtu"]), f"{r['macs']}{limit}",
-                      str(r["rx_frames"]), str(r["rx_bytes"]), str(r["tx_frames"]),
+                      policy or "-", str(r["rx_frames"]), str(r["rx_bytes"]), str(r["tx_frames"]),
                       str(r["tx_bytes"]), ",".join(r["offloads"]) or "none", software, drops,
                       r["detail"]])
     return render(table)

@@ -37,7 +37,10 @@ PORT_KEYS: dict[str, set[str]] = {
     "stream": {"path", "mode", "connect"},
     "dgram": {"path", "peer", "mode"},
 }
-COMMON_PORT_KEYS = {"name", "type", "mtu", "mac_limit", "ra_guard"}
+COMMON_PORT_KEYS = {"name", "type", "mtu", "mac_limit", "ra_guard", "guard", "macs", "isolated",
+                    "storm_limit"}
+#: ``guard`` values (vswitch.guard): off, on (Rules 1-3), strict (Rules 1-6).
+GUARDS = (False, True, "strict")
 
 
 class ConfigError(ValueError):
@@ -60,7 +63,15 @@ class PortConfig:
     """Most FDB entries this port may hold (None: only the switch limit applies)."""
     ra_guard: bool = True
     """Drop router advertisements, redirects and DHCPv6 server messages the guest sends
-    (RFC 6105): one guest cannot become every guest's router."""
+    (RFC 6105): one guest cannot become every guest's router.  vswitch.guard Rule 3; false
+    exempts the port from that rule alone (the other guards stay as ``guard`` says)."""
+    guard: bool | str = True
+    """vswitch.guard: True (Rules 1-3: nobody speaks for the gateway, no rogue DHCP or
+    routers), "strict" (also Rules 4-6: only its MACs and their leased or static addresses),
+    False (none; ``ra_guard`` is then moot).  Default: ``[switch] guard``."""
+    macs: tuple[str, ...] = ()
+    """strict: the MACs the port may send from (lowercase colon form); empty: the first it
+    sends from."""
     owner: int | None = None
     """tap: uid allowed to open the TAP (qemu as that user needs no root); names resolved."""
     group: int | None = None
@@ -79,6 +90,12 @@ class PortConfig:
     """stream/dgram: permission bits of the socket file."""
     connect: bool = False
     """stream: connect to qemu's listening socket (server=on) instead of listening."""
+    isolated: bool = False
+    """Reach only the gateway and ports that are not isolated (libvirt's ``<port
+    isolated='yes'/>``; vswitch.switch Rule 5)."""
+    storm_limit: int | None = None
+    """Broadcast, multicast and unknown-unicast frames per second this port may flood, 0: no
+    limit (vswitch.switch Rule 6).  None: ``[switch] storm_limit``."""
 
 
 MODES = ("nat", "route", "isolated", "open")
@@ -135,6 +152,12 @@ class NetworkConfig:
     """Upstream resolvers (None: the host's /etc/resolv.conf)."""
     dns_hosts: tuple[StaticHost, ...] = ()
     """Extra names served by DNS."""
+    dhcp_requests_per_second: int = 10
+    """DHCP (and DHCPv6) messages one MAC may send per second, twice that at once; over it
+    they are dropped and counted (0: no limit)."""
+    dns_queries_per_second: int = 100
+    """DNS queries one guest address may send per second, twice that at once; over it they
+    are answered REFUSED and counted (0: no limit)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +201,8 @@ class NatConfig:
     "endpoint-independent" (anyone), RFC 4787 REQ-8."""
     max_entries: int = 262144
     """Conntrack table size."""
+    max_per_guest: int = 65536
+    """Flows one guest address may hold (a connlimit; default: a quarter of max_entries)."""
     tcp_established: int = 7440
     """Seconds (RFC 5382 REQ-5: at least 2 h 4 min)."""
     tcp_transitory: int = 240
@@ -240,8 +265,19 @@ class Config:
     """Seconds an unrefreshed FDB entry lives."""
     mac_limit: int = 8192
     """Most FDB entries in the whole switch."""
+    storm_limit: int = 1000
+    """``[switch] storm_limit``: the ports' default flood limit per second (vswitch.switch
+    Rule 6, ``STORM_LIMIT``); 0: none."""
     socket: str = ""
     """Control socket path."""
+    user: int | None = None
+    """``[switch] user``: the uid the daemon changes to once its ports and sockets are open,
+    as root (vswitch.privileges); names resolved at load.  None: it stays who it is."""
+    group: int | None = None
+    """``[switch] group``: the gid it changes to (default: the user's own group)."""
+    socket_group: int | None = None
+    """``[switch] socket_group``: the control socket's group; its members may read (show,
+    trace, capture, explain) and the socket is then mode 0660 (None: 0600)."""
     ports: tuple[PortConfig, ...] = field(default_factory=tuple)
     """The ports, in config order (port ids are 1, 2, ... in that order)."""
     network: NetworkConfig | None = None
@@ -256,6 +292,8 @@ class Config:
     """The Prometheus endpoint; None: no endpoint."""
     mirrors: tuple[MirrorConfig, ...] = ()
     """Mirror (SPAN) ports: copies of some ports' frames out of another."""
+    guard: bool | str = True
+    """``[switch] guard``: the ports' default ``guard`` (True, "strict" or False)."""
     source: str = "<embedded default>"
     """Where this config came from."""
 
@@ -302,19 +340,23 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> Config:
     _only(data, "", {"switch", "control", "port", "network", "dhcp", "dns", "uplink", "nat",
                      "forward", "metrics", "mirror"})
     switch = _table(data, "switch")
-    _only(switch, "switch.", {"name", "mac_aging", "mac_limit"})
+    _only(switch, "switch.", {"name", "mac_aging", "mac_limit", "storm_limit", "guard", "user",
+                              "group", "socket_group"})
+    user, group, socket_group = _identity(switch)
+    guard = _guard(switch, "switch.guard", True)
     name = _get(switch, "switch.name", str, "vsw0")
     if not IFNAME.match(name):
         raise ConfigError("switch.name", f"{name!r} must be 1-15 letters, digits, '.', '_' or '-'")
     aging = _number(switch, "switch.mac_aging", 300.0, 1.0, 1e6)
     mac_limit = int(_number(switch, "switch.mac_limit", 8192, 1, 10_000_000, integer=True))
+    storm_limit = _storm_limit(switch, "switch.storm_limit", 1000)
     control = _table(data, "control")
     _only(control, "control.", {"socket"})
     sock = _get(control, "control.socket", str, default_socket(name))
     raw_ports = data.get("port", [])
     if not isinstance(raw_ports, list):
         raise ConfigError("port", "must be an array of tables: write each port as [[port]]")
-    ports = tuple(_port(raw, i) for i, raw in enumerate(raw_ports))
+    ports = tuple(_port(raw, i, guard) for i, raw in enumerate(raw_ports))
     seen: dict[str, int] = {}
     for i, port in enumerate(ports):
         if port.name in seen:
@@ -334,13 +376,57 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> Config:
                      for i, raw in enumerate(_array(data, "forward")))
     metrics = _metrics(data) if "metrics" in data else None
     mirrors = _mirrors(data, [p.name for p in ports])
-    return Config(name=name, mac_aging=aging, mac_limit=mac_limit,
+    return Config(name=name, mac_aging=aging, mac_limit=mac_limit, storm_limit=storm_limit,
                   socket=sock, ports=ports,
                   network=network, uplink=uplink, nat=_nat(data), forwards=forwards,
-                  metrics=metrics, mirrors=mirrors, source=source)
+                  metrics=metrics, mirrors=mirrors, guard=guard, user=user, group=group,
+                  socket_group=socket_group, source=source)
 
 
-def _port(raw: Any, i: int) -> PortConfig:
+def _identity(switch: dict[str, Any]) -> tuple[int | None, int | None, int | None]:
+    """``[switch] user``, ``group`` and ``socket_group``, resolved to numbers; the group
+    defaults to the user's own (vswitch.privileges)."""
+    import pwd
+
+    user = _owner({"user": switch.get("user")}, "switch.user", "user")
+    group = _owner({"group": switch.get("group")}, "switch.group", "group")
+    socket_group = _owner({"group": switch.get("socket_group")}, "switch.socket_group",
+                          "group")
+    if group is not None and user is None:
+        raise ConfigError("switch.group", "needs switch.user: the group vswitch changes to "
+                          "with that user")
+    if user is not None and group is None:
+        try:
+            group = pwd.getpwuid(user).pw_gid
+        except KeyError:
+            raise ConfigError("switch.group", f"missing; user {user} has no entry in the "
+                              "user database to take its group from: name one") from None
+    return user, group, socket_group
+
+
+def _guard(table: dict[str, Any], key: str, default: bool | str) -> bool | str:
+    """``guard``: true, false or "strict" (vswitch.guard)."""
+    value = table.get(key.rsplit(".", 1)[-1], default)
+    if value not in GUARDS or (value in (0, 1) and not isinstance(value, bool)):
+        raise ConfigError(key, f"{value!r} must be true (the guards, the default), \"strict\" "
+                          "(also only its own MACs and addresses) or false (none)")
+    return value  # type: ignore[no-any-return]
+
+
+def _macs(raw: dict[str, Any], key: str, guard: bool | str) -> tuple[str, ...]:
+    """``macs``: the MACs a strict port may send from."""
+    value = raw.get("macs")
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value:
+        raise ConfigError(key, 'must be a list of MACs, e.g. macs = ["52:54:00:12:34:56"]')
+    if guard != "strict":
+        raise ConfigError(key, 'only a strict port keeps to its MACs; add guard = "strict" '
+                          "to this port (or [switch] guard = \"strict\") or remove macs")
+    return tuple(_mac(m if isinstance(m, str) else repr(m), key) for m in value)
+
+
+def _port(raw: Any, i: int, guard: bool | str = True) -> PortConfig:
     key = f"port[{i}]"
     if not isinstance(raw, dict):
         raise ConfigError(key, "must be a table: write each port as [[port]]")
@@ -361,6 +447,14 @@ def _port(raw: Any, i: int) -> PortConfig:
         limit = int(_number(raw, f"{key}.mac_limit", None, 1, 10_000_000, integer=True))
     kw: dict[str, Any] = {"name": name, "type": kind, "mtu": mtu, "mac_limit": limit,
                           "ra_guard": _get(raw, f"{key}.ra_guard", bool, True)}
+    kw["guard"] = _guard(raw, f"{key}.guard", guard)
+    kw["macs"] = _macs(raw, f"{key}.macs", kw["guard"])
+    kw["isolated"] = raw.get("isolated", False)
+    if not isinstance(kw["isolated"], bool):
+        raise ConfigError(f"{key}.isolated", f"{kw['isolated']!r} must be true (the port reaches "
+                          "only the gateway and ports that are not isolated) or false")
+    if "storm_limit" in raw:
+        kw["storm_limit"] = _storm_limit(raw, f"{key}.storm_limit", None)
     if kind == "tap":
         kw["owner"] = _owner(raw, f"{key}.owner", "owner")
         kw["group"] = _owner(raw, f"{key}.group", "group")
@@ -392,9 +486,18 @@ def _owner(raw: dict[str, Any], key: str, what: str) -> int | None:
     if not isinstance(value, str | int) or isinstance(value, bool):
         raise ConfigError(key, f"must be a {what} name or number")
     try:
-        return (resolve_user if what == "owner" else resolve_group)(value)
+        return (resolve_user if what in ("owner", "user") else resolve_group)(value)
     except KeyError:
         raise ConfigError(key, f"no such {what} {value!r} on this host") from None
+
+
+def _storm_limit(table: dict[str, Any], key: str, default: int | None) -> int:
+    """A storm limit (vswitch.switch Rule 6): whole frames per second, 0 for none."""
+    value = table.get(key.rsplit(".", 1)[-1], default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000_000:
+        raise ConfigError(key, f"{value!r} is not a storm limit; use whole frames per second "
+                          "from 1 to 10000000 (the default is 1000), or 0 for no limit")
+    return value
 
 
 def _only(table: dict[str, Any], prefix: str, allowed: set[str], hint: str = "") -> None:
@@ -460,7 +563,7 @@ def _network(data: dict[str, Any], switch_name: str) -> NetworkConfig:
 
     dhcp = _table(data, "dhcp")
     _only(dhcp, "dhcp.", {"enabled", "range", "lease_time", "lease_file", "authoritative",
-                          "max_leases", "host", "range6"})
+                          "max_leases", "host", "range6", "requests_per_second"})
     subnet6, gateway6, range6 = _ipv6(net, dhcp, switch_name)
     first, last = subnet.network_address + 2, subnet.broadcast_address - 1
     raw_range = dhcp.get("range", [str(first), str(last)])
@@ -485,7 +588,7 @@ def _network(data: dict[str, Any], switch_name: str) -> NetworkConfig:
                                 _hostname(raw, key + ".name"),
                                 _address6(raw, key + ".ip6", subnet6)))
     dns = _table(data, "dns")
-    _only(dns, "dns.", {"enabled", "domain", "forwarders", "host"})
+    _only(dns, "dns.", {"enabled", "domain", "forwarders", "host", "queries_per_second"})
     domain = _get(dns, "dns.domain", str, "vsw.internal").strip(".").lower()
     if not DOMAIN.match(domain):
         raise ConfigError("dns.domain", f"{domain!r} is not a DNS domain name")
@@ -510,7 +613,11 @@ def _network(data: dict[str, Any], switch_name: str) -> NetworkConfig:
         max_leases=int(_number(dhcp, "dhcp.max_leases", 0, 0, 10**6, integer=True)),
         dhcp_hosts=tuple(hosts), dns=_get(dns, "dns.enabled", bool, True), domain=domain,
         forwarders=forwarders, dns_hosts=tuple(dns_hosts), subnet6=subnet6, gateway6=gateway6,
-        dhcp_range6=range6)
+        dhcp_range6=range6,
+        dhcp_requests_per_second=int(_number(dhcp, "dhcp.requests_per_second", 10, 0, 100000,
+                                             integer=True)),
+        dns_queries_per_second=int(_number(dns, "dns.queries_per_second", 100, 0, 100000,
+                                           integer=True)))
 
 
 def ula_prefix(switch_name: str) -> IPv6Network:
@@ -778,7 +885,7 @@ def _uplink_address6(up: dict[str, Any], network: NetworkConfig) -> dict[str, An
 def _nat(data: dict[str, Any]) -> NatConfig:
     nat = _table(data, "nat")
     timeouts = ("tcp_established", "tcp_transitory", "udp", "icmp", "fragments")
-    _only(nat, "nat.", {"port_range", "filtering", "max_entries", *timeouts})
+    _only(nat, "nat.", {"port_range", "filtering", "max_entries", "max_per_guest", *timeouts})
     ports = nat.get("port_range", [1024, 65535])
     if (not isinstance(ports, list) or len(ports) != 2
             or not all(isinstance(p, int) and not isinstance(p, bool) for p in ports)
@@ -797,9 +904,14 @@ def _nat(data: dict[str, Any]) -> NatConfig:
                           "REQ-5)")
     if values["udp"] < 120:
         raise ConfigError("nat.udp", "must be at least 120 (RFC 4787 REQ-5)")
+    max_entries = int(_number(nat, "nat.max_entries", 262144, 16, 10**8, integer=True))
+    max_per_guest = int(_number(nat, "nat.max_per_guest", max_entries // 4, 1, 10**8,
+                                integer=True))
+    if max_per_guest > max_entries:
+        raise ConfigError("nat.max_per_guest", f"{max_per_guest} is above nat.max_entries "
+                          f"({max_entries}); use at most {max_entries}, or raise max_entries")
     return NatConfig(port_range=(ports[0], ports[1]), filtering=filtering,
-                     max_entries=int(_number(nat, "nat.max_entries", 262144, 16, 10**8,
-                                             integer=True)), **values)
+                     max_entries=max_entries, max_per_guest=max_per_guest, **values)
 
 
 def _forward(raw: dict[str, Any], i: int, network: NetworkConfig | None,

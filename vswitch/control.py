@@ -1,7 +1,18 @@
-"""The control socket: JSON lines over a unix socket (mode 0600), and its client.
+"""The control socket: JSON lines over a unix socket, and its client.
 
 Request:  {"cmd": "show", "what": "ports"}            one JSON object per line
 Reply:    {"ok": true, "result": ...} or {"ok": false, "error": "..."}
+
+Who may ask what (``allowed``, from the peer's ``SO_PEERCRED`` and ``SO_PEERGROUPS``, read
+once per connection):
+
+Rule 1: requests that only read (READ_ONLY: ``show``, ``trace``, ``capture``, ``explain``,
+        ``ping``; ``top`` polls ``show``) need root, the daemon's user (its owner), or
+        membership in the socket's group (``[switch] socket_group``).
+Rule 2: every other request changes the switch (``forward add|del|remove``, and any command
+        added later unless it is put in READ_ONLY) and needs root or the owner.
+Rule 3: the socket file is the owner's, mode 0600; with a socket group it is that group's,
+        mode 0660.  The file mode keeps others out; the credentials check says why.
 
 The server side is control plane (asyncio streams are fine here); the datapath never waits on it.
 """
@@ -13,12 +24,70 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterator
+import struct
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
 Handler = Callable[[dict[str, Any]], Any]
 MAX_REQUEST = 65536
+#: Rule 1: the requests that only read.
+READ_ONLY = frozenset({"show", "trace", "capture", "explain", "ping"})
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+
+
+def allowed(uid: int, gids: Collection[int], cmd: str, owner: int,
+            group: int | None) -> tuple[bool, str]:
+    """Rules 1-2: whether a peer with ``uid`` and groups ``gids`` may send ``cmd`` to a
+    daemon run by ``owner`` whose socket belongs to ``group``; and why not."""
+    if uid in (0, owner):
+        return True, ""
+    if cmd in READ_ONLY:
+        if group is not None and group in gids:
+            return True, ""
+        return False, (f"{cmd!r} needs root, the daemon's user ({_user(owner)}) or the group "
+                       + (f"{_group(group)} (the control socket's)" if group is not None else
+                          "set as [switch] socket_group (none is)")
+                       + f"; you are {_user(uid)}")
+    return False, (f"{cmd!r} changes the switch: it needs root or the daemon's user "
+                   f"({_user(owner)}); you are {_user(uid)}")
+
+
+def _user(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} ({uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _group(gid: int) -> str:
+    import grp
+
+    try:
+        return f"{grp.getgrgid(gid).gr_name} ({gid})"
+    except KeyError:
+        return f"gid {gid}"
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, frozenset[int]]:
+    """The peer's uid and groups (its gid and supplementary groups) as the kernel saw them
+    when it connected (``SO_PEERCRED``, ``SO_PEERGROUPS``)."""
+    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET,
+                                                        socket.SO_PEERCRED, 12))
+    groups: tuple[int, ...] = ()
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)  # Python's limit
+        groups = struct.unpack(f"{len(raw) // 4}I", raw[:len(raw) // 4 * 4])
+    except OSError:  # more than 256 groups (or an old kernel): the peer's status, if it is
+        try:  # still there, else its primary group alone
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("Groups:"):
+                    groups = tuple(int(g) for g in line.split()[1:])
+        except (OSError, ValueError):
+            pass
+    return uid, frozenset((gid, *groups))
 
 
 class ControlError(Exception):
@@ -64,9 +133,14 @@ class Stream:
 
 
 class ControlServer:
-    def __init__(self, path: str, handlers: dict[str, Handler]) -> None:
+    def __init__(self, path: str, handlers: dict[str, Handler], owner: int | None = None,
+                 group: int | None = None) -> None:
+        """``owner``: the daemon's user (default: who runs it now; the user it will change
+        to, when it drops root); ``group``: the socket's group (Rules 1-3)."""
         self.path = path
         self.handlers = handlers
+        self.owner = os.geteuid() if owner is None else owner
+        self.group = group
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -79,11 +153,23 @@ class ControlServer:
                                                           limit=MAX_REQUEST)
         finally:
             os.umask(old)
+        try:
+            if os.geteuid() == 0:  # Rule 3: the owner's (the user root changes to), group's
+                os.chown(self.path, self.owner, -1 if self.group is None else self.group)
+            elif self.group is not None:
+                os.chown(self.path, -1, self.group)  # a group its user must be in
+        except PermissionError:
+            self.close()
+            raise SystemExit(f"vswitch: switch.socket_group: {_group(self.group or 0)} is not "
+                             f"a group of {_user(os.geteuid())}, which runs vswitch") from None
+        if self.group is not None:
+            os.chmod(self.path, 0o660)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            uid, gids = peer_credentials(writer.get_extra_info("socket"))
             while line := await reader.readline():
-                reply = self.handle_line(line)
+                reply = self.handle_line(line, uid, gids)
                 stream = reply.get("result")
                 if isinstance(stream, Stream):
                     writer.write(json.dumps({"ok": True, "result": stream.header}).encode()
@@ -99,15 +185,23 @@ class ControlServer:
         finally:
             writer.close()
 
-    def handle_line(self, line: bytes) -> dict[str, Any]:
+    def handle_line(self, line: bytes, uid: int = 0,
+                    gids: Collection[int] = ()) -> dict[str, Any]:
+        """One request from a peer with ``uid`` and groups ``gids`` (Rules 1-2)."""
         try:
-            request = json.loads(line)
+            try:
+                request = json.loads(line)
+            except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested too deep
+                raise ControlError(str(exc)) from None  # the client's error, not an internal one
             if not isinstance(request, dict):
                 raise ControlError("a request is a JSON object")
             handler = self.handlers.get(str(request.get("cmd")))
             if handler is None:
                 raise ControlError(f"unknown command {request.get('cmd')!r}; known: "
                                    + ", ".join(sorted(self.handlers)))
+            ok, why = allowed(uid, gids, str(request["cmd"]), self.owner, self.group)
+            if not ok:
+                raise ControlError(f"permission denied: {why}")
             return {"ok": True, "result": handler(request)}
         except (ControlError, json.JSONDecodeError) as exc:
             return {"ok": False, "error": str(exc)}
@@ -119,7 +213,22 @@ class ControlServer:
         if self.server is not None:
             self.server.close()
             self.server = None
-        Path(self.path).unlink(missing_ok=True)
+        try:
+            Path(self.path).unlink(missing_ok=True)
+        except PermissionError:  # root's directory, and the daemon dropped root: the next
+            pass  # start removes it (an unanswered socket reads as "no vswitch is listening")
+
+
+def _who_may(path: str) -> str:
+    """Who the socket file (Rule 3) lets in, in words, for a refused connect."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "its directory is closed to you"
+    if st.st_mode & 0o060 == 0o060:
+        return (f"it needs root, the daemon's user ({_user(st.st_uid)}) or the group "
+                f"{_group(st.st_gid)}")
+    return f"it needs root or the daemon's user ({_user(st.st_uid)})"
 
 
 def _send(sock: socket.socket, path: str, cmd: str, args: dict[str, Any]) -> None:
@@ -129,6 +238,9 @@ def _send(sock: socket.socket, path: str, cmd: str, args: dict[str, Any]) -> Non
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         raise ControlError(f"no vswitch is listening on {path} ({exc.strerror}); "
                            "start one with `vswitch run`, or pass --socket") from exc
+    except PermissionError as exc:
+        raise ControlError(f"permission denied on {path}: {_who_may(path)}; you are "
+                           f"{_user(os.geteuid())}") from exc
     sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
 
 

@@ -28,10 +28,11 @@ from nat.uplink6 import StaticAddress6, UplinkStation6
 from nat.uplinks import RawNat, Uplink
 from vswitch.config import Config, PortConfig
 from vswitch.control import ControlError, ControlServer
-from vswitch.dhcp_service import DhcpService, dhcp6_config, dhcp_config, ip_text
+from vswitch.dhcp_service import V6_LEASES, DhcpService, dhcp6_config, dhcp_config, ip_text
 from vswitch.dns_service import DnsService, host_resolvers, ipv6_names
 from vswitch.events import MacAged, MacEvicted, MacFlapping, MacMoved
 from vswitch.fdb import Event, ForwardingTable
+from vswitch.guard import Guard
 from vswitch.observe import Mirror, Watch
 from vswitch.ports.attach import AttachPort
 from vswitch.ports.base import Port
@@ -41,9 +42,10 @@ from vswitch.ports.router import RouterPort
 from vswitch.ports.stream import StreamPort
 from vswitch.ports.tap import TapPort
 from vswitch.ports.uplink import RawUplink
+from vswitch.privileges import drop_privileges
 from vswitch.switch import Switch
 from vswitch.watching import Watching
-from wire.ipv6 import Ipv6, routers_only, shifted
+from wire.ipv6 import Ipv6, shifted
 from wire.packets import format_ip, format_mac, qemu_mac
 from wire.vnet import NO_OFFLOAD, VNET_HDR_LEN
 
@@ -100,7 +102,7 @@ def build_conntrack(config: Config, external: bytes) -> Conntrack:
     conntrack = Conntrack(external, n.port_range,
                           Timeouts(n.tcp_established, n.tcp_transitory, n.udp, n.icmp,
                                    n.fragments),
-                          n.max_entries, n.filtering)
+                          n.max_entries, n.filtering, max_per_guest=n.max_per_guest)
     for f in config.forwards:
         if len(f.to_ip.packed) == len(external):  # IPv4 forwards here, IPv6 ones in NAT66's
             conntrack.add_forward(PROTOS[f.proto], range(f.ports[0], f.ports[1] + 1),
@@ -157,6 +159,42 @@ def build_gateway(config: Config) -> Gateway:
     return gateway
 
 
+def build_guard(config: Config, router_port: RouterPort | None, first_port: int) -> Guard:
+    """The port guards: the gateway's addresses (Rule 1), DHCP served (Rule 2), each guest
+    port's setting (Rules 3-4) and the static hosts' bindings (Rules 5-6).  Leases are bound
+    as they change (``Daemon._leases_changed``)."""
+    net = config.network
+    if router_port is None or net is None:
+        guard = Guard(b"", frozenset())
+    else:
+        gateway = router_port.gateway
+        v6 = gateway.v6
+        guard = Guard(gateway.mac, frozenset({gateway.ip, *gateway.aliases}),
+                      frozenset(v6.addresses) if v6 is not None else frozenset(),
+                      dhcp4=net.dhcp,
+                      subnet6=None if net.subnet6 is None
+                      else (net.subnet6.network_address.packed, net.subnet6.prefixlen))
+        if v6 is not None:
+            neighbours = v6.neighbours
+
+            def heard(address: bytes) -> bytes | None:
+                entry = neighbours.get(address)
+                return entry[0] if entry is not None else None
+
+            guard.heard = heard
+        for host in net.dhcp_hosts:
+            if host.mac:
+                mac = bytes.fromhex(host.mac.replace(":", ""))
+                guard.bind_static(host.ip.packed, mac)
+                if host.ip6 is not None:
+                    guard.bind_static(host.ip6.packed, mac)
+    for i, pc in enumerate(config.ports):
+        if pc.guard is not False:
+            guard.add_port(first_port + i, strict=pc.guard == "strict", ra_guard=pc.ra_guard,
+                           macs=tuple(bytes.fromhex(m.replace(":", "")) for m in pc.macs))
+    return guard
+
+
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -191,16 +229,18 @@ class Daemon:
                 if config.uplink.dhcp:
                     self.uplink_port.lease_by_dhcp(DhcpClient(uplink_mac(config), config.name),
                                               self._uplink_lease)
-        #: Ports whose router advertisements and DHCPv6 server messages are dropped (RFC 6105).
-        self._guarded = frozenset(len(self.ports) + i for i, pc in enumerate(config.ports)
-                                  if pc.ra_guard)
+        #: The port guards (vswitch.guard) and the ports they check.
+        self.guard = build_guard(config, self.router_port, len(self.ports))
+        self._guarded = frozenset(self.guard.ports)
         #: Mirror targets: ports taken out of switching, that only send copies (observe).
         self._mirror_targets = {m.to for m in config.mirrors}
         for pc in config.ports:
             port = make_port(len(self.ports), pc)
             self.ports.append(port)
             if pc.name not in self._mirror_targets:
-                self.switch.add_port(port.id, mtu=pc.mtu, up=False)
+                self.switch.add_port(port.id, mtu=pc.mtu, up=False, isolated=pc.isolated,
+                                     storm_limit=config.storm_limit if pc.storm_limit is None
+                                     else pc.storm_limit)
             self.fdb.set_port_limit(port.id, pc.mac_limit)
         self.control = ControlServer(config.socket, {
             "show": self._show,
@@ -209,9 +249,9 @@ class Daemon:
             "capture": lambda r: self.watching.capture(r),
             "explain": lambda r: self.watching.explain(r),
             "ping": lambda _: "pong",
-        })
+        }, owner=config.user, group=config.socket_group)
         self.watch = Watch(self.switch, self.ports, self.router_port, self._name,
-                           self._guarded)
+                           self._guarded, self.guard)
         ids = {p.name: p.id for p in self.ports if p is not None}
         self.watch.mirrors = [Mirror(frozenset(ids[n] for n in m.sources), ids[m.to],
                                      m.direction != "tx", m.direction != "rx")
@@ -232,18 +272,20 @@ class Daemon:
     # -- datapath -------------------------------------------------------------------------------
 
     def _make_deliver(self) -> Any:
-        """The delivery closure: the RA guard on guarded ports' IPv6 frames (one two-byte
-        compare for every other frame), then the switch."""
+        """The delivery closure: the guards on guarded ports' frames (vswitch.guard Rule 7:
+        a few byte compares for data), then the switch."""
         receive = self.switch.receive
         ports = self.ports
         guarded = self._guarded
+        check = self.guard.check
         drops = self.switch.drops
 
         def deliver(packet: bytes, port_id: int, now: float) -> None:
-            if packet[22:24] == b"\x86\xdd" and port_id in guarded \
-                    and routers_only(packet, 10):
-                drops[port_id]["ra-guard"] += 1
-                return
+            if port_id in guarded:
+                reason = check(packet, port_id)
+                if reason is not None:
+                    drops[port_id][reason] += 1
+                    return
             for out in receive(packet, port_id, now):
                 ports[out].send(packet)  # type: ignore[union-attr]
 
@@ -273,6 +315,8 @@ class Daemon:
     def _on_port_state(self, port: Port, up: bool) -> None:
         if port.name not in self._mirror_targets:  # a mirror target is not switched
             self.switch.set_up(port.id, up)
+        if not up:
+            self.guard.link_down(port.id)  # guard Rule 4: the next guest may have another MAC
         log.info("port %s (%s) %s: %s", port.name, port.kind, "up" if up else "down",
                  port.detail())
 
@@ -478,6 +522,8 @@ class Daemon:
         row["drops"] = dict(drops)
         row["macs"] = self.fdb.count(port.id)
         row["mac_limit"] = port.mac_limit
+        row["isolated"] = self.switch.is_isolated(port.id)  # switch Rules 5 and 6
+        row["storm_limit"] = self.switch.storm_limit(port.id)
         return row
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -516,6 +562,9 @@ class Daemon:
                          "the lease's router" if up.dhcp else up.gateway, net.mode)
             await self.control.start()
             await self._start_metrics()
+            # Everything is open: root is no longer needed ([switch] user, vswitch.privileges)
+            drop_privileges(self.config, [p.name for p in opened
+                                          if isinstance(p, TapPort) and p.created])
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.loop.add_signal_handler(sig, self._stop.set)
             self.loop.call_later(TICK, self._tick)
@@ -567,7 +616,8 @@ class Daemon:
             tcp_transitory=n.tcp_transitory, fragment_timeout=n.fragments,
             buffer_budget=up.buffer_mib << 20,
             gateway6=self.router_port.gateway.v6.address
-            if self.router_port.gateway.v6 is not None else None)
+            if self.router_port.gateway.v6 is not None else None,
+            max_per_guest=n.max_per_guest)
         router.egress = self.egress  # the egress needs the loop, the router exists before it
         if self.egress.v6 is not None and router6 is not None:
             router6.egress = egress6 = self.egress.v6
@@ -596,9 +646,13 @@ class Daemon:
             return
         if net.dhcp:
             self.dhcp = DhcpService(dhcp_config(net), Path(net.lease_file), self.router_port,
-                                    self.loop, dhcp6_config(net, self.router_port.gateway.mac))
+                                    self.loop, dhcp6_config(net, self.router_port.gateway.mac),
+                                    requests_per_second=net.dhcp_requests_per_second)
             log.info("DHCP on %s: %s-%s, lease file %s", net.gateway, *net.dhcp_range,
                      net.lease_file)
+            self.dhcp.on_leases = self._leases_changed
+            six = self.dhcp.server6.leases() if self.dhcp.server6 is not None else []
+            self._leases_changed({lease.ip for lease in (*self.dhcp.server.leases(), *six)})
         if net.dns:
             upstreams = net.forwarders if net.forwarders is not None else host_resolvers()
             static = {h.name: str(h.ip) for h in (*net.dns_hosts, *net.dhcp_hosts) if h.name}
@@ -613,11 +667,19 @@ class Daemon:
                                      hosts6=lambda: ipv6_names(net, self.router_port, self.dhcp),
                                      subnet6=net.subnet6)
             self.dns = DnsService(responder, self.router_port, self.loop,
-                                  frozenset(n.lower() for n in static))
+                                  frozenset(n.lower() for n in static),
+                                  queries_per_second=net.dns_queries_per_second)
             if dhcp is not None:
                 dhcp.on_change = responder.hosts_changed
             log.info("DNS on %s: domain %s, forwarding to %s", net.gateway, net.domain,
                      ", ".join(f"{h}:{p}" for h, p in upstreams) or "nobody")
+
+    def _leases_changed(self, addresses: set[int]) -> None:
+        """Leases came, changed or went: the strict guards follow (guard Rules 5-6)."""
+        dhcp, bind = self.dhcp, self.guard.bind
+        assert dhcp is not None
+        for ip in addresses:
+            bind(ip.to_bytes(16 if ip >= V6_LEASES else 4, "big"), dhcp.bound(ip))
 
     async def _start_metrics(self) -> None:
         """The Prometheus endpoint ([metrics]): an HTTP server on this loop, so a scrape reads

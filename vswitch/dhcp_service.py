@@ -5,6 +5,11 @@ timers are converted to the loop's clock when armed.  Lease changes are appended
 journal once per loop iteration (``dhcp.leases`` Rule 4), and the journal is compacted by an
 atomic rewrite when it has grown to twice the live leases: rewriting the whole file for every
 change cost most of the DHCP time once thousands of leases existed (bench/services.py).
+
+Each MAC may send ``requests_per_second`` DHCP and DHCPv6 messages per second, twice that at
+once (``nat.ratelimit`` Rule 2, at most ``BUDGET_MACS`` remembered); what is over is dropped
+before the server sees it and counted ``rate_limited``, so one guest flooding the server
+neither fills the journal's write queue nor delays another guest's lease (issue 13).
 """
 
 from __future__ import annotations
@@ -34,12 +39,15 @@ from dhcp.leases import (
     save_leases,
 )
 from dhcp.server import SERVER_PORT, DhcpConfig, DhcpServer, StaticHost
+from nat.ratelimit import KeyedBuckets
 from vswitch.config import NetworkConfig
 from vswitch.ports.router import RouterPort
 from wire.errors import MalformedPacket
 from wire.packets import PROTO_UDP, format_mac
 
 log = logging.getLogger("vswitch.dhcp")
+#: MACs whose DHCP budgets are remembered (the least recently heard forgotten first).
+BUDGET_MACS = 4096
 
 
 def ip_text(value: int) -> str:
@@ -91,7 +99,13 @@ def load_or_quarantine(path: Path, now: float) -> list[Any]:
 
 class DhcpService:
     def __init__(self, config: DhcpConfig, lease_file: Path, router: RouterPort,
-                 loop: asyncio.AbstractEventLoop, config6: Dhcp6Config | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop, config6: Dhcp6Config | None = None,
+                 requests_per_second: int = 0) -> None:
+        """``requests_per_second``: each MAC's budget (0: no limit)."""
+        #: Per-MAC budgets (the module's docstring); None: no limit.
+        self.budget: KeyedBuckets[bytes] | None = None if requests_per_second <= 0 else \
+            KeyedBuckets(requests_per_second, 2 * requests_per_second, BUDGET_MACS)
+        self.rate_limited = 0
         self.lease_file = lease_file
         lease_file.parent.mkdir(parents=True, exist_ok=True)
         leases = load_or_quarantine(lease_file, time.time())
@@ -107,6 +121,9 @@ class DhcpService:
         self.malformed = 0
         #: Called when leases (and so the DNS names) change; the daemon points it at DNS.
         self.on_change: Callable[[], None] | None = None
+        #: Called with the addresses whose leases changed; the daemon binds them for the port
+        #: guards (vswitch.guard Rules 5-6: DHCP snooping from the server's own table).
+        self.on_leases: Callable[[set[int]], None] | None = None
         self._save_pending = False
         self._timer: asyncio.TimerHandle | None = None
         self.prefix6 = config6.prefix_len if config6 is not None else 0
@@ -117,8 +134,16 @@ class DhcpService:
             lambda mac, ip, payload: explain_dhcp(self.server, payload, mac, ip, time.time()))
         self._rearm()
 
+    def _over_budget(self, mac: bytes, now: float) -> bool:
+        if self.budget is None or self.budget.take(mac, now):
+            return False
+        self.rate_limited += 1
+        return True
+
     def udp(self, mac: bytes, ip: bytes, port: int, dst: bytes, payload: bytes,
             now: float) -> list[bytes]:
+        if self._over_budget(mac, now):
+            return []
         try:
             replies = self.server.handle(payload, mac, ip, time.time())
         except MalformedPacket:
@@ -135,6 +160,8 @@ class DhcpService:
         (RFC 8415 18.3.10)."""
         server6, v6 = self.server6, self.router.gateway.v6
         assert server6 is not None and v6 is not None
+        if self._over_budget(mac, now):
+            return []
         reply = server6.handle(payload, mac, time.time())
         changed = server6.dirty.copy()
         server6.dirty.clear()
@@ -153,12 +180,19 @@ class DhcpService:
         if not addresses:
             return
         self._dirty.update(addresses)
+        if self.on_leases is not None:
+            self.on_leases(addresses)
         if self.on_change is not None:
             self.on_change()
         if not self._save_pending:
             self._save_pending = True
             self.loop.call_soon(self._save)
         self._rearm()
+
+    def bound(self, ip: int) -> bytes | None:
+        """The MAC holding ``ip`` (IPv4, or IPv6 from ``V6_LEASES`` up) in a BOUND lease."""
+        lease = self._table(ip).by_ip(ip)
+        return lease.mac if lease is not None and lease.state is LeaseState.BOUND else None
 
     def _saved(self) -> list[Any]:
         """The leases the journal keeps, both families."""
@@ -248,7 +282,8 @@ class DhcpService:
             f"v6-{k}": v for k, v in self.server6.counters.items()} | {
             "leases6": len(self.server6.leases())}
         return dict(self.server.counters) | {"malformed": self.malformed,
-                                             "leases": len(self.server.leases())} | six
+                                             "leases": len(self.server.leases()),
+                                             "rate_limited": self.rate_limited} | six
 
     def close(self) -> None:
         if self._timer is not None:

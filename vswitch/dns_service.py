@@ -5,6 +5,12 @@ Per Rule 3 of ``dhcp.dns``: each forwarded query leaves from a fresh socket on a
 (the kernel's choice, bind to port 0), reported back with ``sent_from``; ``Release`` closes it.
 Guest-side TCP runs on ``nat.tcp_server``; upstream TCP (for queries that came over TCP) uses
 asyncio streams: rare, and control-plane speed is plenty for it.
+
+Each guest address may ask ``queries_per_second`` queries per second, twice that at once, over
+UDP and TCP together (``nat.ratelimit`` Rule 2, at most ``BUDGET_GUESTS`` remembered); a query
+over it never reaches the responder and is answered REFUSED (RFC 1035 4.1.1, rcode 5) with its
+question, so the guest's resolver gives up at once instead of retrying into the flood; counted
+``rate_limited`` (issue 13: one guest cannot take the DNS server from the others).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import struct
 from dataclasses import asdict
 from ipaddress import IPv6Address
 from pathlib import Path
@@ -20,8 +27,15 @@ from typing import Any
 
 from dhcp.dns import DnsResponder
 from dhcp.dns_actions import Answer, Forward, Release
-from dhcp.dnsmsg import TcpFramer, encode_tcp_frame
+from dhcp.dnsmsg import (
+    HEADER_SIZE,
+    RCODE_REFUSED,
+    TcpFramer,
+    encode_tcp_frame,
+    header_only_response,
+)
 from dhcp.explain import explain_dns
+from nat.ratelimit import KeyedBuckets
 from nat.tcp_server import Key, TcpServer
 from vswitch.config import NetworkConfig
 from vswitch.ports.router import RouterPort
@@ -30,12 +44,42 @@ from wire.packets import PROTO_UDP
 
 log = logging.getLogger("vswitch.dns")
 DNS_PORT = 53
+#: Guest addresses whose DNS budgets are remembered (the least recently heard forgotten first).
+BUDGET_GUESTS = 4096
+
+
+def refused(query: bytes) -> bytes | None:
+    """REFUSED for ``query``: its ID, opcode, RD and its one question as asked, QR set (RFC
+    1035 4.1.1; a stub resolver such as glibc's takes only an answer whose question matches);
+    the header alone when there is not exactly one plain question; None for what is no query
+    (shorter than a header, or a response: dropped, as ``dhcp.dns`` Rule 9 drops them).
+    Built from the bytes, decoding nothing: it answers a flood, so it must cost less than the
+    answer it replaces."""
+    if len(query) < HEADER_SIZE or query[2] & 0x80:
+        return None
+    end = 0
+    if query[4:6] == b"\x00\x01":  # walk the question's labels to its type and class
+        pos = HEADER_SIZE
+        while pos < len(query) and not query[pos] & 0xC0:
+            if not query[pos]:
+                end = pos + 5
+                break
+            pos += query[pos] + 1
+    if not end or end > len(query):
+        return header_only_response(query, RCODE_REFUSED)
+    flags = 0x8000 | (query[2] << 8 | query[3]) & 0x7900 | RCODE_REFUSED
+    return query[:2] + struct.pack("!HHHHH", flags, 1, 0, 0, 0) + query[HEADER_SIZE:end]
 
 
 class DnsService:
     def __init__(self, responder: DnsResponder, router: RouterPort,
-                 loop: asyncio.AbstractEventLoop, static_names: frozenset[str] = frozenset()
-                 ) -> None:
+                 loop: asyncio.AbstractEventLoop, static_names: frozenset[str] = frozenset(),
+                 queries_per_second: int = 0) -> None:
+        """``queries_per_second``: each guest address's budget (0: no limit)."""
+        #: Per-guest budgets (the module's docstring); None: no limit.
+        self.budget: KeyedBuckets[bytes] | None = None if queries_per_second <= 0 else \
+            KeyedBuckets(queries_per_second, 2 * queries_per_second, BUDGET_GUESTS)
+        self.rate_limited = 0
         self.responder = responder
         self.router = router
         self.loop = loop
@@ -55,8 +99,18 @@ class DnsService:
 
     # -- from guests ---------------------------------------------------------------------
 
+    def _over_budget(self, guest: bytes, now: float) -> bool:
+        if self.budget is None or self.budget.take(guest, now):
+            return False
+        self.rate_limited += 1
+        return True
+
     def udp(self, mac: bytes, ip: bytes, port: int, dst: bytes, payload: bytes,
             now: float) -> list[bytes]:
+        if self._over_budget(ip, now):
+            answer = refused(payload)
+            return [] if answer is None else \
+                self._answer_frames(Answer(("udp", mac, ip, port), answer, "udp"), now)
         actions = self.responder.handle_query(payload, ("udp", mac, ip, port), "udp", now)
         return self._perform(actions, now)
 
@@ -69,6 +123,10 @@ class DnsService:
             return b""
         out = b""
         for message in messages:
+            if self._over_budget(key[0], now):
+                answer = refused(message)
+                out += b"" if answer is None else encode_tcp_frame(answer)
+                continue
             actions = self.responder.handle_query(message, ("tcp", key), "tcp", now)
             immediate = [a for a in actions if isinstance(a, Answer)]
             out += b"".join(encode_tcp_frame(a.payload) for a in immediate)
@@ -182,7 +240,8 @@ class DnsService:
 
     def stats(self) -> dict[str, Any]:
         """``show dns``: the responder's counters and its cache's size."""
-        return asdict(self.responder.stats) | {"cache_entries": self.responder.cache_size_now()}
+        return asdict(self.responder.stats) | {"cache_entries": self.responder.cache_size_now(),
+                                               "rate_limited": self.rate_limited}
 
     def close(self) -> None:
         for key in list(self._sockets) + list(self._tasks):

@@ -69,6 +69,8 @@ DNS_COUNTERS: Final = {
     "timeouts": ("vswitch_dns_upstream_timeouts",
                  "Upstream attempts that got no accepted reply in time."),
     "memo_hits": ("vswitch_dns_memo_hits", "Repeat queries answered from remembered bytes."),
+    "rate_limited": ("vswitch_dns_rate_limited",
+                     "Queries over their guest's budget, answered REFUSED."),
 }
 #: ``show router`` keys that are levels, not counts: (family, help, labels).
 ROUTER_GAUGES: Final = {
@@ -81,6 +83,10 @@ ROUTER_GAUGES: Final = {
     "conntrack": ("vswitch_uplink_flows", "Flows the uplink holds (host sockets or NAT entries).",
                   {}),
     "max_flows": ("vswitch_uplink_flows_limit", "Most flows the uplink takes.", {}),
+    "max_per_guest": ("vswitch_uplink_flows_per_guest_limit",
+                      "Most flows one guest address may hold.", {}),
+    "guests_with_flows": ("vswitch_uplink_guests_with_flows",
+                          "Guest addresses holding flows.", {}),
     "tcp_buffered": ("vswitch_uplink_tcp_buffered_bytes",
                      "TCP data the host uplink's flows hold.", {}),
     "tcp_buffer_budget": ("vswitch_uplink_tcp_buffer_budget_bytes",

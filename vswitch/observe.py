@@ -27,8 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vswitch.guard import Guard, describe
 from wire.filter import compile_filter
-from wire.ipv6 import routers_only
 
 QUEUE_FRAMES = 4096
 QUEUE_BYTES = 16 << 20
@@ -94,9 +94,11 @@ class Watch:
     any is armed (Rule 1)."""
 
     def __init__(self, switch: Any, ports: list[Any], router_port: Any,
-                 name: Callable[[int], str], guarded: frozenset[int] = frozenset()) -> None:
+                 name: Callable[[int], str], guarded: frozenset[int] = frozenset(),
+                 guard: Guard | None = None) -> None:
         self.switch = switch
-        self.guarded = guarded  #: ports under the RA guard, as in the plain closure
+        self.guarded = guarded  #: ports the guards check (vswitch.guard), as the plain closure
+        self.guard = guard if guard is not None else Guard(b"", frozenset())
         self.ports = ports
         self.router_port = router_port
         self.name = name
@@ -159,7 +161,7 @@ class Watch:
         inside = captures.get(INSIDE)
         traces = [s for s in self.sessions if s.kind == "trace"]
         capture, trace, mirror = self._capture, self._trace, self._mirror
-        guarded, drops = self.guarded, self.switch.drops
+        guarded, drops, check = self.guarded, self.switch.drops, self.guard.check
 
         def deliver(packet: bytes, port_id: int, now: float) -> None:
             if port_id in mirror_targets:
@@ -171,15 +173,13 @@ class Watch:
                 capture(sessions, port_name, "rx", packet, now)
             if port_id in mirrored:
                 mirror(port_id, True, packet)
-            if packet[22:24] == b"\x86\xdd" and port_id in guarded \
-                    and routers_only(packet, 10):
-                drops[port_id]["ra-guard"] += 1
+            reason = check(packet, port_id) if port_id in guarded else None
+            if reason is not None:
+                drops[port_id][reason] += 1
                 if traces:
                     tracing = [s for s in traces if (not s.points or port_name in s.points)
                                and s.match(packet[10:])]
-                    trace(tracing, now, port_name, packet, [(
-                        "switch", "dropped: ra-guard (only the gateway may advertise a router "
-                        "or serve DHCPv6)", "RFC 6105")])
+                    trace(tracing, now, port_name, packet, [("guard", *describe(reason))])
                 return
             tracing = None
             if traces:
@@ -188,7 +188,8 @@ class Watch:
                            and s.match(frame)]
             lines: list[Decision] = []
             if tracing:
-                lines = [(rule_owner(r), t, r) for t, r in explain(packet, port_id, name)]
+                lines = [(rule_owner(r), t, r)
+                         for t, r in explain(packet, port_id, name, now)]
             outs = receive(packet, port_id, now)
             if tracing:
                 if 0 in outs and router_port is not None:

@@ -132,6 +132,12 @@ class Watching:
                 port_id = names[port]
             else:
                 raise ControlError(f"no port {port!r}; ports: {', '.join(sorted(names))}")
+            checks = self.watch.guard.explain(packet, port_id) \
+                if port_id in self.watch.guarded else []
+            if checks and checks[0][0].startswith("dropped"):  # guard: before the switch
+                results.append({"port": self._name(port_id), "frame": text,
+                                "decisions": [["guard", t, r] for t, r in checks]})
+                continue
             lines = [(rule_owner(r), t, r) for t, r in
                      self.switch.explain(packet, port_id, self._name)]
             if port_id != 0 and self.router_port is not None and reaches_gateway(lines):

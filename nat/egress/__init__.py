@@ -41,9 +41,16 @@ Rule 5: forwards.  Each ``[[forward]]`` port is a listening host socket (IPv4 or
         a UDP mapping).  How peers appear to guests: ``forwards.py``.
 Rule 6: limits.  At most ``max_flows`` host sockets (the conntrack size, and the process's file
         limit); beyond it new flows are dropped, counted and answered with ICMP 3/13 (RFC 5508
-        REQ-8), existing flows go on.  TCP flows hold at most FLOW_BUFFER bytes each way, and
-        all together about ``buffer_budget``: over it, every flow that syncs gets MIN_BUFFER
-        (its windows narrow), until the total falls below it again.
+        REQ-8), existing flows go on.  At most ``max_per_guest`` of them per guest address
+        (UDP, echo and TCP, IPv4 and IPv6 addresses apart; ``flows.GuestQuota``): a guest at
+        its quota is refused the same way (ICMPv6 1/1 for an IPv6 guest) and counted
+        ``drop-guest-quota``, other guests go on.  Flows a forward opens toward a guest count
+        for nobody: whoever floods the forward (another guest through the host, too) would
+        else spend the guest's quota and cut it off.  When the file limit makes the table
+        smaller than configured, the quota is at most a quarter of it.  TCP flows hold at most
+        FLOW_BUFFER bytes each way, and all together about ``buffer_budget``: over it, every
+        flow that syncs gets MIN_BUFFER (its windows narrow), until the total falls below it
+        again.
 """
 
 from nat.egress.frames import fragments

@@ -58,7 +58,7 @@ class EchoAdapter:
             return
         flow = self.flows.echo.get((ip.src, ident))
         if flow is None:
-            if side.full(packet):
+            if side.full(packet, ip.src):
                 return
             flow = self._open(ip.src, ident, now)
         self.flows.echo_out(flow, ip.dst, len(data), now)

@@ -15,6 +15,11 @@ Rule 2: echo.  One flow per guest (address, identifier), with the identifier it 
         ours that no other flow holds.  Replies are taken only from hosts the guest pinged.
 Rule 3: a UDP flow lives ``udp_timeout`` seconds after its last datagram either way (REQ-5);
         an echo flow ``icmp_timeout`` seconds after its last request.
+Rule 4: per-guest quota (a connlimit, ``nat.egress`` Rule 6): ``GuestQuota`` counts the flows
+        each guest address holds, UDP, echo and TCP, IPv4 and IPv6 (each address its own);
+        a table given one counts its flows there as they are added and expire.  A guest at
+        ``limit`` may open no more; the adapters refuse it as they refuse a full table.  Only
+        addresses holding flows have a key, so the count is bounded as the flows are.
 """
 
 from __future__ import annotations
@@ -52,9 +57,35 @@ class EchoFlow:
     bytes: list[int] = field(default_factory=lambda: [0, 0])
 
 
+class GuestQuota:
+    """Rule 4: at most ``limit`` flows per guest address."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        self.limit = limit
+        self.held: dict[bytes, int] = {}
+
+    def admits(self, guest: bytes) -> bool:
+        """Whether ``guest`` may open one more flow."""
+        return self.held.get(guest, 0) < self.limit
+
+    def hold(self, guest: bytes) -> None:
+        self.held[guest] = self.held.get(guest, 0) + 1
+
+    def release(self, guest: bytes) -> None:
+        left = self.held.get(guest, 0) - 1
+        if left > 0:
+            self.held[guest] = left
+        else:
+            self.held.pop(guest, None)
+
+
 class FlowTable:
     def __init__(self, udp_timeout: float = 300.0, icmp_timeout: float = 60.0,
-                 endpoint_independent: bool = False) -> None:
+                 endpoint_independent: bool = False, quota: GuestQuota | None = None) -> None:
+        """``quota``: where this table's flows are counted per guest (Rule 4)."""
+        self.quota = quota
         self.udp_timeout = udp_timeout
         self.icmp_timeout = icmp_timeout
         self.endpoint_independent = endpoint_independent
@@ -71,6 +102,8 @@ class FlowTable:
     def add_udp(self, guest_ip: bytes, guest_port: int, handle: Any, now: float) -> UdpFlow:
         flow = UdpFlow(handle, guest_ip, guest_port, now + self.udp_timeout)
         self.udp[(guest_ip, guest_port)] = flow
+        if self.quota is not None:  # Rule 4
+            self.quota.hold(guest_ip)
         return flow
 
     def udp_out(self, flow: UdpFlow, dst: bytes, dport: int, size: int, now: float) -> None:
@@ -106,6 +139,8 @@ class FlowTable:
         flow = EchoFlow(guest_ip, guest_ident, host_ident, handle, now + self.icmp_timeout)
         self.echo[(guest_ip, guest_ident)] = flow
         self.echo_by_host_ident[host_ident] = flow
+        if self.quota is not None:  # Rule 4
+            self.quota.hold(guest_ip)
         return flow
 
     def echo_out(self, flow: EchoFlow, dst: bytes, size: int, now: float) -> None:
@@ -138,6 +173,9 @@ class FlowTable:
                 del self.echo[key]
                 self.echo_by_host_ident.pop(echo.host_ident, None)
                 gone.append(echo)
+        if self.quota is not None:  # Rule 4
+            for ended in gone:
+                self.quota.release(ended.guest_ip)
         return gone
 
     def clear(self) -> list[UdpFlow | EchoFlow]:
@@ -146,4 +184,7 @@ class FlowTable:
         self.udp.clear()
         self.echo.clear()
         self.echo_by_host_ident.clear()
+        if self.quota is not None:  # Rule 4
+            for ended in gone:
+                self.quota.release(ended.guest_ip)
         return gone

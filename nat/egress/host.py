@@ -52,18 +52,20 @@ class HostEgress:
                  icmp_timeout: float = 60.0, tcp_established: float = 7440.0,
                  tcp_transitory: float = 240.0, fragment_timeout: float = 30.0,
                  buffer_budget: int = 256 << 20,
-                 gateway6: bytes | None = None) -> None:
+                 gateway6: bytes | None = None, max_per_guest: int | None = None) -> None:
         """``gateway6``: the gateway's IPv6 address when guests have IPv6: their TCP, UDP and
-        ping leave by the host's IPv6 sockets too (``nat.egress.v6``)."""
-        self.side = HostSide(loop, emit, deliver, gateway_ip, host_address, mtu, max_flows)
-        self.flows = FlowTable(udp_timeout, icmp_timeout, endpoint_independent)
+        ping leave by the host's IPv6 sockets too (``nat.egress.v6``).  ``max_per_guest``:
+        the flows one guest address may hold (Rule 6; None: no quota but ``max_flows``)."""
+        self.side = HostSide(loop, emit, deliver, gateway_ip, host_address, mtu, max_flows,
+                             max_per_guest)
+        self.flows = FlowTable(udp_timeout, icmp_timeout, endpoint_independent, self.side.quota)
         self.udp = UdpAdapter(self.side, self.flows)
         self.echo = EchoAdapter(self.side, self.flows)
         self.tcp = TcpAdapter(self.side, tcp_established, tcp_transitory, buffer_budget)
         #: IPv6 UDP and ping, with a flow table of their own (their keys are 16 bytes)
         self.v6 = None if gateway6 is None else HostEgress6(
-            self.side, gateway6, FlowTable(udp_timeout, icmp_timeout, endpoint_independent),
-            self.tcp)
+            self.side, gateway6, FlowTable(udp_timeout, icmp_timeout, endpoint_independent,
+                                           self.side.quota), self.tcp)
         self.forwarding = Forwards(self.side, self.tcp, self.udp, udp_timeout, self.v6)
         self.side.flows_in_use = lambda: len(self.flows) + len(self.tcp) + (
             len(self.v6.flows) if self.v6 is not None else 0)  # Rule 6
@@ -156,7 +158,7 @@ class HostEgress:
                     return [(f"hit: {what} leaves from the host's UDP socket :{port}",
                              "egress Rule 1")]
                 return [self._new(f"new: {what} gets a host UDP socket (the guest's port "
-                                  "if free, else one the kernel picks)", "egress Rule 1")]
+                                  "if free, else one the kernel picks)", "egress Rule 1", ip.src)]
             if ip.proto == PROTO_ICMP:
                 icmp = decode_icmp(packet, ip)
                 if icmp.type != ICMP_ECHO_REQUEST:
@@ -166,7 +168,8 @@ class HostEgress:
                     return [(f"hit: echo id {ident} from {format_ip(ip.src)} goes on by "
                              f"{self.ping_mode}", "egress Rule 2")]
                 return [self._new(f"new: echo id {ident} from {format_ip(ip.src)} to "
-                                  f"{format_ip(ip.dst)} by {self.ping_mode}", "egress Rule 2")]
+                                  f"{format_ip(ip.dst)} by {self.ping_mode}", "egress Rule 2",
+                                  ip.src)]
             if ip.proto == PROTO_TCP:
                 tcp = decode_tcp(packet, ip)
                 what = flow_text(ip.proto, ip.src, tcp.sport, ip.dst, tcp.dport)
@@ -177,15 +180,18 @@ class HostEgress:
                              "egress Rule 3")]
                 return [self._new(f"new: {what}: the host connects to "
                                   f"{endpoint(ip.dst, tcp.dport)}; the guest gets its SYN-ACK "
-                                  "once that connection is up", "egress Rule 3")]
+                                  "once that connection is up", "egress Rule 3", ip.src)]
         except MalformedPacket as exc:
             return [(f"dropped: malformed ({exc})", "egress Rule 1")]
         return [(f"{what}: protocol {ip.proto} cannot leave by host sockets; ICMP protocol "
                  "unreachable sent", "egress Rule 1")]
 
-    def _new(self, text: str, rule: str) -> Line:
+    def _new(self, text: str, rule: str, guest: bytes) -> Line:
         if not self.side.has_room():
             return ("refused: the flow table is full; ICMP 3/13 sent", "egress Rule 6")
+        if not self.side.quota.admits(guest):
+            return (f"refused: {format_ip(guest)} holds its quota of {self.side.quota.limit} "
+                    "flows; ICMP 3/13 sent", "egress Rule 6")
         return text, rule
 
     # -- forwards (Rule 5) ---------------------------------------------------------------------
@@ -215,6 +221,7 @@ class HostEgress:
             "host_address": "none" if side.host_address is None
             else socket.inet_ntoa(side.host_address),
             "flows": len(self), "max_flows": side.max_flows,
+            "max_per_guest": side.quota.limit, "guests_with_flows": len(side.quota.held),
             "tcp_buffered": self.tcp.buffered, "tcp_buffer_budget": self.tcp.buffer_budget}
 
     # -- timers, listing, shutdown -------------------------------------------------------------

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Final
 
+from nat.egress.flows import GuestQuota
 from nat.egress.frames import ZERO_MACS, Emit, fragments, ip_packet
 from nat.translate import admin_prohibited
 from wire.packets import PROTO_ICMP, PROTO_UDP, encode_icmp_error, encode_udp
@@ -24,7 +25,9 @@ class HostSide:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, emit: Emit, deliver: Emit,
                  gateway_ip: bytes, host_address: bytes | None, mtu: int,
-                 max_flows: int) -> None:
+                 max_flows: int, max_per_guest: int | None = None) -> None:
+        """``max_per_guest``: the per-guest quota (``nat.egress`` Rule 6; None: none but
+        ``max_flows``)."""
         self.loop = loop
         self.emit = emit  # to guests, addressed by the router's ARP cache
         self.deliver = deliver  # to guests, already addressed (a TCP flow knows its guest's MAC)
@@ -36,6 +39,14 @@ class HostSide:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             soft = hard
         self.max_flows = max(16, min(max_flows, soft - 256))
+        per_guest = self.max_flows if max_per_guest is None else max_per_guest
+        if self.max_flows < max_flows:  # the file limit shrank the table: a quarter at most
+            per_guest = min(per_guest, max(1, self.max_flows // 4))
+        #: Flows per guest address, counted by the flow tables and the TCP adapter (Rule 6).
+        self.quota = GuestQuota(min(per_guest, self.max_flows))
+        #: Answers an IPv6 guest's refused packet (ICMPv6 1/1, ``nat.egress.v6`` Rule 8); set
+        #: when guests have IPv6.
+        self.refuse6: Callable[[bytes], None] = lambda _: None
         #: How many host sockets the flows hold now (set by the egress: all protocols count).
         self.flows_in_use: Callable[[], int] = lambda: 0
         self.counters: Counter[str] = Counter()
@@ -57,12 +68,19 @@ class HostSide:
         """Rule 6: another host socket may be opened."""
         return self.flows_in_use() < self.max_flows
 
-    def full(self, packet: bytes) -> bool:
-        """Rule 6: no room for another host socket; the guest gets ICMP 3/13."""
-        if self.has_room():
+    def full(self, packet: bytes, guest: bytes) -> bool:
+        """Rule 6: no room for another host socket, or ``guest`` holds its quota: the guest
+        gets ICMP 3/13 (an IPv6 guest ICMPv6 1/1)."""
+        if not self.has_room():
+            self.counters["drop-table-full"] += 1
+        elif not self.quota.admits(guest):
+            self.counters["drop-guest-quota"] += 1
+        else:
             return False
-        self.counters["drop-table-full"] += 1
-        self.icmp(admin_prohibited(packet, self.gateway_ip))
+        if len(guest) == 16:
+            self.refuse6(packet)
+        else:
+            self.icmp(admin_prohibited(packet, self.gateway_ip))
         return True
 
     def icmp(self, error: bytes | None) -> None:

@@ -100,7 +100,7 @@ class TcpAdapter:
                 side.counters["tcp-resets"] += 1
                 side.emit([ip_packet(ip.dst, ip.src, PROTO_TCP, reset)])
             return
-        if side.full(packet):
+        if side.full(packet, ip.src):
             return
         try:
             sock = self._socket(six)
@@ -118,6 +118,7 @@ class TcpAdapter:
         splice.macs = packet[16:22] + packet[10:16]  # to the guest, from the gateway
         flow = TcpFlow(key, splice, sock, connecting=True)
         self.flows[key] = flow
+        side.quota.hold(ip.src)  # Rule 6
         side.counters["tcp-connects"] += 1
         err = sock.connect_ex((self.real6(ip.dst) if six else side.real(ip.dst), dport))
         if err in (0, errno.EINPROGRESS):
@@ -297,6 +298,8 @@ class TcpAdapter:
         flow.held = 0
         if self.flows.get(flow.key) is flow:
             del self.flows[flow.key]
+            if not flow.inbound:  # Rule 6: a forward's flows spend no guest's quota
+                self.side.quota.release(flow.key[0])
             # listed a little longer, as conntrack -L shows TIME_WAIT: a teaching aid only
             if len(self.recent) >= RECENT:
                 self.recent.pop(next(iter(self.recent)))

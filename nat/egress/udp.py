@@ -35,7 +35,7 @@ class UdpAdapter:
             return
         flow = self.flows.udp.get((ip.src, sport))
         if flow is None:
-            if self.side.full(packet):
+            if self.side.full(packet, ip.src):
                 return
             flow = self._open(ip.src, sport, now)
         self.flows.udp_out(flow, ip.dst, dport, len(payload), now)

@@ -102,6 +102,7 @@ class HostEgress6:
         tcp.real6 = self.real
         tcp.connect_failed6 = self.connect_failed
         tcp.no_socket6 = self.no_socket
+        side.refuse6 = self.refuse
         self.gateway6 = gateway6
         self.flows = flows
         #: Rule 6: set by ``nat.egress.forwards``; True when a forward's session took the
@@ -161,8 +162,7 @@ class HostEgress6:
             return
         flow = self.flows.udp.get((ip.src, sport))
         if flow is None:
-            if not self.side.has_room():
-                self.side.counters["drop-table-full"] += 1
+            if self.side.full(frame, ip.src):
                 return
             flow = self._open_udp(frame, ip.src, sport, now)
             if flow is None:
@@ -219,6 +219,13 @@ class HostEgress6:
             return None
         return sock
 
+    def refuse(self, frame: bytes) -> None:
+        """Rule 8: a new flow the table has no room for, or over its guest's quota
+        (``nat.egress`` Rule 6): destination unreachable, administratively prohibited."""
+        error = self.error_to_guest(frame, DEST_UNREACHABLE, 1, 0, self.gateway6)
+        if error:
+            self.side.emit(error)
+
     def no_socket(self, frame: bytes, exc: OSError) -> None:
         """Rule 8: no host socket for the flow ``frame`` (a guest's) opens."""
         self.side.counters[f"socket6-errors-{errno.errorcode.get(exc.errno or 0, 'error')}"] += 1
@@ -273,8 +280,7 @@ class HostEgress6:
         data = frame[ip.start + 8:ip.end]
         flow = self.flows.echo.get((ip.src, ident))
         if flow is None:
-            if not self.side.has_room():
-                self.side.counters["drop-table-full"] += 1
+            if self.side.full(frame, ip.src):
                 return
             flow = self._open_echo(frame, ip.src, ident, now)
             if flow is None:

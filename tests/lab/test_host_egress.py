@@ -332,7 +332,7 @@ for i in range(int(sys.argv[2])):
 
 def test_a_full_flow_table_refuses_new_flows_and_keeps_the_old(lab, tmp_path):
     """[nat] max_entries bounds the host sockets: beyond it new flows get ICMP 3/13."""
-    daemon, inet, guest = one_guest(lab, tmp_path, "[nat]\nmax_entries = 16")
+    daemon, inet, guest = one_guest(lab, tmp_path, "[nat]\nmax_entries = 16\nmax_per_guest = 16")
     serve(lab, inet, UDP_ECHO, INET, "7")
     results = lab.run(guest, [sys.executable, "-c", FLOWS, INET, "24"],
                       timeout=120).stdout.split()

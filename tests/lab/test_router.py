@@ -337,7 +337,8 @@ print(sent, refused)
 def test_a_full_conntrack_refuses_new_flows_and_keeps_established_ones(lab, tmp_path):
     """Replied flows fill the table (an unreplied one would be dropped early to make room, as
     Linux does): then new flows get ICMP 3/13 and established ones go on."""
-    daemon, inet, guests, addr = router_lab(lab, tmp_path, extra="[nat]\nmax_entries = 64\n")
+    daemon, inet, guests, addr = router_lab(lab, tmp_path,
+                                            extra="[nat]\nmax_entries = 64\nmax_per_guest = 64\n")
     lab.spawn(["socat", "TCP-LISTEN:7000,reuseaddr", "EXEC:cat"], ns=inet)
     lab.spawn(["socat", "UDP-RECVFROM:9999,fork", "EXEC:cat"], ns=inet)
     time.sleep(0.3)

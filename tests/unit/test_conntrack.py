@@ -503,3 +503,79 @@ def test_fragment_flood_is_bounded():
     ct = Conntrack(EXT)
     ct.fragments.later(one, b"x", 5.0)
     assert ct.next_deadline() == 35.0
+
+
+# --- the per-guest quota (Rule 9) -----------------------------------------------------------------
+
+
+def test_a_guest_at_its_quota_is_refused_like_a_full_table_and_others_go_on():
+    ct = Conntrack(EXT, max_entries=100, max_per_guest=3)
+    first = udp_out(ct, A, 1, R1, 53)
+    for port in (1, 2, 3):
+        out = udp_out(ct, A, port, R1, 53)
+        udp_in(ct, R1, 53, out.sport)  # replied: no early drop among them
+    assert udp_out(ct, A, 4, R1, 53) == Drop("guest-quota", (3, 13))
+    assert ct.outbound(TCP, A, 5, R1, 80, SYN, 60, 0.0) == Drop("guest-quota", (3, 13))
+    assert ct.stats["drop:guest-quota"] == 2
+    assert isinstance(udp_out(ct, B, 4, R1, 53), Translation), "B has a quota of its own"
+    assert udp_out(ct, A, 1, R1, 53) == first, "A's flows go on"
+    assert ct.per_guest == {A: 3, B: 1}
+    assert ct.room(A) == "over-quota" and ct.room(B) == "free"
+
+
+def test_the_quota_frees_as_flows_expire_with_a_hand_advanced_clock():
+    ct = Conntrack(EXT, max_entries=100, max_per_guest=2, timeouts=Timeouts(udp=120.0))
+    for port in (1, 2):
+        out = udp_out(ct, A, port, R1, 53, now=0.0)
+        udp_in(ct, R1, 53, out.sport, now=0.0)
+    assert udp_out(ct, A, 3, R1, 53, now=60.0) == Drop("guest-quota", (3, 13))
+    assert ct.expire(120.0) == 2
+    assert ct.per_guest == {}, "a guest without flows has no key (bounded)"
+    assert isinstance(udp_out(ct, A, 3, R1, 53, now=121.0), Translation)
+
+
+def test_at_its_quota_a_guest_replaces_only_its_own_unreplied_flows():
+    ct = Conntrack(EXT, max_entries=100, max_per_guest=2)
+    udp_out(ct, B, 9, R1, 53)  # B's unreplied flow, older than all of A's
+    udp_out(ct, A, 1, R1, 53)
+    udp_out(ct, A, 2, R1, 53)
+    assert isinstance(udp_out(ct, A, 3, R1, 53), Translation)
+    assert ct.stats["early-drop"] == 1
+    assert sorted((row.original[1], row.original[2]) for row in ct.entries(0.0)) == \
+        [(A, 2), (A, 3), (B, 9)], "A's oldest went, B's older one stayed"
+
+
+def test_a_full_table_never_evicts_a_lighter_guests_flow_for_a_heavy_one():
+    ct = Conntrack(EXT, max_entries=6, max_per_guest=5)
+    udp_out(ct, B, 9, R1, 53)  # B: one unreplied flow, the oldest in the table
+    for port in range(1, 6):  # A: five, all replied
+        out = udp_out(ct, A, port, R1, 53)
+        udp_in(ct, R1, 53, out.sport)
+    assert len(ct) == 6
+    assert udp_out(ct, A, 6, R1, 53) == Drop("guest-quota", (3, 13))
+    assert (UDP, B, 9, R1, 53) in {row.original for row in ct.entries(0.0)}, "B's flow stayed"
+    # A light guest may take the place of a heavier guest's unreplied attempt.
+    ct2 = Conntrack(EXT, max_entries=4, max_per_guest=4)
+    for port in (1, 2, 3):
+        udp_out(ct2, A, port, R1, 53)  # A: three unreplied
+    udp_out(ct2, B, 9, R1, 53)
+    assert ct2.room(C) == "early-drop"
+    assert isinstance(udp_out(ct2, C, 1, R1, 53), Translation)
+    assert ct2.per_guest == {A: 2, B: 1, C: 1}
+    # ... but B's (one flow) is not taken for A (two): A takes its own oldest.
+    assert isinstance(udp_out(ct2, A, 4, R1, 53), Translation)
+    assert ct2.per_guest == {A: 2, B: 1, C: 1}
+
+
+def test_flows_from_outside_spend_no_guests_quota_and_go_first_when_unanswered():
+    ct = Conntrack(EXT, max_entries=6, max_per_guest=2)
+    ct.add_forward(TCP, range(22, 23), B, 22)
+    for sport in range(1000, 1004):  # a flood of SYNs to B's forward
+        assert isinstance(ct.inbound(TCP, R1, sport, EXT, 22, SYN, 60, 0.0), Translation)
+    assert ct.per_guest == {}, "B's quota is B's: whoever floods its forward does not spend it"
+    assert isinstance(udp_out(ct, B, 5001, R1, 53), Translation)
+    assert isinstance(udp_out(ct, B, 5002, R1, 53), Translation)
+    assert len(ct) == 6
+    assert isinstance(udp_out(ct, A, 5001, R1, 53), Translation), "an unanswered SYN made room"
+    assert ct.stats["early-drop"] == 1 and ct.per_guest == {A: 1, B: 2}
+    assert isinstance(ct.inbound(TCP, R1, 1004, EXT, 22, SYN, 60, 0.0), Translation)

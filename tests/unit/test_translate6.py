@@ -742,3 +742,15 @@ def test_random_bytes_raise_only_malformed_packet(header, tail, cut, from_outsid
                 function(*args)
             except MalformedPacket:
                 pass
+
+
+def test_a_guest_over_its_quota_gets_icmpv6_1_1():
+    # conntrack Rule 9 through NAT66: the answer a full table gets, ICMPv6 1/1.
+    ct = Conntrack(addr(EXT), max_entries=8, max_per_guest=1)
+    nat(ct, pkt(IPv6(src=A, dst=R1) / UDP(sport=5000, dport=2)))
+    nat(ct, pkt(IPv6(src=R1, dst=EXT) / UDP(sport=2, dport=5000)), True)  # replied: kept
+    refused = nat_packet6(pkt(IPv6(src=A, dst=R1) / UDP(sport=5001, dport=2)), ct, False, 0.0)
+    assert refused == Drop("guest-quota", (1, 1))
+    assert ct.stats["drop:guest-quota"] == 1
+    assert not isinstance(nat_packet6(pkt(IPv6(src=B, dst=R1) / UDP(sport=5001, dport=2)), ct,
+                                      False, 0.0), Drop), "another guest is unaffected"

@@ -177,7 +177,10 @@ class DgramPort(Port):
                 self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
             self.sock = None
-            Path(self.path).unlink(missing_ok=True)
+            try:
+                Path(self.path).unlink(missing_ok=True)
+            except PermissionError:  # vswitch dropped root (vswitch.privileges Rule 4)
+                pass
 
     def detail(self) -> str:
         waiting = f", {len(self.queue)} waiting" if self.queue else ""

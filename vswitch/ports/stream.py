@@ -208,7 +208,10 @@ class StreamPort(Port):
                 self.loop.remove_reader(self.listener.fileno())
             self.listener.close()
             self.listener = None
-            Path(self.path).unlink(missing_ok=True)
+            try:
+                Path(self.path).unlink(missing_ok=True)
+            except PermissionError:  # vswitch dropped root (vswitch.privileges Rule 4)
+                pass
 
     def detail(self) -> str:
         waiting = "connecting" if self.connect else "listening"
