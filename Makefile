@@ -13,7 +13,7 @@ DEBS := $(DEMO_DEBS) tcpdump iperf3 socat procps kmod \
         gcc libc6-dev make bzip2
 BENCH_DEBS := $(DEBS) slirp4netns
 
-.PHONY: demo test venv debs peers bench lint clean
+.PHONY: demo test venv debs peers bench lint clean fuzz soak
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -57,9 +57,33 @@ bench: venv
 	$(PY) -m bench.offloads
 	$(PY) -m bench.cold
 
+# the soak (tests/lab/test_soak.py) for 10 minutes; `make test` runs it for SOAK_SECONDS=45
+soak: venv debs
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(VENV)/bin/pytest -ra -s -m soak tests/lab/test_soak.py
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+# Coverage-guided fuzzing (tests/fuzz/README.md): each atheris harness for FUZZ_SECONDS, its
+# corpus kept in .fuzz/<name>/, a crashing input written to .fuzz/crash-*. Without atheris (no
+# wheel for this Python and no clang to build one), the hypothesis property tests instead, with
+# random seeds and FUZZ_SCALE times their CI budget (HYPOTHESIS_PROFILE=fuzz, tests/unit/fuzzing.py).
+FUZZ_SECONDS ?= 60
+FUZZ_SCALE ?= 50
+FUZZ_TARGETS ?= wire dhcp dhcp6 dns gateway
+fuzz: venv
+	@$(PY) -c 'import atheris' 2>/dev/null || $(PY) -m pip install -q atheris || true
+	@if $(PY) -c 'import atheris' 2>/dev/null; then \
+	  for t in $(FUZZ_TARGETS); do \
+	    mkdir -p .fuzz/$$t; echo "== fuzz_$$t.py for $(FUZZ_SECONDS) s"; \
+	    $(PY) tests/fuzz/fuzz_$$t.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	      -artifact_prefix=.fuzz/ .fuzz/$$t || exit 1; \
+	  done; \
+	else \
+	  echo "atheris did not install: hypothesis property tests, HYPOTHESIS_PROFILE=fuzz"; \
+	  HYPOTHESIS_PROFILE=fuzz FUZZ_SCALE=$(FUZZ_SCALE) $(VENV)/bin/pytest -q tests/unit/test_fuzz_*.py; \
+	fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info
