@@ -148,6 +148,13 @@ class TcpAdapter:
         IPv6 one for a 16-byte guest address); False when the flow exists or the table is
         full."""
         side = self.side
+        old = self.flows.get(key)
+        if old is not None:
+            # the kernel accepted the same peer address and port again, so the peer's old
+            # connection is over on the host side; the guest's end of it is reset
+            side.counters["tcp-forward-peer-port-reused"] += 1
+            old.splice.host_reset(now)
+            self._sync(old)
         if key in self.flows or not side.has_room():
             return False
         mss = side.mtu - TCP_HEADERS[len(key[0])]  # IPv6's header is 20 bytes more

@@ -133,3 +133,35 @@ def test_without_guest_ipv6_a_forward_to_an_ipv6_guest_is_refused():
         assert rig.egress.forward_rows() == []
     finally:
         rig.close()
+
+
+def test_a_peer_reusing_its_port_gets_a_new_connection_and_the_old_one_is_reset(rig: Rig):
+    port = free_port(socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1")
+    rig.egress.add_forward(PROTO_TCP, range(port, port + 1), "127.0.0.1", GUEST6, 22)
+    first = socket.socket()
+    first.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    first.bind(("127.0.0.1", 0))
+    peer_port = first.getsockname()[1]
+    first.connect(("127.0.0.1", port))
+    rig.wait("the first SYN")
+    rig.out.clear()
+    first.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    first.close()  # RST: no TIME_WAIT, the port is free at once
+    again = socket.socket()
+    again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    again.bind(("127.0.0.1", peer_port))
+    again.connect(("127.0.0.1", port))
+    try:
+        rig.wait("the new SYN")
+        for _ in range(100):  # the accept and the reset may come in separate wake-ups
+            if any(p[L3 + 40 + 13] & 0x02 for p in rig.out):
+                break
+            rig.loop.run_until_complete(asyncio.sleep(0.01))
+        flags = [p[L3 + 40 + 13] for p in rig.out if p[L3 + 6] == PROTO_TCP]
+        assert any(f & 0x02 for f in flags), "a SYN toward the guest for the new connection"
+        assert rig.egress.counters["drop-forward-busy"] == 0
+        (row,) = [r for r in rig.egress.flow_rows(rig.loop.time())
+                  if r["proto"] == "tcp" and not r["state"].startswith("closed")]
+        assert row["kind"] == "host-forward"
+    finally:
+        again.close()
