@@ -331,17 +331,20 @@ class Guard:
         if reason is not None:
             return reason
         mac, src = packet[16:22], packet[32:48]
-        nd = None
-        if packet[30] == 58 and len(packet) >= 65:
-            nd = packet[64]
+        at = _icmp6_at(packet)  # the ICMPv6 message, behind any extension headers
+        kind = packet[at] if at is not None and len(packet) > at else None
         if src == _ZERO16:
-            if nd == _NS and len(packet) >= 88:  # a DAD probe: claims its target (Rule 6)
-                self._claim6(packet[72:88], mac)
-            return None if _upper6(packet) == 58 else "guard-ip6-source"  # MLD: hop-by-hop
-        if nd == _NS or nd == _NA:
+            # from ::, only what a node without an address sends: DAD probes, router
+            # solicitations, MLD (RFC 4862 5.4.2, RFC 4861 6.3.7, RFC 3810 5.2.13); never an NA
+            if kind == _NS and at is not None and len(packet) >= at + 24:
+                self._claim6(packet[at + 8:at + 24], mac)  # a DAD probe claims (Rule 6)
+            return None if kind in _FROM_UNSPECIFIED else "guard-ip6-source"
+        if kind == _NS or kind == _NA:
+            assert at is not None
             if not self._claimable6(src, mac):
                 return "guard-nd-claim"
-            if nd == _NA and not self._claimable6(packet[72:88], mac):
+            if kind == _NA and (len(packet) < at + 24
+                                or not self._claimable6(packet[at + 8:at + 24], mac)):
                 return "guard-nd-claim"
             return None
         return None if self._may_use6(src, mac) else "guard-ip6-source"
@@ -366,14 +369,24 @@ class Guard:
         return [describe(reason)]
 
 
-def _upper6(packet: bytes) -> int:
-    """The upper-layer protocol of an IPv6 packet, its extension chain walked (-1: bad)."""
-    if packet[30] in (6, 17, 58):
-        return packet[30]
+#: What a guest may send from :: (RS, NS for DAD, MLD queries/reports/done, MLDv2 reports).
+_FROM_UNSPECIFIED = frozenset({133, 135, 130, 131, 132, 143})
+
+
+def _icmp6_at(packet: bytes) -> int | None:
+    """Where an IPv6 packet's ICMPv6 message starts, its extension chain walked (None: not
+    ICMPv6, a later fragment, or malformed)."""
+    if packet[30] == 58:
+        return 64
+    if packet[30] in (6, 17):
+        return None
     try:
-        return decode_ipv6(packet, 24).proto
+        ip = decode_ipv6(packet, 24)
     except MalformedPacket:
-        return -1
+        return None
+    if ip.proto != 58 or (ip.fragment is not None and ip.fragment[1]):
+        return None
+    return ip.start
 
 
 def describe(reason: str) -> tuple[str, str]:

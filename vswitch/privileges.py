@@ -21,13 +21,13 @@ Rule 3: the order is the kernel's: PR_SET_KEEPCAPS; the bounding set cut to the 
         (needs CAP_SETPCAP, so before the uid changes); setgroups, setresgid, setresuid;
         capset (effective = permitted = inheritable = the kept ones, and ambient too, so the
         ``ip`` that deletes a TAP gets them); PR_SET_NO_NEW_PRIVS.
-Rule 4: what the daemon writes after the drop becomes the user's at the drop: the lease file
-        (and its directory, which the journal's rewrite renames into, when it is vswitch's
-        own state dir) and the directories of the control socket and the stream and dgram
-        ports' sockets (to remove them at exit) when that is vswitch's own runtime dir.  Any
-        other directory the lease file lives in must already be writable by the user, else
-        start-up stops naming ``dhcp.lease_file``; a socket in another directory the user
-        may not write stays behind at exit (a warning says so; the next start removes it).
+Rule 4: what the daemon writes after the drop becomes the user's at the drop: the lease file,
+        and its directory (the journal's rewrite renames into it) when it is this switch's own
+        under the state dir (created 0700 for the user).  The directories every instance
+        shares (the state and runtime dirs themselves) are never given away: a lease file
+        directly in the state dir stops start-up naming ``dhcp.lease_file``, as does another
+        directory the user cannot write; a socket in a directory the user may not write stays
+        behind at exit (a warning says so; the next start removes it).
 Rule 5: one log line names the user, the group and the capabilities kept, each with why.
 """
 
@@ -124,12 +124,19 @@ def writable_by(path: Path, uid: int, gids: set[int]) -> bool:
 
 def hand_over(config: Config, drop: Drop) -> None:
     """Rule 4: give the user what it writes after the drop."""
-    from vswitch.config import runtime_dir, state_dir
+    from vswitch.config import state_dir
 
     net = config.network
     if net is not None and net.dhcp and net.lease_file:
         lease = Path(net.lease_file)
-        if lease.parent == state_dir():
+        if lease.parent == state_dir():  # shared by every instance: never given away
+            raise SystemExit(
+                f"vswitch: dhcp.lease_file: {lease} is in {state_dir()}, which every vswitch "
+                "shares; with switch.user give this switch a directory of its own, e.g. "
+                f'lease_file = "{state_dir() / config.name / "leases"}" (vswitch creates it '
+                "for that user)")
+        if lease.parent.parent == state_dir() and not lease.parent.exists():
+            lease.parent.mkdir(mode=0o700)  # this switch's own directory
             os.chown(lease.parent, drop.uid, drop.gid)
         elif not writable_by(lease.parent, drop.uid, {drop.gid}):
             raise SystemExit(f"vswitch: dhcp.lease_file: {lease.parent} is not writable by "
@@ -138,10 +145,8 @@ def hand_over(config: Config, drop: Drop) -> None:
         for kept in lease.parent.glob(f"{lease.name}*"):
             os.chown(kept, drop.uid, drop.gid)
     for path in (config.socket, *(pc.path for pc in config.ports if pc.path)):
-        where = Path(path).parent
-        if where == runtime_dir():
-            os.chown(where, drop.uid, drop.gid)
-        elif where.is_dir() and not writable_by(where, drop.uid, {drop.gid}):
+        where = Path(path).parent  # the shared runtime directory is never given away either
+        if where.is_dir() and not writable_by(where, drop.uid, {drop.gid}):
             log.warning("%s stays behind at exit: %s is not writable by %s", path, where,
                         user_name(drop.uid))
 

@@ -60,7 +60,13 @@ class EchoAdapter:
         if flow is None:
             if side.full(packet, ip.src):
                 return
-            flow = self._open(ip.src, ident, now)
+            try:
+                flow = self._open(ip.src, ident, now)
+            except OSError as exc:  # EMFILE, or ping sockets no longer allowed after a drop
+                side.counters[f"socket-errors-{errno.errorcode.get(exc.errno or 0, 'error')}"] \
+                    += 1
+                side.icmp(admin_prohibited(packet, side.gateway_ip))
+                return
         self.flows.echo_out(flow, ip.dst, len(data), now)
         request = encode_icmp(8, 0, struct.pack("!HH", flow.host_ident, seq) + data)
         sock = flow.handle or self._raw
@@ -81,9 +87,13 @@ class EchoAdapter:
         if self.mode != "ping-socket":
             return self.flows.add_echo(guest_ip, ident, None, None, now)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
-        sock.setblocking(False)
-        ask_errors(sock)  # Rule 2: errors, to pass on
-        sock.bind(("0.0.0.0", 0))
+        try:
+            sock.setblocking(False)
+            ask_errors(sock)  # Rule 2: errors, to pass on
+            sock.bind(("0.0.0.0", 0))
+        except OSError:
+            sock.close()
+            raise
         host_ident = sock.getsockname()[1]  # the identifier the kernel gave this socket
         flow = self.flows.add_echo(guest_ip, ident, sock, host_ident, now)
         self.side.loop.add_reader(sock.fileno(), self._ping_readable, flow)

@@ -149,9 +149,10 @@ class TcpAdapter:
         full."""
         side = self.side
         old = self.flows.get(key)
-        if old is not None:
-            # the kernel accepted the same peer address and port again, so the peer's old
-            # connection is over on the host side; the guest's end of it is reset
+        if old is not None and old.inbound and _same_local(old.sock, sock):
+            # the kernel accepted the same peer address and port on the same listening
+            # address again, so the peer's old connection is over on the host side; the
+            # guest's end of it is reset (another listener's is a clash: refused below)
             side.counters["tcp-forward-peer-port-reused"] += 1
             old.splice.host_reset(now)
             self._sync(old)
@@ -350,3 +351,11 @@ class TcpAdapter:
     def close(self) -> None:
         for flow in list(self.flows.values()):
             self.close_flow(flow, abort=True)
+
+
+def _same_local(old: socket.socket, new: socket.socket) -> bool:
+    """Whether two accepted sockets share their local address and port (a closed one: yes)."""
+    try:
+        return bool(old.getsockname() == new.getsockname())
+    except OSError:
+        return True

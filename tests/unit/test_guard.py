@@ -190,6 +190,12 @@ def test_rule6_strict_ipv6_sources():
     assert g.check(from_a("fd00:7::77"), 1) == "guard-ip6-source"
     assert g.check(from_a("fe80::a", ICMPv6ND_NA(tgt="fd00:7::77")), 1) == "guard-nd-claim"
     assert g.check(from_a("fd00:7::77", ICMPv6ND_NS(tgt=GW6)), 1) == "guard-nd-claim"
+    # behind a destination options header, or from ::, an NA still claims nothing
+    from scapy.layers.inet6 import ICMPv6ND_RS, IPv6ExtHdrDestOpt
+    hidden = IPv6ExtHdrDestOpt() / ICMPv6ND_NA(tgt="fd00:7::77")
+    assert g.check(from_a("fe80::a", hidden), 1) == "guard-nd-claim"
+    assert g.check(from_a("::", ICMPv6ND_NA(tgt="fd00:7::77", O=1)), 1) == "guard-ip6-source"
+    assert g.check(from_a("::", ICMPv6ND_RS()), 1) is None
 
 
 def test_rule6_a_dad_probe_claims_its_target_first_come_first_served():

@@ -175,3 +175,23 @@ def test_a_ping_group_the_new_group_is_not_in_is_warned(monkeypatch, caplog):
         caplog.clear()
         warn_ping(c, Drop(65534, 65534))
         assert ("guests' ping to the outside will fail" in caplog.text) == warned, text
+
+
+def test_the_shared_state_dir_is_never_given_away(tmp_path, monkeypatch):
+    from vswitch import config as config_module
+    from vswitch.privileges import Drop, hand_over
+
+    monkeypatch.setattr(config_module, "state_dir", lambda: tmp_path)
+    shared = parse_config({"switch": {"name": "s1"}, "network": {},
+                           "dhcp": {"lease_file": str(tmp_path / "s1.leases")}})
+    with pytest.raises(SystemExit, match="dhcp.lease_file.*every vswitch shares"):
+        hand_over(shared, Drop(os.getuid() + 1, os.getgid() + 1))
+    own = parse_config({"switch": {"name": "s1"}, "network": {},
+                        "dhcp": {"lease_file": str(tmp_path / "s1" / "leases")}})
+    from tests.conftest import require
+
+    require(os.getuid() == 0, "chown needs root")
+    hand_over(own, Drop(65534, 65534))
+    made = tmp_path / "s1"
+    assert made.stat().st_uid == 65534 and made.stat().st_mode & 0o777 == 0o700
+    assert tmp_path.stat().st_uid == 0  # the shared parent stays root's
