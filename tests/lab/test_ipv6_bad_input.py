@@ -84,6 +84,7 @@ subnet = "10.79.0.0/24"
 subnet6 = "{PREFIX}/64"
 [dhcp]
 lease_file = "{tmp_path}/leases"
+requests_per_second = 0  # every malformed message reaches the codec (the budget has its test)
 range6 = ["{PREFIX}100", "{PREFIX}1ff"]
 [dns]
 forwarders = []
