@@ -42,6 +42,7 @@ from wire.packets import (
     IPV4_MF,
     IPV4_OFFSET,
     PROTO_ICMP,
+    PROTO_ICMPV6,
     PROTO_TCP,
     PROTO_UDP,
     Ipv4,
@@ -227,9 +228,23 @@ def _fix(buf: bytearray, at: int, old: bytes, new: bytes) -> int:
 # --- translating -----------------------------------------------------------------------------
 
 #: Where each protocol keeps its checksum, from the start of its header.
-_CHECKSUM_AT: Final = {PROTO_TCP: 16, PROTO_UDP: 6, PROTO_ICMP: 2}
+#: Where each protocol's checksum sits in its header (ICMPv6's as ICMP's: ``nat.translate6``).
+CHECKSUM_AT: Final = {PROTO_TCP: 16, PROTO_UDP: 6, PROTO_ICMP: 2, PROTO_ICMPV6: 2}
 #: The TTL is the high byte of its 16-bit word: TTL - 1 is a word change of -0x100.
 _TTL_DELTA: Final = -0x100 % 0xFFFF
+
+
+def l4_checksum(packet: bytes, l4: int, proto: int) -> tuple[int, bool, int]:
+    """Where the L4 header at ``l4`` keeps its checksum, whether the checksum is partial
+    (NEEDS_CSUM, which must then point at it: Rule 2), and its value."""
+    at = l4 + CHECKSUM_AT[proto]
+    partial = bool(packet[0] & FLAG_NEEDS_CSUM)
+    if partial:
+        _, _, _, _, csum_start, csum_offset = decode_header(packet)
+        if csum_start + VNET_HDR_LEN != l4 or l4 + csum_offset != at:
+            raise MalformedPacket("NEEDS_CSUM does not point at this packet's L4 checksum")
+    check: int = _U16.unpack_from(packet, at)[0]
+    return at, partial, check
 
 
 def translate(packet: bytes, flow: Flow, to: Translation,
@@ -260,13 +275,7 @@ def translate(packet: bytes, flow: Flow, to: Translation,
     if flow.fragment == LATER:
         return buf
     l4 = flow.l4
-    at = l4 + _CHECKSUM_AT[flow.proto]
-    partial = packet[0] & FLAG_NEEDS_CSUM
-    if partial:
-        _, _, _, _, csum_start, csum_offset = decode_header(packet)
-        if csum_start + VNET_HDR_LEN != l4 or l4 + csum_offset != at:
-            raise MalformedPacket("NEEDS_CSUM does not point at this packet's L4 checksum")
-    check: int = _U16.unpack_from(packet, at)[0]
+    at, partial, check = l4_checksum(packet, l4, flow.proto)
     # 4.
     if flow.proto == PROTO_ICMP:
         _U16.pack_into(buf, l4 + 4, to.sport)

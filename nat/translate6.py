@@ -53,6 +53,7 @@ from typing import Final
 
 from nat.conntrack import Conntrack
 from nat.translate import (
+    CHECKSUM_AT,
     FIRST,
     LATER,
     PORTS,
@@ -61,6 +62,7 @@ from nat.translate import (
     _fix,
     _tcp,
     _udp,
+    l4_checksum,
     quoted_ports,
 )
 from nat.verdicts import NO_MAPPING, Drop, Translation
@@ -88,7 +90,7 @@ from wire.ipv6 import (
     encode_ipv6,
 )
 from wire.packets import PROTO_TCP, PROTO_UDP, encode_ethernet
-from wire.vnet import FLAG_NEEDS_CSUM, NO_OFFLOAD, VNET_HDR_LEN, decode_header, is_gso
+from wire.vnet import FLAG_NEEDS_CSUM, NO_OFFLOAD, VNET_HDR_LEN, is_gso
 
 __all__ = [
     "FIRST", "LATER", "WHOLE", "Flow", "HOP_LIMIT_EXCEEDED", "NOT_TRANSLATABLE",
@@ -147,7 +149,6 @@ def _icmp6(packet: bytes, l4: int, end: int, whole: bool) -> tuple[int, int, int
 # combination, UDP length.
 _L4: Final = {PROTO_TCP: _tcp, PROTO_UDP: _udp, PROTO_ICMPV6: _icmp6}
 #: Where each protocol keeps its checksum, from the start of its header.
-_CHECKSUM_AT: Final = {PROTO_TCP: 16, PROTO_UDP: 6, PROTO_ICMPV6: 2}
 #: What may follow a fragment header in a later fragment's next-header field: an L4 protocol
 #: the NAT maps, or an extension header of the fragmentable part in front of it (RFC 8200 4.5).
 _LATER_PROTOS: Final = frozenset({PROTO_TCP, PROTO_UDP, PROTO_ICMPV6, ROUTING, DEST_OPTIONS})
@@ -281,13 +282,7 @@ def translate6(packet: bytes, flow: Flow, to: Translation,
     if flow.fragment == LATER:
         return buf
     l4 = flow.l4
-    at = l4 + _CHECKSUM_AT[flow.proto]
-    partial = packet[0] & FLAG_NEEDS_CSUM
-    if partial:
-        _, _, _, _, csum_start, csum_offset = decode_header(packet)
-        if csum_start + VNET_HDR_LEN != l4 or l4 + csum_offset != at:
-            raise MalformedPacket("NEEDS_CSUM does not point at this packet's L4 checksum")
-    check: int = _U16.unpack_from(packet, at)[0]
+    at, partial, check = l4_checksum(packet, l4, flow.proto)
     if flow.proto == PROTO_ICMPV6:
         # 4.
         _U16.pack_into(buf, l4 + 4, to.sport)
@@ -385,7 +380,7 @@ def translate_icmp6_error(packet: bytes, conntrack: Conntrack, from_outside: boo
     else:
         old_l4, new_l4 = packet[q4:q4 + 4], PORTS.pack(to.dport, to.sport)
         buf[q4:q4 + 4] = new_l4
-        check_at = q4 + _CHECKSUM_AT[qproto]
+        check_at = q4 + CHECKSUM_AT[qproto]
         quoted = check_at + 2 <= end  # a TCP checksum often is not
         if quoted and (qproto == PROTO_TCP or packet[check_at:check_at + 2] != b"\0\0"):
             check = _fix(buf, check_at, old_addresses + old_l4, new_addresses + new_l4)
